@@ -1,0 +1,258 @@
+"""Per-run bookkeeping in Redis: one Lua call per state change, so a worker can die anywhere.
+
+Keys, all under the settings' key prefix (default ``ezgraph``):
+
+- ``<p>:run:<id>`` hash: status, start, package, graph (JSON), input, created_at, ended_at,
+  pending (steps created and not yet ended), error.
+- ``<p>:run:<id>:steps`` hash: ``<step>.<field>`` for status, job, output, error, started_at,
+  ended_at, worker, attempts, input (failed steps), map (item count of a mapped node).
+- ``<p>:run:<id>:state`` hash: the state a step passed on, kept where a join or the result needs it.
+- ``<p>:run:<id>:join`` hash: join arrivals (``left:<node>``, ``any:<node>``) and map counters.
+- ``<p>:run:<id>:jobs`` hash: RQ job id -> queue, for every step job of the run.
+- ``<p>:runs:live`` / ``<p>:runs:unsaved`` sorted sets: runs in flight / ended and not yet in SQL.
+
+The scripts live in ``ezgraph/lua``; each is the shared prelude ``common.lua`` plus its body.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from typing import Any
+
+from redis import Redis
+from redis.commands.core import Script
+
+RQ_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+STEP_FIELDS = ("status", "job", "output", "error", "started_at", "ended_at", "worker", "attempts")
+
+
+def utcnow_iso() -> str:
+    """Now, in the date format RQ stores."""
+    return datetime.now(timezone.utc).strftime(RQ_DATE_FORMAT)
+
+
+def _load_script(name: str) -> str:
+    lua = resources.files("ezgraph") / "lua"
+    return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+_SOURCES = {name: _load_script(name) for name in ("submit", "complete", "fail", "ensure")}
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """An RQ job ready to be created by a script: its step, id, queue and hash fields."""
+
+    step: str
+    job_id: str
+    queue: str
+    fields: Sequence[Any]
+
+    def argv(self) -> list[Any]:
+        """The job as the scripts read it from ARGV."""
+        return [self.step, self.job_id, self.queue, len(self.fields), *self.fields]
+
+
+def jobs_argv(jobs: Iterable[PreparedJob]) -> list[Any]:
+    """Prebuilt jobs as a count followed by each job's ARGV."""
+    jobs = list(jobs)
+    argv: list[Any] = [len(jobs)]
+    for job in jobs:
+        argv.extend(job.argv())
+    return argv
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a script reported: ``ok``, ``duplicate`` (already recorded) or ``gone`` (no such run)."""
+
+    status: str
+    run_ended: bool
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """A run as Redis holds it: its header, its steps' fields and the states it kept."""
+
+    run_id: str
+    header: dict[str, str]
+    steps: dict[str, dict[str, str]]
+    states: dict[str, str]
+    joins: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """A join's inputs as Redis holds them (JSON texts, None where absent)."""
+
+    statuses: dict[str, str]
+    outputs: dict[str, str | None]
+    states: dict[str, str | None]
+    mapped: dict[str, list[str | None]]
+
+
+class RunBook:
+    """The Redis side of runs: create, record step outcomes, read, and hand over to SQL."""
+
+    def __init__(self, connection: Redis, prefix: str = "ezgraph") -> None:
+        self.connection = connection
+        self.prefix = prefix
+        self._scripts: dict[str, Script] = {
+            name: connection.register_script(source) for name, source in _SOURCES.items()
+        }
+
+    def run_key(self, run_id: str) -> str:
+        """The run's header key."""
+        return f"{self.prefix}:run:{run_id}"
+
+    def run_keys(self, run_id: str) -> list[str]:
+        """Every key of one run."""
+        base = self.run_key(run_id)
+        return [base, *(f"{base}:{part}" for part in ("steps", "state", "join", "jobs"))]
+
+    def _call(self, name: str, run_id: str, *args: Any) -> Any:
+        head = [self.prefix, run_id, utcnow_iso(), repr(time.time())]
+        return self._scripts[name](args=[*head, *args])
+
+    def submit(
+        self, run_id: str, start: str, package: str, graph_json: str, input_json: str,
+        joins: dict[str, int], job: PreparedJob,
+    ) -> bool:
+        """Create the run and its first step; False when the run id is taken.
+
+        ``joins`` gives the arrivals a join waits for when some predecessors cannot run from
+        this start node (they count as skipped from the outset).
+        """
+        created = self._call(
+            "submit", run_id, start, package, graph_json, input_json,
+            json.dumps(joins or {}), *jobs_argv([job]),
+        )
+        return bool(created)
+
+    def complete(
+        self,
+        run_id: str,
+        step: str,
+        node: str,
+        index: int | None,
+        output_json: str,
+        state_json: str | None,
+        chosen: Sequence[str] | None,
+        mapped: tuple[str, int] | None,
+        started_at: str,
+        worker: str,
+        attempt: int,
+        jobs: Iterable[PreparedJob],
+    ) -> Outcome:
+        """Record a finished step and create its ready successors, atomically."""
+        reply = self._call(
+            "complete", run_id, step, node, "" if index is None else index, output_json,
+            state_json or "", "" if chosen is None else json.dumps(list(chosen)),
+            mapped[0] if mapped else "", mapped[1] if mapped else 0,
+            started_at, worker, attempt, *jobs_argv(jobs),
+        )
+        return _outcome(reply)
+
+    def fail(
+        self, run_id: str, step: str, error: str, started_at: str = "", worker: str = "",
+        attempt: int = 0, input_json: str = "", run_status: str = "failed",
+        step_error: str | None = None,
+    ) -> Outcome:
+        """Record a step that failed for good (or, with ``step=''``, a cancel) and stop the run.
+
+        ``error`` is the run's one-line error; ``step_error`` the step's own (with traceback).
+        """
+        reply = self._call(
+            "fail", run_id, step, run_status, error, started_at, worker, attempt, input_json,
+            step_error or error,
+        )
+        return _outcome(reply)
+
+    def ensure(self, run_id: str, jobs: Iterable[PreparedJob]) -> int:
+        """Create the jobs of steps found ready without one; returns how many were created."""
+        return int(self._call("ensure", run_id, *jobs_argv(jobs)))
+
+    def read(self, run_id: str) -> LiveRun | None:
+        """The run as Redis holds it, or None."""
+        base = self.run_key(run_id)
+        pipe = self.connection.pipeline(transaction=False)
+        pipe.hgetall(base)
+        pipe.hgetall(f"{base}:steps")
+        pipe.hgetall(f"{base}:state")
+        pipe.hgetall(f"{base}:join")
+        header, raw_steps, states, joins = (_decode(part) for part in pipe.execute())
+        if not header:
+            return None
+        steps: dict[str, dict[str, str]] = {}
+        for name, value in raw_steps.items():
+            step, _, field = name.rpartition(".")
+            steps.setdefault(step, {})[field] = value
+        return LiveRun(run_id, header, steps, states, joins)
+
+    def gather(self, run_id: str, predecessors: Sequence[str], states: Sequence[str]) -> Gathered:
+        """What a join needs: its predecessors' statuses and outputs, the kept ``states``, and
+        the outputs of every instance of a mapped predecessor, in item order."""
+        base = self.run_key(run_id)
+        pipe = self.connection.pipeline(transaction=False)
+        pipe.hmget(f"{base}:steps", [f"{p}.status" for p in predecessors])
+        pipe.hmget(f"{base}:steps", [f"{p}.output" for p in predecessors])
+        pipe.hmget(f"{base}:state", list(states))
+        pipe.hmget(f"{base}:join", [f"mapn:{p}" for p in predecessors])
+        statuses, outputs, kept, counts = pipe.execute()
+        mapped_counts = {p: int(c) for p, c in zip(predecessors, counts) if c is not None}
+        mapped: dict[str, list[str | None]] = {}
+        fields = [f"{p}-{i}.output" for p, n in mapped_counts.items() for i in range(n)]
+        if fields:
+            values = [_text(v) for v in self.connection.hmget(f"{base}:steps", fields)]
+            for pred, count in mapped_counts.items():
+                mapped[pred], values = values[:count], values[count:]
+        return Gathered(
+            statuses={p: _text(v) or "" for p, v in zip(predecessors, statuses)},
+            outputs={p: _text(v) for p, v in zip(predecessors, outputs)},
+            states={name: _text(v) for name, v in zip(states, kept)},
+            mapped=mapped,
+        )
+
+    def unsaved(self, limit: int = 500, older_than: float = 0.0) -> list[str]:
+        """Ended runs not yet in SQL, oldest first (those ended over ``older_than`` s ago)."""
+        cutoff = time.time() - older_than
+        ids = self.connection.zrangebyscore(
+            f"{self.prefix}:runs:unsaved", "-inf", cutoff, start=0, num=limit
+        )
+        return [_text(i) or "" for i in ids]
+
+    def live(self) -> list[str]:
+        """Runs in flight, oldest first."""
+        return [_text(i) or "" for i in self.connection.zrange(f"{self.prefix}:runs:live", 0, -1)]
+
+    def mark_saved(self, run_ids: Sequence[str], ttl: int) -> None:
+        """Runs are in SQL: drop them from the unsaved set and let their keys expire."""
+        if not run_ids:
+            return
+        pipe = self.connection.pipeline(transaction=True)
+        pipe.zrem(f"{self.prefix}:runs:unsaved", *run_ids)
+        for run_id in run_ids:
+            for key in self.run_keys(run_id):
+                pipe.expire(key, ttl)
+        pipe.execute()
+
+
+def _outcome(reply: Sequence[Any]) -> Outcome:
+    status = _text(reply[0]) or ""
+    return Outcome(status, bool(int(reply[1])), tuple(_text(r) or "" for r in reply[2:]))
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode(mapping: dict[Any, Any]) -> dict[str, str]:
+    return {_text(k) or "": _text(v) or "" for k, v in mapping.items()}

@@ -1,0 +1,313 @@
+"""The ``ezgraph`` command line: submit, run, status, queues, worker, check, viz, server...
+
+Every ezgraph error becomes one line on stderr: exit code 2 for usage, 1 for failures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from . import embedded
+from .connection import redis_url
+from .errors import EzgraphError, UsageError
+from .graph import load_graph
+from .orchestrator import GraphOrchestrator
+from .records import RunStatus
+from .runtime import Runtime
+from .settings import Settings, redact_url
+from .store import Store
+from .worker import run_worker
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+FIELD_HELP = "A field of the payload: key=value (a string) or key:=JSON (any JSON value)."
+
+
+class Context:
+    """What every command gets: settings, and a runtime opened on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._runtime: Runtime | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime (connects to Redis, starting the embedded server if that is the mode)."""
+        if self._runtime is None:
+            self._runtime = Runtime(self.settings)
+        return self._runtime
+
+    @property
+    def orchestrator(self) -> GraphOrchestrator:
+        """An orchestrator on this context's runtime."""
+        return GraphOrchestrator(runtime=self.runtime)
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group()
+@click.option("--modules", "-m", help="Modules package holding GRAPH_CONNECTIONS [EZGRAPH_MODULES].")
+@click.option("--redis-url", "-u", help="Redis URL [REDIS_URL]; none means the embedded server.")
+@click.option("--database-url", "-d", help="SQLAlchemy URL of the results database [DATABASE_URL].")
+@click.option("--verbose", "-v", is_flag=True, help="Log at INFO level.")
+@click.version_option(package_name="ezgraph")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    modules: str | None,
+    redis_url: str | None,
+    database_url: str | None,
+    verbose: bool,
+) -> None:
+    """Run a graph of Python modules over RQ queues; every run is kept in SQL."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if "." not in sys.path and "" not in sys.path:
+        sys.path.insert(0, "")  # the modules package lives in the working directory
+    settings = Settings.from_env(modules=modules, redis_url=redis_url, database_url=database_url)
+    ctx.obj = Context(settings)
+
+
+def parse_fields(data: str | None, fields: Sequence[str]) -> dict[str, Any]:
+    """Build a payload from ``--data`` JSON and ``-f key=value`` / ``-f key:=json`` fields."""
+    payload: dict[str, Any] = {}
+    if data is not None:
+        try:
+            loaded = json.loads(data)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"--data is not valid JSON: {error}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError("--data must be a JSON object")
+        payload.update(loaded)
+    for field in fields:
+        if ":=" in field and field.index(":=") < field.find("=") + 1:
+            key, _, raw = field.partition(":=")
+            try:
+                payload[key] = json.loads(raw)
+            except json.JSONDecodeError as error:
+                raise UsageError(f"-f {key}:= is not valid JSON: {error}") from None
+        elif "=" in field:
+            key, _, value = field.partition("=")
+            payload[key] = value
+        else:
+            raise UsageError(f"-f {field!r}: expected key=value or key:=JSON")
+        if not key:
+            raise UsageError(f"-f {field!r}: empty key")
+    return payload
+
+
+def payload_options(function: F) -> F:
+    """The ``--data`` and ``-f`` options shared by submit and run."""
+    function = click.option("--field", "-f", "fields", multiple=True, help=FIELD_HELP)(function)
+    function = click.option("--data", help="The payload as a JSON object.")(function)
+    return function
+
+
+@cli.command()
+@click.argument("start")
+@payload_options
+@click.option("--wait", is_flag=True, help="Wait for the run to end and print its result.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds --wait waits.")
+@pass_context
+def submit(
+    context: Context, start: str, data: str | None, fields: tuple[str, ...], wait: bool,
+    timeout: float,
+) -> None:
+    """Submit a run starting at module START; prints the run id last."""
+    payload = parse_fields(data, fields)
+    orchestrator = context.orchestrator
+    run_id = orchestrator.submit(start, payload)
+    if wait:
+        outcome = orchestrator.wait(run_id, timeout=timeout)
+        _print_outcome(outcome)
+        click.echo(run_id)
+        if outcome["status"] != RunStatus.FINISHED:
+            sys.exit(1)
+        return
+    click.echo(run_id)
+
+
+@cli.command()
+@click.argument("start")
+@payload_options
+@pass_context
+def run(context: Context, start: str, data: str | None, fields: tuple[str, ...]) -> None:
+    """Run one submission to completion in this process and print its result.
+
+    With nothing configured this uses the embedded server, so it works on a machine with no
+    Redis installed.
+    """
+    payload = parse_fields(data, fields)
+    runtime = context.runtime
+    orchestrator = context.orchestrator
+    run_id = orchestrator.submit(start, payload)
+    run_worker(runtime, burst=True, with_scheduler=False, log_level="WARNING")
+    outcome = orchestrator.status(run_id)
+    _print_outcome(outcome)
+    click.echo(f"run {run_id} {outcome['status']}", err=True)
+    if outcome["status"] != RunStatus.FINISHED:
+        sys.exit(1)
+
+
+def _print_outcome(outcome: dict[str, Any]) -> None:
+    if outcome["status"] == RunStatus.FINISHED:
+        click.echo(json.dumps(outcome["result"], ensure_ascii=False, indent=2))
+    else:
+        click.echo(f"run {outcome['run_id']} {outcome['status']}: {outcome['error']}", err=True)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole status as JSON.")
+@pass_context
+def status(context: Context, run_id: str, as_json: bool) -> None:
+    """Show a run: its status, each step's status, its result or error."""
+    current = context.orchestrator.status(run_id)
+    if as_json:
+        click.echo(json.dumps(current, ensure_ascii=False, indent=2))
+        return
+    click.echo(f"run {current['run_id']}: {current['status']}")
+    for step in current["steps"]:
+        attempts = f" (attempts: {step['attempts']})" if step["attempts"] > 1 else ""
+        click.echo(f"  {step['step']:<28} {step['status']}{attempts}")
+    if current["error"]:
+        click.echo(f"error: {current['error']}")
+    if current["result"] is not None:
+        click.echo("result: " + json.dumps(current["result"], ensure_ascii=False))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@pass_context
+def queues(context: Context, as_json: bool) -> None:
+    """Jobs waiting in each module's queue."""
+    counts = context.orchestrator.list_queues()
+    if as_json:
+        click.echo(json.dumps(counts))
+        return
+    for node, count in counts.items():
+        click.echo(f"{node:<28} {count}")
+
+
+@cli.command()
+@click.argument("nodes", nargs=-1)
+@click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
+@pass_context
+def worker(context: Context, nodes: tuple[str, ...], burst: bool) -> None:
+    """Serve the queues of NODES (default: every node of the graph)."""
+    runtime = context.runtime
+    graph = runtime.graph()
+    unknown = [node for node in nodes if node not in graph.connections]
+    if unknown:
+        raise UsageError(f"unknown node {unknown[0]!r} (graph nodes: {', '.join(graph.nodes)})")
+    level = "INFO" if logging.getLogger().level <= logging.INFO else "WARNING"
+    run_worker(runtime, list(nodes) or None, burst=burst, log_level=level)
+
+
+@cli.command("init-db")
+@pass_context
+def init_db(context: Context) -> None:
+    """Create ezgraph's tables in the database (first use does it too)."""
+    Store(context.settings.database_url).create_schema()
+    click.echo(f"schema ready in {redact_url(context.settings.database_url)}")
+
+
+@cli.command()
+@pass_context
+def persist(context: Context) -> None:
+    """Write every ended run still waiting in Redis to the database now."""
+    count = context.runtime.save_unsaved()
+    click.echo(f"{count} runs written")
+
+
+@cli.command()
+@pass_context
+def check(context: Context) -> None:
+    """Validate the graph and its modules; print the verdict."""
+    graph = load_graph(context.settings.modules)
+    edges = sum(len(s) for s in graph.connections.values())
+    joins = [n for n in graph.nodes if graph.is_join(n)]
+    click.echo(
+        f"ok: {graph.package}: {len(graph.nodes)} nodes, {edges} edges"
+        + (f", joins: {', '.join(joins)}" if joins else "")
+    )
+
+
+@cli.command()
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text",
+    show_default=True,
+)
+@pass_context
+def viz(context: Context, fmt: str) -> None:
+    """Draw the graph as text, Mermaid or Graphviz dot."""
+    graph = load_graph(context.settings.modules)
+    if fmt == "mermaid":
+        click.echo("graph TD")
+        for node, successors in graph.connections.items():
+            for successor in successors:
+                click.echo(f"    {node} --> {successor}")
+    elif fmt == "dot":
+        click.echo("digraph ezgraph {")
+        for node, successors in graph.connections.items():
+            click.echo(f"  {node};")
+            for successor in successors:
+                click.echo(f"  {node} -> {successor};")
+        click.echo("}")
+    else:
+        for node, successors in graph.connections.items():
+            label = " (join)" if graph.is_join(node) else ""
+            click.echo(f"{node}{label} -> {', '.join(successors) or '(end)'}")
+
+
+@cli.group()
+def server() -> None:
+    """The embedded Redis-compatible server used when no Redis is configured."""
+
+
+@server.command("url")
+@pass_context
+def server_url(context: Context) -> None:
+    """Print the Redis URL every command uses (starting the embedded server if needed)."""
+    click.echo(redis_url(context.settings))
+
+
+@server.command("start")
+@pass_context
+def server_start(context: Context) -> None:
+    """Start the embedded server (a no-op when it runs)."""
+    click.echo(embedded.ensure_server(context.settings.home))
+
+
+@server.command("stop")
+@pass_context
+def server_stop(context: Context) -> None:
+    """Stop the embedded server."""
+    stopped = embedded.stop_server(context.settings.home)
+    click.echo("stopped" if stopped else "not running")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the CLI, turning ezgraph errors into one line and an exit code."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except EzgraphError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,112 @@
+"""What a module may use to steer its run: :class:`Route`, :class:`Map` and its step context.
+
+A module never has to import ezgraph: a plain ``dict`` returned from ``process(data)`` goes on
+to every declared successor. It imports this only to choose successors, to fan out over a list
+it computed, or to read who it is (run id, attempt, idempotency key, upstream outputs).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import StepError
+
+
+@dataclass(frozen=True)
+class Route:
+    """Send this step's output only to ``to`` (a subset of the node's declared successors).
+
+    Successors not chosen are marked ``skipped``, and so, transitively, is everything that can
+    only be reached through them.
+    """
+
+    to: tuple[str, ...]
+    output: Mapping[str, Any] = field(default_factory=dict)
+
+    def __init__(self, to: str | Iterable[str], output: Mapping[str, Any] | None = None) -> None:
+        object.__setattr__(self, "to", (to,) if isinstance(to, str) else tuple(to))
+        object.__setattr__(self, "output", {} if output is None else output)
+
+
+@dataclass(frozen=True)
+class Map:
+    """Run successor ``node`` once per item of ``items``; the node after it gets them in order.
+
+    Each instance receives this step's state plus ``{key: item}``; the join after the mapped
+    node receives ``{node: [output_0, output_1, ...]}`` in item order. An empty list goes
+    straight on to that join. The other successors of this step get ``output`` as usual.
+    """
+
+    node: str
+    items: tuple[Any, ...]
+    output: Mapping[str, Any] = field(default_factory=dict)
+    key: str = "item"
+
+    def __init__(
+        self,
+        node: str,
+        items: Iterable[Any],
+        output: Mapping[str, Any] | None = None,
+        key: str = "item",
+    ) -> None:
+        object.__setattr__(self, "node", node)
+        object.__setattr__(self, "items", tuple(items))
+        object.__setattr__(self, "output", {} if output is None else output)
+        object.__setattr__(self, "key", key)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Who the running step is; read it with :func:`current_step`.
+
+    ``idempotency_key`` is the same for every attempt of one step of one run: use it to make a
+    side effect (a row, an e-mail, a payment) happen once even when the step runs again.
+    ``outputs`` maps each upstream node of a join to its own output (a list for a mapped node).
+    """
+
+    run_id: str
+    node: str
+    index: int | None
+    attempt: int
+    database_url: str
+    outputs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def step(self) -> str:
+        """The step's name within its run: ``node``, or ``node-<index>`` for a mapped instance."""
+        return self.node if self.index is None else f"{self.node}-{self.index}"
+
+    @property
+    def idempotency_key(self) -> str:
+        """A key unique to this step of this run, stable across attempts."""
+        return f"{self.run_id}:{self.step}"
+
+
+_current: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar(
+    "ezgraph_step", default=None
+)
+
+
+def current_step() -> StepContext:
+    """Return the context of the step running in this process.
+
+    Raises:
+        StepError: when called outside a step.
+    """
+    context = _current.get()
+    if context is None:
+        raise StepError("current_step() called outside an ezgraph step")
+    return context
+
+
+def set_current_step(context: StepContext | None) -> contextvars.Token[StepContext | None]:
+    """Install ``context`` as the running step (used by the step wrapper and tests)."""
+    return _current.set(context)
+
+
+def reset_current_step(token: contextvars.Token[StepContext | None]) -> None:
+    """Undo :func:`set_current_step`."""
+    _current.reset(token)

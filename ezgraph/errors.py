@@ -1,0 +1,46 @@
+"""The exceptions ezgraph raises: one tree under :class:`EzgraphError`.
+
+Each class's docstring is its meaning; the CLI prints ``str(error)`` on one line.
+"""
+
+from __future__ import annotations
+
+
+class EzgraphError(Exception):
+    """Base class of every error ezgraph raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(EzgraphError):
+    """Raised when the caller asked for something malformed (bad payload, unknown node)."""
+
+    exit_code = 2
+
+
+class GraphError(UsageError):
+    """Raised when GRAPH_CONNECTIONS or its modules are invalid; the message names the node."""
+
+
+class PayloadError(UsageError):
+    """Raised when a payload is not a JSON object, not JSON-serializable, or too large."""
+
+
+class RunNotFound(EzgraphError):
+    """Raised when no run with the given id exists in Redis or in the database."""
+
+
+class InvalidRunOperation(EzgraphError):
+    """Raised when an operation does not fit a run's state (cancel a finished run, ...)."""
+
+
+class StepError(EzgraphError):
+    """Raised inside a step when a module's result breaks the contract (non-dict, bad route)."""
+
+
+class ConnectionFailed(EzgraphError):
+    """Raised when Redis or the database cannot be reached; the message names the URL without password."""
+
+
+class EmbeddedServerError(ConnectionFailed):
+    """Raised when the embedded Redis-compatible server cannot be started."""

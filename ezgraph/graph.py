@@ -1,0 +1,263 @@
+"""The graph model: nodes, their successors and the function each node runs.
+
+Pure: loading imports the user's modules package, but nothing here talks to Redis or SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import keyword
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from .errors import GraphError
+
+StepFunction = Callable[[dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class NodePolicy:
+    """How one node's steps are run by RQ: timeout in seconds and retries with their intervals."""
+
+    timeout: int
+    retries: int
+    retry_intervals: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A validated graph: ``connections`` maps each node to its successors, in declared order.
+
+    ``functions`` maps each node to the dotted path of what it runs (``pkg.mod:func``).
+    ``routes`` lists, for a node that declares them, the successors it may route to.
+    """
+
+    connections: Mapping[str, tuple[str, ...]]
+    functions: Mapping[str, str]
+    package: str = "modules"
+    routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Every node, in the order GRAPH_CONNECTIONS declares them."""
+        return tuple(self.connections)
+
+    def successors(self, node: str) -> tuple[str, ...]:
+        """The nodes that run after ``node``."""
+        return self.connections[node]
+
+    def predecessors(self, node: str) -> tuple[str, ...]:
+        """The nodes ``node`` waits for, in GRAPH_CONNECTIONS order (the join merge order)."""
+        return tuple(n for n, succ in self.connections.items() if node in succ)
+
+    def is_join(self, node: str) -> bool:
+        """True when ``node`` has more than one predecessor."""
+        return len(self.predecessors(node)) > 1
+
+    def sinks(self) -> tuple[str, ...]:
+        """Nodes with no successor, in declared order."""
+        return tuple(n for n, succ in self.connections.items() if not succ)
+
+    def descendants(self, node: str) -> tuple[str, ...]:
+        """Every node reachable from ``node`` (not including it), in declared order."""
+        seen: set[str] = set()
+        stack = list(self.connections[node])
+        while stack:
+            current = stack.pop()
+            if current not in seen:
+                seen.add(current)
+                stack.extend(self.connections[current])
+        return tuple(n for n in self.connections if n in seen)
+
+    def policy(self, node: str, timeout: int, retries: int, intervals: tuple[int, ...]) -> NodePolicy:
+        """The node's run policy: its POLICIES entry over the given defaults."""
+        declared = self.policies.get(node, {})
+        return NodePolicy(
+            timeout=int(declared.get("timeout", timeout)),
+            retries=int(declared.get("retries", retries)),
+            retry_intervals=tuple(int(i) for i in declared.get("retry_intervals", intervals)),
+        )
+
+    def to_json(self) -> str:
+        """The shape the Redis scripts read: successors and in-degree of every node."""
+        indegree = {node: len(self.predecessors(node)) for node in self.connections}
+        succ = {node: list(s) for node, s in self.connections.items()}
+        return json.dumps({"succ": succ, "indeg": indegree}, separators=(",", ":"))
+
+    @property
+    def digest(self) -> str:
+        """A short fingerprint of the graph's shape and functions."""
+        text = json.dumps([self.connections, self.functions], sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    def resolve(self, node: str) -> StepFunction:
+        """Import and return the callable that node ``node`` runs.
+
+        Raises:
+            GraphError: when the node is unknown or its function cannot be imported.
+        """
+        if node not in self.functions:
+            raise GraphError(f"unknown node {node!r}")
+        return _import_function(node, self.functions[node])
+
+
+def build_graph(
+    connections: Mapping[str, Any],
+    functions: Mapping[str, str] | None = None,
+    package: str = "modules",
+    routes: Mapping[str, Any] | None = None,
+    policies: Mapping[str, Mapping[str, Any]] | None = None,
+    check_functions: bool = True,
+) -> Graph:
+    """Validate a graph declaration and return the :class:`Graph`.
+
+    Each node runs ``functions[node]`` when given, else ``process`` of ``<package>.<node>``.
+
+    Raises:
+        GraphError: naming the node, for a non-identifier name, an unknown successor, a cycle,
+            a node with no importable function, or a route target that is not a successor.
+    """
+    if not isinstance(connections, Mapping) or not connections:
+        raise GraphError("GRAPH_CONNECTIONS must be a non-empty dict {node: [successors]}")
+    graph_connections: dict[str, tuple[str, ...]] = {}
+    for node, successors in connections.items():
+        _check_name(node)
+        if isinstance(successors, str) or not isinstance(successors, (list, tuple)):
+            raise GraphError(f"node {node!r}: successors must be a list of node names")
+        for successor in successors:
+            _check_name(successor)
+            if successor not in connections:
+                raise GraphError(f"node {node!r}: unknown successor {successor!r}")
+        if len(set(successors)) != len(successors):
+            raise GraphError(f"node {node!r}: a successor is listed twice")
+        graph_connections[node] = tuple(successors)
+    _check_acyclic(graph_connections)
+
+    functions = dict(functions or {})
+    for node in functions:
+        if node not in graph_connections:
+            raise GraphError(f"MODULES names {node!r}, which is not in GRAPH_CONNECTIONS")
+    # A path without ":func" means the module's process() (or its ModuleWorker class).
+    paths = {node: functions.get(node, f"{package}.{node}") for node in graph_connections}
+
+    graph_routes: dict[str, tuple[str, ...]] = {}
+    for node, targets in (routes or {}).items():
+        if node not in graph_connections:
+            raise GraphError(f"ROUTES names {node!r}, which is not in GRAPH_CONNECTIONS")
+        for target in targets:
+            if target not in graph_connections[node]:
+                raise GraphError(f"node {node!r}: route target {target!r} is not a successor")
+        graph_routes[node] = tuple(targets)
+
+    for node, policy in (policies or {}).items():
+        if node not in graph_connections:
+            raise GraphError(f"POLICIES names {node!r}, which is not in GRAPH_CONNECTIONS")
+        unknown = set(policy) - {"timeout", "retries", "retry_intervals"}
+        if unknown:
+            raise GraphError(f"node {node!r}: unknown policy keys {sorted(unknown)}")
+
+    graph = Graph(graph_connections, paths, package, graph_routes, dict(policies or {}))
+    if check_functions:
+        for node in graph.nodes:
+            graph.resolve(node)
+    return graph
+
+
+def load_graph(package: str = "modules") -> Graph:
+    """Import the modules package ``package`` and build its validated graph.
+
+    The package declares ``GRAPH_CONNECTIONS`` and optionally ``MODULES`` (node -> "pkg.mod:func"),
+    ``ROUTES`` (node -> successors it may route to) and ``POLICIES`` (node -> timeout/retries).
+    """
+    module = _import_package(package)
+    connections = getattr(module, "GRAPH_CONNECTIONS", None)
+    if connections is None:
+        raise GraphError(f"package {package!r} defines no GRAPH_CONNECTIONS")
+    return build_graph(
+        connections,
+        functions=getattr(module, "MODULES", None),
+        package=package,
+        routes=getattr(module, "ROUTES", None),
+        policies=getattr(module, "POLICIES", None),
+    )
+
+
+def _import_package(package: str) -> ModuleType:
+    try:
+        return importlib.import_module(package)
+    except ModuleNotFoundError as error:
+        if error.name and package.startswith(error.name):
+            raise GraphError(
+                f"cannot import modules package {package!r} (set EZGRAPH_MODULES, run from its folder)"
+            ) from None
+        raise GraphError(f"importing {package!r} failed: {error}") from error
+    except Exception as error:
+        raise GraphError(f"importing {package!r} failed: {type(error).__name__}: {error}") from error
+
+
+def _import_function(node: str, path: str) -> StepFunction:
+    module_name, _, attribute = path.partition(":")
+    attribute = attribute or "process"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and module_name.startswith(error.name):
+            raise GraphError(f"node {node!r} has no module: {module_name} not found") from None
+        raise GraphError(f"node {node!r}: importing {module_name} failed: {error}") from error
+    except Exception as error:
+        raise GraphError(
+            f"node {node!r}: importing {module_name} failed: {type(error).__name__}: {error}"
+        ) from error
+    target = getattr(module, attribute, None)
+    if target is None and ":" not in path:
+        # The seed's style: modules/X.py holds a ModuleWorker subclass instead of process().
+        target = next(
+            (
+                value
+                for value in vars(module).values()
+                if inspect.isclass(value)
+                and getattr(value, "_ezgraph_module_worker", False)
+                and value.__module__ == module.__name__
+            ),
+            None,
+        )
+    if target is None:
+        raise GraphError(f"node {node!r} has no function: {module_name} defines no {attribute!r}")
+    if inspect.isclass(target):
+        # A ModuleWorker subclass (the seed's way to write a module): run its process().
+        process = getattr(target(), "process", None)
+        if not callable(process):
+            raise GraphError(f"node {node!r}: class {path} has no process(self, data) method")
+        return process  # type: ignore[no-any-return]
+    if not callable(target):
+        raise GraphError(f"node {node!r}: {path} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise GraphError(f"node name {name!r} is not a Python identifier")
+
+
+def _check_acyclic(connections: Mapping[str, tuple[str, ...]]) -> None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for successor in connections[node]:
+            if state.get(successor) == 1:
+                cycle = path[path.index(successor) :] + [successor]
+                raise GraphError(f"node {successor!r} is in a cycle: {' -> '.join(cycle)}")
+            if successor not in state:
+                visit(successor, path + [successor])
+        state[node] = 2
+
+    for node in connections:
+        if node not in state:
+            visit(node, [node])

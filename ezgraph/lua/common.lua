@@ -1,0 +1,104 @@
+-- Shared prelude of every ezgraph script: one run's keys and the graph walk.
+-- ARGV[1] key prefix, ARGV[2] run id, ARGV[3] now as RQ's ISO date, ARGV[4] now as epoch seconds.
+local P, RUN, NOW_ISO, NOW = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local run_key = P .. ':run:' .. RUN
+local steps_key = run_key .. ':steps'
+local state_key = run_key .. ':state'
+local join_key = run_key .. ':join'
+local jobs_key = run_key .. ':jobs'
+local TERMINAL = {finished = true, failed = true, skipped = true, canceled = true}
+
+-- Prebuilt RQ jobs, read from ARGV starting at position i: count, then per job
+-- step, job id, queue, number of hash fields, the fields. Returns the table and the next position.
+local function read_jobs(i)
+  local jobs = {}
+  local count = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, count do
+    local step, id, queue, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+    jobs[step] = {id = id, queue = queue, first = i + 4, last = i + 3 + n}
+    i = i + 4 + n
+  end
+  return jobs, i
+end
+
+-- Create an RQ job unless its id exists (the atomic create that makes successors once-only).
+local function create_job(step, job)
+  local key = 'rq:job:' .. job.id
+  if redis.call('EXISTS', key) == 1 then return false end
+  redis.call('HSET', key, unpack(ARGV, job.first, job.last))
+  redis.call('RPUSH', 'rq:queue:' .. job.queue, job.id)
+  redis.call('SADD', 'rq:queues', 'rq:queue:' .. job.queue)
+  redis.call('HSET', jobs_key, job.id, job.queue)
+  redis.call('HSET', steps_key, step .. '.status', 'queued', step .. '.job', job.id)
+  redis.call('HINCRBY', run_key, 'pending', 1)
+  return true
+end
+
+-- Walk the graph from a resolved node: each successor gets an arrival, 'done' or 'skip'.
+-- A node runs when all its predecessors have arrived and one of them was done; it is skipped
+-- (and passes skips on) when all arrivals were skips. Nodes ready without a prebuilt job are
+-- returned in `missing` for the caller to create.
+local function make_walker(graph, jobs, missing)
+  local walker = {}
+  function walker.ready(node)
+    local job = jobs[node]
+    if job then create_job(node, job) else
+      redis.call('HSET', steps_key, node .. '.status', 'ready')
+      redis.call('HINCRBY', run_key, 'pending', 1)
+      table.insert(missing, node)
+    end
+  end
+  function walker.skip(node)
+    redis.call('HSET', steps_key, node .. '.status', 'skipped', node .. '.ended_at', NOW_ISO)
+    for _, successor in ipairs(graph.succ[node]) do walker.arrive(successor, false) end
+  end
+  function walker.arrive(node, done)
+    local indegree = graph.indeg[node]
+    if indegree <= 1 then
+      if done then walker.ready(node) else walker.skip(node) end
+      return
+    end
+    redis.call('HSETNX', join_key, 'left:' .. node, indegree)
+    if done then redis.call('HSET', join_key, 'any:' .. node, 1) end
+    if redis.call('HINCRBY', join_key, 'left:' .. node, -1) == 0 then
+      if redis.call('HEXISTS', join_key, 'any:' .. node) == 1 then walker.ready(node)
+      else walker.skip(node) end
+    end
+  end
+  return walker
+end
+
+-- End the run when nothing of it is pending; returns 1 when this call ended it.
+local function end_run_if_idle()
+  if tonumber(redis.call('HGET', run_key, 'pending')) > 0 then return 0 end
+  if redis.call('HEXISTS', run_key, 'ended_at') == 1 then return 0 end
+  local status = redis.call('HGET', run_key, 'status')
+  if status == 'queued' or status == 'running' then
+    redis.call('HSET', run_key, 'status', 'finished')
+  end
+  redis.call('HSET', run_key, 'ended_at', NOW_ISO)
+  redis.call('ZREM', P .. ':runs:live', RUN)
+  redis.call('ZADD', P .. ':runs:unsaved', NOW, RUN)
+  return 1
+end
+
+-- Stop a run: set its terminal status, and cancel every step still waiting in an RQ queue.
+local function abort_run(status, error_text)
+  local current = redis.call('HGET', run_key, 'status')
+  if current ~= 'queued' and current ~= 'running' then return end
+  redis.call('HSET', run_key, 'status', status, 'error', error_text)
+  local jobs = redis.call('HGETALL', jobs_key)
+  local prefix_len = string.len(RUN) + 2
+  for i = 1, #jobs, 2 do
+    local id, queue = jobs[i], jobs[i + 1]
+    local step = string.sub(id, prefix_len)
+    if redis.call('HGET', steps_key, step .. '.status') == 'queued'
+        and redis.call('HGET', 'rq:job:' .. id, 'status') == 'queued' then
+      redis.call('LREM', 'rq:queue:' .. queue, 0, id)
+      redis.call('HSET', 'rq:job:' .. id, 'status', 'canceled', 'ended_at', NOW_ISO)
+      redis.call('ZADD', 'rq:canceled:' .. queue, NOW + 86400, id)
+      redis.call('HSET', steps_key, step .. '.status', 'canceled', step .. '.ended_at', NOW_ISO)
+      redis.call('HINCRBY', run_key, 'pending', -1)
+    end
+  end
+end

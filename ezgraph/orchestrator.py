@@ -1,0 +1,158 @@
+"""The public face: submit runs, read their status, count queues.
+
+``GraphOrchestrator`` holds a :class:`Runtime`; the module-level :func:`submit` and
+:func:`status` build one from the environment for each call (the seed's API).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from .errors import ConnectionFailed, PayloadError, RunNotFound, UsageError
+from .graph import Graph
+from .records import RunRecord, RunStatus
+from .runtime import Runtime, StepInput
+from .settings import Settings, redact_url
+
+
+class GraphOrchestrator:
+    """Submit runs of a graph and read them back, from Redis while live and from SQL after."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        connection: Redis | None = None,
+        runtime: Runtime | None = None,
+    ) -> None:
+        if runtime is None:
+            runtime = Runtime(settings or Settings.from_env(), connection)
+        self.runtime = runtime
+        self.settings = runtime.settings
+
+    @property
+    def graph(self) -> Graph:
+        """The graph of the configured modules package."""
+        return self.runtime.graph()
+
+    def submit(
+        self,
+        start_module: str,
+        data: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        **fields: Any,
+    ) -> str:
+        """Start a run at ``start_module`` with ``data`` and ``fields`` as its state; return its id.
+
+        Raises:
+            UsageError: for an unknown start module.
+            PayloadError: for a payload that is not a JSON object or is over the size limit.
+        """
+        graph = self.graph
+        if start_module not in graph.connections:
+            known = ", ".join(graph.nodes)
+            raise UsageError(f"unknown start module {start_module!r} (graph nodes: {known})")
+        payload = {**(data or {}), **fields}
+        input_json = _payload_json(payload, self.settings.max_payload_bytes)
+        run_id = run_id or uuid.uuid4().hex
+        if not run_id.replace("-", "").replace("_", "").isalnum():
+            raise UsageError(f"run id {run_id!r} may only hold letters, digits, '-' and '_'")
+        job = self.runtime.prepare_job(graph, run_id, start_module, StepInput(state=payload))
+        reachable = {start_module, *graph.descendants(start_module)}
+        joins = {
+            node: sum(1 for p in graph.predecessors(node) if p in reachable)
+            for node in reachable
+            if graph.is_join(node) and node != start_module
+        }
+        joins = {
+            node: left for node, left in joins.items() if left < len(graph.predecessors(node))
+        }
+        with _redis_errors(self.runtime):
+            created = self.runtime.book.submit(
+                run_id, start_module, graph.package, graph.to_json(), input_json, joins, job
+            )
+        if not created:
+            raise UsageError(f"run id {run_id!r} exists already")
+        return run_id
+
+    def status(self, run_id: str) -> dict[str, Any]:
+        """The run as ``{"run_id", "status", "nodes", "result", "error", ...}``.
+
+        Raises:
+            RunNotFound: when neither Redis nor the database knows the run.
+        """
+        return self.get_run(run_id).to_status()
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """The run's record: from Redis while it is there, else from SQL."""
+        with _redis_errors(self.runtime):
+            record = self.runtime.read_run(run_id)
+        if record is None:
+            record = self.runtime.store.load_run(run_id)
+        if record is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        return record
+
+    def wait(self, run_id: str, timeout: float = 60.0, poll: float = 0.005) -> dict[str, Any]:
+        """Block until the run reaches a terminal state (or ``timeout``); return its status."""
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.status(run_id)
+            if RunStatus(current["status"]).terminal or time.monotonic() >= deadline:
+                return current
+            time.sleep(poll)
+            poll = min(poll * 1.5, 0.2)
+
+    def list_queues(self) -> dict[str, int]:
+        """Jobs waiting in each node's queue, e.g. ``{'intent_validator': 0, ...}``."""
+        nodes = self.graph.nodes
+        with _redis_errors(self.runtime):
+            pipe = self.runtime.connection.pipeline(transaction=False)
+            for node in nodes:
+                pipe.llen(f"rq:queue:{node}")
+            counts = pipe.execute()
+        return {node: int(count) for node, count in zip(nodes, counts)}
+
+
+def submit(start_module: str, **fields: Any) -> str:
+    """Submit a run with settings from the environment; return its id (the seed's API)."""
+    return GraphOrchestrator().submit(start_module, **fields)
+
+
+def status(run_id: str) -> dict[str, Any]:
+    """A run's status with settings from the environment (the seed's API)."""
+    return GraphOrchestrator().status(run_id)
+
+
+def _payload_json(payload: Mapping[str, Any], limit: int) -> str:
+    try:
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise PayloadError(f"payload is not JSON-serializable: {error}") from None
+    size = len(text.encode())
+    if size > limit:
+        raise PayloadError(f"payload is {size} bytes, over the {limit}-byte limit (EZGRAPH_MAX_PAYLOAD)")
+    return text
+
+
+class _redis_errors:
+    """Turn a Redis failure mid-operation into one line naming the server."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: BaseException | None, _tb: Any) -> bool:
+        if isinstance(error, RedisError):
+            kwargs = self.runtime.connection.connection_pool.connection_kwargs
+            where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+            raise ConnectionFailed(f"Redis at {redact_url(str(where))} failed: {error}") from error
+        return False

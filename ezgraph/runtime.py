@@ -1,0 +1,177 @@
+"""The runtime a process works in: settings, Redis, the run bookkeeping, the store, the graphs.
+
+Also where step jobs are built (so every job of every run looks alike in RQ) and where ended
+runs are handed over to SQL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from redis import Redis
+from rq.job import Job, JobStatus, Retry
+
+from .bookkeeping import PreparedJob, RunBook
+from .connection import connect
+from .errors import ConnectionFailed
+from .graph import Graph, StepFunction, load_graph
+from .records import RunRecord, record_from_live
+from .settings import Settings
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+STEP_FUNCTION = "ezgraph.step.run_step"
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """How a step job gets its input: the state itself, or gathered from Redis (joins)."""
+
+    state: dict[str, Any] | None = None
+    gather: bool = False
+    index: int | None = None
+    item: Any = None
+    key: str = "item"
+
+
+class Runtime:
+    """Settings, connections and graphs for one process; build one, pass it down."""
+
+    def __init__(self, settings: Settings, connection: Redis | None = None) -> None:
+        self.settings = settings
+        self.connection = connection if connection is not None else connect(settings)
+        self.book = RunBook(self.connection, settings.key_prefix)
+        self._store: Store | None = None
+        self._graphs: dict[str, Graph] = {}
+        self._functions: dict[tuple[str, str], StepFunction] = {}
+
+    @property
+    def store(self) -> Store:
+        """The SQL store (the engine is created on first use)."""
+        if self._store is None:
+            self._store = Store(self.settings.database_url)
+        return self._store
+
+    def graph(self, package: str | None = None) -> Graph:
+        """The validated graph of ``package`` (default: the settings' modules package), cached."""
+        package = package or self.settings.modules
+        graph = self._graphs.get(package)
+        if graph is None:
+            graph = self._graphs[package] = load_graph(package)
+        return graph
+
+    def use_graph(self, graph: Graph) -> None:
+        """Serve ``graph`` for its package instead of importing it (tests, embedded callers)."""
+        self._graphs[graph.package] = graph
+
+    def override(self, node: str, function: StepFunction, package: str | None = None) -> None:
+        """Run ``function`` for ``node`` in this process instead of the graph's function."""
+        self._functions[(package or self.settings.modules, node)] = function
+
+    def function(self, graph: Graph, node: str) -> StepFunction:
+        """The callable ``node`` runs, imported once per process."""
+        key = (graph.package, node)
+        function = self._functions.get(key)
+        if function is None:
+            function = self._functions[key] = graph.resolve(node)
+        return function
+
+    def prepare_job(
+        self, graph: Graph, run_id: str, node: str, step_input: StepInput
+    ) -> PreparedJob:
+        """Build the RQ job of one step: id ``<run>-<step>``, on the queue named after the node."""
+        step = node if step_input.index is None else f"{node}-{step_input.index}"
+        settings = self.settings
+        policy = graph.policy(node, settings.job_timeout, settings.retries, settings.retry_intervals)
+        kwargs: dict[str, Any] = {"run_id": run_id, "node": node, "package": graph.package}
+        if step_input.gather:
+            kwargs["gather"] = True
+        else:
+            kwargs["state"] = step_input.state
+        if step_input.index is not None:
+            kwargs.update(index=step_input.index, item=step_input.item, key=step_input.key)
+        retry = None
+        if policy.retries > 0:
+            retry = Retry(max=policy.retries, interval=list(policy.retry_intervals) or 0)
+        job = Job.create(
+            STEP_FUNCTION,
+            kwargs=kwargs,
+            connection=self.connection,
+            id=f"{run_id}-{step}",
+            description=f"{step} ({graph.functions[node]}) run {run_id}",
+            timeout=policy.timeout,
+            result_ttl=settings.result_ttl,
+            failure_ttl=settings.result_ttl,
+            retry=retry,
+            origin=node,
+            status=JobStatus.QUEUED,
+            meta={"retries": policy.retries} if retry else None,
+        )
+        job.enqueued_at = datetime.now(timezone.utc)
+        fields: list[Any] = []
+        for name, value in job.to_dict().items():
+            fields.extend((name, value))
+        return PreparedJob(step, job.id, node, fields)
+
+    def read_run(self, run_id: str) -> RunRecord | None:
+        """A live run from Redis (with RQ's view of its queued steps), or None."""
+        live = self.book.read(run_id)
+        if live is None:
+            return None
+        queued = [
+            (step, fields["job"])
+            for step, fields in live.steps.items()
+            if fields.get("status") == "queued" and fields.get("job")
+        ]
+        job_statuses: dict[str, str] = {}
+        if queued:
+            pipe = self.connection.pipeline(transaction=False)
+            for _, job_id in queued:
+                pipe.hget(f"rq:job:{job_id}", "status")
+            for (step, _), status in zip(queued, pipe.execute()):
+                if status is not None:
+                    job_statuses[step] = status.decode()
+        return record_from_live(live, job_statuses)
+
+    def save_runs(self, run_ids: Sequence[str]) -> list[str]:
+        """Write ended runs to SQL in one transaction and mark them saved; returns the saved ids.
+
+        When the database is down the runs stay in Redis's unsaved set and the next call
+        (any worker's maintenance, or ``ezgraph persist``) writes them: delayed, never lost.
+        """
+        records = []
+        gone = []
+        for run_id in run_ids:
+            record = self.read_run(run_id)
+            if record is None:
+                gone.append(run_id)  # expired from Redis: nothing left to write
+            elif record.ended_at is not None:
+                records.append(record)
+        self.book.mark_saved(gone, self.settings.run_ttl)
+        if not records:
+            return []
+        try:
+            self.store.save_runs(records)
+        except ConnectionFailed as error:
+            logger.warning("runs kept in Redis until the database answers: %s", error)
+            return []
+        saved = [record.run_id for record in records]
+        self.book.mark_saved(saved, self.settings.run_ttl)
+        return saved
+
+    def save_unsaved(self, older_than: float = 0.0, batch: int = 500) -> int:
+        """Persist every ended run still waiting in Redis; returns how many were written."""
+        total = 0
+        while True:
+            ids = self.book.unsaved(limit=batch, older_than=older_than)
+            if not ids:
+                return total
+            saved = self.save_runs(ids)
+            total += len(saved)
+            if len(saved) < len(ids):
+                return total
