@@ -13,14 +13,18 @@ from .errors import (
     StepError,
     UsageError,
 )
+from .orchestrator import GraphOrchestrator, status, submit
 from .settings import Settings
+from .worker import ModuleWorker
 
 __all__ = [
     "ConnectionFailed",
     "EzgraphError",
     "GraphError",
+    "GraphOrchestrator",
     "InvalidRunOperation",
     "Map",
+    "ModuleWorker",
     "PayloadError",
     "Route",
     "RunNotFound",
@@ -29,4 +33,6 @@ __all__ = [
     "StepError",
     "UsageError",
     "current_step",
+    "status",
+    "submit",
 ]

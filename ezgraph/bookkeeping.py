@@ -20,7 +20,7 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -33,7 +33,7 @@ STEP_FIELDS = ("status", "job", "output", "error", "started_at", "ended_at", "wo
 
 def utcnow_iso() -> str:
     """Now, in the date format RQ stores."""
-    return datetime.now(timezone.utc).strftime(RQ_DATE_FORMAT)
+    return datetime.now(UTC).strftime(RQ_DATE_FORMAT)
 
 
 def _load_script(name: str) -> str:
@@ -69,7 +69,7 @@ def jobs_argv(jobs: Iterable[PreparedJob]) -> list[Any]:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a script reported: ``ok``, ``duplicate`` (already recorded) or ``gone`` (no such run)."""
+    """What a script reported: ``ok``, ``duplicate`` (recorded before) or ``gone`` (no run)."""
 
     status: str
     run_ended: bool
@@ -121,8 +121,14 @@ class RunBook:
         return self._scripts[name](args=[*head, *args])
 
     def submit(
-        self, run_id: str, start: str, package: str, graph_json: str, input_json: str,
-        joins: dict[str, int], job: PreparedJob,
+        self,
+        run_id: str,
+        start: str,
+        package: str,
+        graph_json: str,
+        input_json: str,
+        joins: dict[str, int],
+        job: PreparedJob,
     ) -> bool:
         """Create the run and its first step; False when the run id is taken.
 
@@ -130,8 +136,14 @@ class RunBook:
         this start node (they count as skipped from the outset).
         """
         created = self._call(
-            "submit", run_id, start, package, graph_json, input_json,
-            json.dumps(joins or {}), *jobs_argv([job]),
+            "submit",
+            run_id,
+            start,
+            package,
+            graph_json,
+            input_json,
+            json.dumps(joins or {}),
+            *jobs_argv([job]),
         )
         return bool(created)
 
@@ -152,16 +164,33 @@ class RunBook:
     ) -> Outcome:
         """Record a finished step and create its ready successors, atomically."""
         reply = self._call(
-            "complete", run_id, step, node, "" if index is None else index, output_json,
-            state_json or "", "" if chosen is None else json.dumps(list(chosen)),
-            mapped[0] if mapped else "", mapped[1] if mapped else 0,
-            started_at, worker, attempt, *jobs_argv(jobs),
+            "complete",
+            run_id,
+            step,
+            node,
+            "" if index is None else index,
+            output_json,
+            state_json or "",
+            "" if chosen is None else json.dumps(list(chosen)),
+            mapped[0] if mapped else "",
+            mapped[1] if mapped else 0,
+            started_at,
+            worker,
+            attempt,
+            *jobs_argv(jobs),
         )
         return _outcome(reply)
 
     def fail(
-        self, run_id: str, step: str, error: str, started_at: str = "", worker: str = "",
-        attempt: int = 0, input_json: str = "", run_status: str = "failed",
+        self,
+        run_id: str,
+        step: str,
+        error: str,
+        started_at: str = "",
+        worker: str = "",
+        attempt: int = 0,
+        input_json: str = "",
+        run_status: str = "failed",
         step_error: str | None = None,
     ) -> Outcome:
         """Record a step that failed for good (or, with ``step=''``, a cancel) and stop the run.
@@ -169,7 +198,15 @@ class RunBook:
         ``error`` is the run's one-line error; ``step_error`` the step's own (with traceback).
         """
         reply = self._call(
-            "fail", run_id, step, run_status, error, started_at, worker, attempt, input_json,
+            "fail",
+            run_id,
+            step,
+            run_status,
+            error,
+            started_at,
+            worker,
+            attempt,
+            input_json,
             step_error or error,
         )
         return _outcome(reply)
@@ -205,7 +242,9 @@ class RunBook:
         pipe.hmget(f"{base}:state", list(states))
         pipe.hmget(f"{base}:join", [f"mapn:{p}" for p in predecessors])
         statuses, outputs, kept, counts = pipe.execute()
-        mapped_counts = {p: int(c) for p, c in zip(predecessors, counts) if c is not None}
+        mapped_counts = {
+            p: int(c) for p, c in zip(predecessors, counts, strict=True) if c is not None
+        }
         mapped: dict[str, list[str | None]] = {}
         fields = [f"{p}-{i}.output" for p, n in mapped_counts.items() for i in range(n)]
         if fields:
@@ -213,9 +252,9 @@ class RunBook:
             for pred, count in mapped_counts.items():
                 mapped[pred], values = values[:count], values[count:]
         return Gathered(
-            statuses={p: _text(v) or "" for p, v in zip(predecessors, statuses)},
-            outputs={p: _text(v) for p, v in zip(predecessors, outputs)},
-            states={name: _text(v) for name, v in zip(states, kept)},
+            statuses={p: _text(v) or "" for p, v in zip(predecessors, statuses, strict=True)},
+            outputs={p: _text(v) for p, v in zip(predecessors, outputs, strict=True)},
+            states={name: _text(v) for name, v in zip(states, kept, strict=True)},
             mapped=mapped,
         )
 

@@ -53,7 +53,9 @@ pass_context = click.make_pass_decorator(Context)
 
 
 @click.group()
-@click.option("--modules", "-m", help="Modules package holding GRAPH_CONNECTIONS [EZGRAPH_MODULES].")
+@click.option(
+    "--modules", "-m", help="Modules package holding GRAPH_CONNECTIONS [EZGRAPH_MODULES]."
+)
 @click.option("--redis-url", "-u", help="Redis URL [REDIS_URL]; none means the embedded server.")
 @click.option("--database-url", "-d", help="SQLAlchemy URL of the results database [DATABASE_URL].")
 @click.option("--verbose", "-v", is_flag=True, help="Log at INFO level.")
@@ -119,7 +121,11 @@ def payload_options(function: F) -> F:
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds --wait waits.")
 @pass_context
 def submit(
-    context: Context, start: str, data: str | None, fields: tuple[str, ...], wait: bool,
+    context: Context,
+    start: str,
+    data: str | None,
+    fields: tuple[str, ...],
+    wait: bool,
     timeout: float,
 ) -> None:
     """Submit a run starting at module START; prints the run id last."""
@@ -244,7 +250,10 @@ def check(context: Context) -> None:
 
 @cli.command()
 @click.option(
-    "--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text",
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "mermaid", "dot"]),
+    default="text",
     show_default=True,
 )
 @pass_context

@@ -9,6 +9,7 @@ and ``ezgraph server stop`` stops it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import subprocess
@@ -79,15 +80,24 @@ def _start(home: Path, timeout: float) -> None:
     path.unlink(missing_ok=True)
     command = [
         str(get_binary_path()),
-        "--port", "0",
-        "--unixsocket", str(path),
-        "--unixsocketperm", "700",
-        "--dir", str(home),
-        "--daemonize", "yes",
-        "--pidfile", str(home / "valkey.pid"),
-        "--logfile", str(home / "valkey.log"),
-        "--appendonly", "yes",
-        "--save", "",
+        "--port",
+        "0",
+        "--unixsocket",
+        str(path),
+        "--unixsocketperm",
+        "700",
+        "--dir",
+        str(home),
+        "--daemonize",
+        "yes",
+        "--pidfile",
+        str(home / "valkey.pid"),
+        "--logfile",
+        str(home / "valkey.log"),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
     ]
     try:
         subprocess.run(command, check=True, capture_output=True, timeout=timeout)
@@ -108,10 +118,8 @@ def stop_server(home: Path) -> bool:
     if not is_running(home):
         return False
     client = Redis(unix_socket_path=str(socket_path(home)), socket_timeout=5)
-    try:
+    with contextlib.suppress(RedisError):  # the server closes the connection as it exits
         client.shutdown(nosave=True)
-    except RedisError:
-        pass  # the server closes the connection as it exits
     deadline = time.monotonic() + 10
     while is_running(home) and time.monotonic() < deadline:
         time.sleep(0.02)

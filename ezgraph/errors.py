@@ -39,7 +39,7 @@ class StepError(EzgraphError):
 
 
 class ConnectionFailed(EzgraphError):
-    """Raised when Redis or the database cannot be reached; the message names the URL without password."""
+    """Raised when Redis or the database cannot be reached; names the URL without password."""
 
 
 class EmbeddedServerError(ConnectionFailed):

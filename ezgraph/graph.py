@@ -75,7 +75,9 @@ class Graph:
                 stack.extend(self.connections[current])
         return tuple(n for n in self.connections if n in seen)
 
-    def policy(self, node: str, timeout: int, retries: int, intervals: tuple[int, ...]) -> NodePolicy:
+    def policy(
+        self, node: str, timeout: int, retries: int, intervals: tuple[int, ...]
+    ) -> NodePolicy:
         """The node's run policy: its POLICIES entry over the given defaults."""
         declared = self.policies.get(node, {})
         return NodePolicy(
@@ -194,11 +196,14 @@ def _import_package(package: str) -> ModuleType:
     except ModuleNotFoundError as error:
         if error.name and package.startswith(error.name):
             raise GraphError(
-                f"cannot import modules package {package!r} (set EZGRAPH_MODULES, run from its folder)"
+                f"cannot import modules package {package!r}"
+                " (set EZGRAPH_MODULES, or run from the folder that holds it)"
             ) from None
         raise GraphError(f"importing {package!r} failed: {error}") from error
     except Exception as error:
-        raise GraphError(f"importing {package!r} failed: {type(error).__name__}: {error}") from error
+        raise GraphError(
+            f"importing {package!r} failed: {type(error).__name__}: {error}"
+        ) from error
 
 
 def _import_function(node: str, path: str) -> StepFunction:
@@ -252,10 +257,10 @@ def _check_acyclic(connections: Mapping[str, tuple[str, ...]]) -> None:
         state[node] = 1
         for successor in connections[node]:
             if state.get(successor) == 1:
-                cycle = path[path.index(successor) :] + [successor]
+                cycle = [*path[path.index(successor) :], successor]
                 raise GraphError(f"node {successor!r} is in a cycle: {' -> '.join(cycle)}")
             if successor not in state:
-                visit(successor, path + [successor])
+                visit(successor, [*path, successor])
         state[node] = 2
 
     for node in connections:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from redis import Redis
@@ -19,7 +20,7 @@ from .errors import ConnectionFailed, PayloadError, RunNotFound, UsageError
 from .graph import Graph
 from .records import RunRecord, RunStatus
 from .runtime import Runtime, StepInput
-from .settings import Settings, redact_url
+from .settings import Settings
 
 
 class GraphOrchestrator:
@@ -70,9 +71,7 @@ class GraphOrchestrator:
             for node in reachable
             if graph.is_join(node) and node != start_module
         }
-        joins = {
-            node: left for node, left in joins.items() if left < len(graph.predecessors(node))
-        }
+        joins = {node: left for node, left in joins.items() if left < len(graph.predecessors(node))}
         with _redis_errors(self.runtime):
             created = self.runtime.book.submit(
                 run_id, start_module, graph.package, graph.to_json(), input_json, joins, job
@@ -117,7 +116,7 @@ class GraphOrchestrator:
             for node in nodes:
                 pipe.llen(f"rq:queue:{node}")
             counts = pipe.execute()
-        return {node: int(count) for node, count in zip(nodes, counts)}
+        return {node: int(count) for node, count in zip(nodes, counts, strict=True)}
 
 
 def submit(start_module: str, **fields: Any) -> str:
@@ -137,22 +136,18 @@ def _payload_json(payload: Mapping[str, Any], limit: int) -> str:
         raise PayloadError(f"payload is not JSON-serializable: {error}") from None
     size = len(text.encode())
     if size > limit:
-        raise PayloadError(f"payload is {size} bytes, over the {limit}-byte limit (EZGRAPH_MAX_PAYLOAD)")
+        raise PayloadError(
+            f"payload is {size} bytes, over the {limit}-byte limit (EZGRAPH_MAX_PAYLOAD)"
+        )
     return text
 
 
-class _redis_errors:
+@contextmanager
+def _redis_errors(runtime: Runtime) -> Iterator[None]:
     """Turn a Redis failure mid-operation into one line naming the server."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, error: BaseException | None, _tb: Any) -> bool:
-        if isinstance(error, RedisError):
-            kwargs = self.runtime.connection.connection_pool.connection_kwargs
-            where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
-            raise ConnectionFailed(f"Redis at {redact_url(str(where))} failed: {error}") from error
-        return False
+    try:
+        yield
+    except RedisError as error:
+        kwargs = runtime.connection.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        raise ConnectionFailed(f"Redis at {where} failed: {error}") from error

@@ -8,13 +8,13 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .bookkeeping import RQ_DATE_FORMAT, LiveRun
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     """Where a run is: waiting, in flight, or in one of its three terminal states."""
 
     QUEUED = "queued"
@@ -29,7 +29,7 @@ class RunStatus(str, enum.Enum):
         return self in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.CANCELED)
 
 
-class StepStatus(str, enum.Enum):
+class StepStatus(enum.StrEnum):
     """Where a step is. ``mapped`` is a node fanned out over items; ``ready`` awaits its job."""
 
     READY = "ready"
@@ -172,7 +172,7 @@ def parse_rq_date(text: str | None) -> datetime | None:
     """Parse a date stored in RQ's format; None for empty."""
     if not text:
         return None
-    return datetime.strptime(text, RQ_DATE_FORMAT).replace(tzinfo=timezone.utc)
+    return datetime.strptime(text, RQ_DATE_FORMAT).replace(tzinfo=UTC)
 
 
 def _iso(value: datetime | None) -> str | None:

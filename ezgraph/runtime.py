@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -87,7 +87,9 @@ class Runtime:
         """Build the RQ job of one step: id ``<run>-<step>``, on the queue named after the node."""
         step = node if step_input.index is None else f"{node}-{step_input.index}"
         settings = self.settings
-        policy = graph.policy(node, settings.job_timeout, settings.retries, settings.retry_intervals)
+        policy = graph.policy(
+            node, settings.job_timeout, settings.retries, settings.retry_intervals
+        )
         kwargs: dict[str, Any] = {"run_id": run_id, "node": node, "package": graph.package}
         if step_input.gather:
             kwargs["gather"] = True
@@ -112,7 +114,7 @@ class Runtime:
             status=JobStatus.QUEUED,
             meta={"retries": policy.retries} if retry else None,
         )
-        job.enqueued_at = datetime.now(timezone.utc)
+        job.enqueued_at = datetime.now(UTC)
         fields: list[Any] = []
         for name, value in job.to_dict().items():
             fields.extend((name, value))
@@ -133,7 +135,7 @@ class Runtime:
             pipe = self.connection.pipeline(transaction=False)
             for _, job_id in queued:
                 pipe.hget(f"rq:job:{job_id}", "status")
-            for (step, _), status in zip(queued, pipe.execute()):
+            for (step, _), status in zip(queued, pipe.execute(), strict=True):
                 if status is not None:
                     job_statuses[step] = status.decode()
         return record_from_live(live, job_statuses)

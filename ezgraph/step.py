@@ -117,8 +117,14 @@ def execute_step(
             detail = f"{summary}\n\n{traceback.format_exc()}"
             logger.warning("run %s step %s failed: %s", run_id, step, summary)
             outcome = runtime.book.fail(
-                run_id, step, f"{step}: {summary}", started_at, worker, attempt,
-                _safe_json(data), step_error=detail,
+                run_id,
+                step,
+                f"{step}: {summary}",
+                started_at,
+                worker,
+                attempt,
+                _safe_json(data),
+                step_error=detail,
             )
             if outcome.run_ended:
                 runtime.save_runs([run_id])
@@ -133,15 +139,26 @@ def execute_step(
     jobs = successor_jobs(runtime, graph, run_id, node, index, new_state, result)
     keep_state = _keeps_state(graph, node, result)
     outcome = runtime.book.complete(
-        run_id, step, node, index, output_json,
+        run_id,
+        step,
+        node,
+        index,
+        output_json,
         encode_json(new_state, None, step) if keep_state else None,
         result.chosen,
         (result.mapped.node, len(result.mapped.items)) if result.mapped else None,
-        started_at, worker, attempt, jobs,
+        started_at,
+        worker,
+        attempt,
+        jobs,
     )
     if outcome.missing:
         runtime.book.ensure(
-            run_id, [runtime.prepare_job(graph, run_id, n, StepInput(gather=True)) for n in outcome.missing]
+            run_id,
+            [
+                runtime.prepare_job(graph, run_id, n, StepInput(gather=True))
+                for n in outcome.missing
+            ],
         )
     if outcome.run_ended:
         runtime.save_runs([run_id])
@@ -209,6 +226,7 @@ def successor_jobs(
     A successor with one predecessor gets the state in its job; a join (or the node after a
     mapped node) gathers its input from Redis when it starts, so its job carries no state.
     """
+
     def gathering(name: str) -> PreparedJob:
         return runtime.prepare_job(graph, run_id, name, StepInput(gather=True))
 
@@ -220,7 +238,9 @@ def successor_jobs(
         if mapped is not None and successor == mapped.node:
             jobs.extend(
                 runtime.prepare_job(
-                    graph, run_id, successor,
+                    graph,
+                    run_id,
+                    successor,
                     StepInput(state=new_state, index=i, item=item, key=mapped.key),
                 )
                 for i, item in enumerate(mapped.items)
@@ -234,9 +254,7 @@ def successor_jobs(
         # Skips travel transitively: a join further down may become ready in this same call.
         listed = {job.step for job in jobs}
         jobs.extend(
-            gathering(d)
-            for d in graph.descendants(node)
-            if graph.is_join(d) and d not in listed
+            gathering(d) for d in graph.descendants(node) if graph.is_join(d) and d not in listed
         )
     return jobs
 

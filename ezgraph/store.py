@@ -8,9 +8,10 @@ persisted but not yet marked saved in Redis is never duplicated.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     String,
+    Table,
     Text,
     create_engine,
     delete,
@@ -141,7 +143,7 @@ class Store:
             # A resumed run may have fewer mapped instances than before: replace its steps whole.
             session.execute(delete(StepRow).where(StepRow.run_id.in_([r.run_id for r in runs])))
             if step_rows:
-                session.execute(StepRow.__table__.insert(), step_rows)
+                session.execute(cast(Table, StepRow.__table__).insert(), step_rows)
 
     def load_run(self, run_id: str) -> RunRecord | None:
         """The persisted run, or None."""
@@ -166,9 +168,17 @@ class Store:
             ended_at=row.ended_at,
             steps=tuple(
                 StepRecord(
-                    step=s.step, node=s.node, index=s.item_index, status=s.status,
-                    attempts=s.attempts, input=s.input, output=s.output, error=s.error,
-                    started_at=s.started_at, ended_at=s.ended_at, worker=s.worker,
+                    step=s.step,
+                    node=s.node,
+                    index=s.item_index,
+                    status=s.status,
+                    attempts=s.attempts,
+                    input=s.input,
+                    output=s.output,
+                    error=s.error,
+                    started_at=s.started_at,
+                    ended_at=s.ended_at,
+                    worker=s.worker,
                 )
                 for s in steps
             ),
@@ -179,31 +189,25 @@ class Store:
         with self._errors(), Session(self.engine) as session:
             return int(session.scalar(select(func.count()).select_from(RunRow)) or 0)
 
-    def _errors(self) -> _DatabaseErrors:
-        return _DatabaseErrors(self.url)
+    def _errors(self) -> AbstractContextManager[None]:
+        return _database_errors(self.url)
 
 
-class _DatabaseErrors:
-    """Turns SQLAlchemy's connection errors into a one-line :class:`ConnectionFailed`."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, error: BaseException | None, _tb: Any) -> bool:
-        if isinstance(error, SQLAlchemyError):
-            detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-            raise ConnectionFailed(
-                f"database {redact_url(self.url)} failed: {detail}"
-            ) from error
-        return False
+@contextmanager
+def _database_errors(url: str) -> Iterator[None]:
+    """Turn SQLAlchemy's errors into a one-line :class:`ConnectionFailed` naming the database."""
+    try:
+        yield
+    except SQLAlchemyError as error:
+        detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise ConnectionFailed(f"database {redact_url(url)} failed: {detail}") from error
 
 
-def _upsert(session: Session, model: type[Base], rows: list[dict[str, Any]], keys: list[str]) -> None:
+def _upsert(
+    session: Session, model: type[Base], rows: list[dict[str, Any]], keys: list[str]
+) -> None:
     dialect = session.get_bind().dialect.name
-    table = model.__table__
+    table = cast(Table, model.__table__)
     if dialect in ("postgresql", "sqlite"):
         insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
         statement = insert.values(rows)

@@ -51,7 +51,7 @@ class Maintenance(threading.Thread):
 class EzgraphWorker(SimpleWorker):
     """An RQ SimpleWorker that runs steps in-process with an installed runtime."""
 
-    def __init__(self, queues: Sequence[Queue | str], *args: Any, runtime: Runtime, **kwargs: Any):
+    def __init__(self, queues: Sequence[Queue], *args: Any, runtime: Runtime, **kwargs: Any):
         kwargs.setdefault("connection", runtime.connection)
         super().__init__(queues, *args, **kwargs)
         self.runtime = runtime

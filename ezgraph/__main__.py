@@ -1,0 +1,5 @@
+"""``python -m ezgraph``: the same as the ``ezgraph`` command."""
+
+from .cli import main
+
+main()

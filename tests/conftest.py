@@ -1,0 +1,144 @@
+"""Shared fixtures: a real Redis (a dedicated db, flushed around each test) and real databases.
+
+SQLite always; PostgreSQL at 127.0.0.1:5432 when it answers, in a schema made for this test run
+and dropped after. Override the servers with EZGRAPH_TEST_REDIS / EZGRAPH_TEST_POSTGRES.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy
+from redis import Redis
+
+from ezgraph.runtime import Runtime
+from ezgraph.settings import Settings
+from ezgraph.store import dispose_engines
+from ezgraph.worker import run_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_BASE = os.environ.get("EZGRAPH_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_DB = int(os.environ.get("EZGRAPH_TEST_REDIS_DB", "14"))
+POSTGRES_BASE = os.environ.get(
+    "EZGRAPH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The Redis URL of the test db; the whole suite needs a real Redis."""
+    url = f"{REDIS_BASE}/{REDIS_DB}"
+    try:
+        Redis.from_url(url).ping()
+    except Exception as error:  # a missing Redis is a setup failure, not a skip
+        pytest.exit(f"tests need Redis at {url}: {error}", returncode=3)
+    return url
+
+
+@pytest.fixture
+def redis_conn(redis_url: str) -> Iterator[Redis]:
+    """A connection to the test db, empty at the start and flushed at the end."""
+    connection = Redis.from_url(redis_url)
+    connection.flushdb()
+    yield connection
+    connection.flushdb()
+    connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL scoped to a schema of this test run; skips when PostgreSQL is down."""
+    try:
+        engine = sqlalchemy.create_engine(POSTGRES_BASE)
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("select 1"))
+    except Exception as error:
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_BASE}: {error}")
+    schema = f"ezgraph_test_{uuid.uuid4().hex[:10]}"
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text(f"create schema {schema}"))
+    yield f"{POSTGRES_BASE}?options=-csearch_path%3D{schema}"
+    dispose_engines()
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text(f"drop schema {schema} cascade"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ezgraph.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:  # each test starts with empty tables
+        for table in ("ezgraph_steps", "ezgraph_runs"):
+            connection.execute(sqlalchemy.text(f"drop table if exists {table}"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite database file."""
+    return f"sqlite:///{tmp_path / 'ezgraph.db'}"
+
+
+@pytest.fixture
+def make_runtime(
+    redis_conn: Redis, redis_url: str, sqlite_url: str
+) -> Iterator[Callable[..., Runtime]]:
+    """Build a runtime on the test Redis for a test graph package (SQLite unless told)."""
+
+    def build(package: str, **overrides: Any) -> Runtime:
+        values: dict[str, Any] = {
+            "redis_url": redis_url,
+            "database_url": sqlite_url,
+            "modules": package,
+            "home": Path(sqlite_url.removeprefix("sqlite:///")).parent / ".ezgraph",
+        }
+        values.update(overrides)
+        return Runtime(Settings(**values), redis_conn)
+
+    yield build
+    dispose_engines()
+
+
+def drain(runtime: Runtime) -> None:
+    """Run every queued step in this process until the queues are empty."""
+    run_worker(runtime, burst=True, with_scheduler=False, log_level="WARNING")
+
+
+def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a worker subprocess that sees the same Redis, database and graph."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "EZGRAPH_"))}
+    env.update(
+        REDIS_URL=settings.redis_url or "",
+        DATABASE_URL=settings.database_url,
+        EZGRAPH_MODULES=settings.modules,
+        EZGRAPH_KEY_PREFIX=settings.key_prefix,
+        PYTHONPATH=str(ROOT),
+        **extra,
+    )
+    return env
+
+
+def ezgraph_cli(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``ezgraph`` command as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "ezgraph", *args],
+        env=env,
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,66 @@
+"""Step functions the test graphs run (importable by worker subprocesses as tests.steps)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from redis import Redis
+
+from ezgraph import Map, Route, current_step
+
+
+def mark(data: dict[str, Any]) -> dict[str, Any]:
+    """Record this step in the trail; the output names the step."""
+    step = current_step().step
+    return {step: True, "trail": [*data.get("trail", []), step]}
+
+
+def fail(data: dict[str, Any]) -> dict[str, Any]:
+    """Always raise."""
+    raise ValueError(f"boom in {current_step().step}")
+
+
+def not_a_dict(data: dict[str, Any]) -> Any:
+    """Break the contract: return a list."""
+    return [1, 2, 3]
+
+
+def unserializable(data: dict[str, Any]) -> dict[str, Any]:
+    """Return something JSON cannot hold."""
+    return {"when": object()}
+
+
+def route_by_field(data: dict[str, Any]) -> Route:
+    """Route to the successors the payload names in ``route``."""
+    return Route(data["route"], {"routed": data["route"]})
+
+
+def map_items(data: dict[str, Any]) -> Map:
+    """Fan ``square`` out over the payload's ``items``."""
+    return Map("square", data["items"], {"mapped": len(data["items"])})
+
+
+def square(data: dict[str, Any]) -> dict[str, Any]:
+    """Square this instance's item."""
+    return {"value": data["item"] ** 2}
+
+
+def collect(data: dict[str, Any]) -> dict[str, Any]:
+    """The join after a map: sum the mapped outputs, keep their order."""
+    values = [out["value"] for out in data.get("square", [])]
+    return {"values": values, "total": sum(values), "outputs": current_step().outputs}
+
+
+def ledger(data: dict[str, Any]) -> dict[str, Any]:
+    """Count each execution in a Redis list named by the payload (to prove once-only runs)."""
+    ctx = current_step()
+    Redis.from_url(data["ledger_url"]).rpush(data["ledger_key"], f"{ctx.run_id}:{ctx.step}")
+    return {ctx.step: "ran"}
+
+
+def slow(data: dict[str, Any]) -> dict[str, Any]:
+    """Sleep ``sleep`` seconds, then mark the step."""
+    time.sleep(float(data.get("sleep", 0.2)))
+    return {current_step().step: os.getpid()}

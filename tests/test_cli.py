@@ -1,0 +1,117 @@
+"""The ezgraph command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ezgraph.runtime import Runtime
+
+from .conftest import ROOT, drain, ezgraph_cli, subprocess_env
+
+
+def test_submit_prints_the_run_id_last_and_status_reads_it(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    runtime = make_runtime("tests.graphs.chain")
+    env = subprocess_env(runtime.settings)
+    done = ezgraph_cli("submit", "a", "-f", "user=joao", "-f", "n:=3", env=env)
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.strip().splitlines()[-1]
+    assert len(run_id) == 32
+    queued = json.loads(ezgraph_cli("status", run_id, "--json", env=env).stdout)
+    assert queued["status"] == "queued"
+    assert json.loads(ezgraph_cli("queues", "--json", env=env).stdout) == {"a": 1, "b": 0}
+    drain(runtime)
+    human = ezgraph_cli("status", run_id, env=env)
+    assert human.stdout.splitlines()[0] == f"run {run_id}: finished"
+    assert '"n": 3' in human.stdout and '"user": "joao"' in human.stdout
+
+
+def test_submit_wait_prints_the_result(make_runtime: Callable[..., Runtime]) -> None:
+    runtime = make_runtime("tests.graphs.chain")
+    env = subprocess_env(runtime.settings)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ezgraph", "worker"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        done = ezgraph_cli("submit", "a", "--data", '{"q": "oi"}', "--wait", env=env)
+    finally:
+        worker.terminate()
+        worker.wait(10)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines[-1]) == 32
+    assert json.loads("\n".join(lines[:-1]))["trail"] == ["a", "b"]
+
+
+def test_bad_cli_input_exits_2_with_one_line(make_runtime: Callable[..., Runtime]) -> None:
+    env = subprocess_env(make_runtime("tests.graphs.chain").settings)
+    cases = {
+        ("submit", "a", "--data", "{nope"): "error: --data is not valid JSON",
+        ("submit", "a", "--data", "[1]"): "error: --data must be a JSON object",
+        ("submit", "a", "-f", "novalue"): "error: -f 'novalue': expected key=value or key:=JSON",
+        ("submit", "a", "-f", "x:=NaN"): "error: payload is not JSON-serializable",
+        ("submit", "zz"): "error: unknown start module 'zz'",
+        ("status",): "Error: Missing argument 'RUN_ID'.",
+    }
+    for args, message in cases.items():
+        done = ezgraph_cli(*args, env=env)
+        assert done.returncode == 2, (args, done.stderr)
+        assert message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+
+
+def test_unknown_run_id_exits_1(make_runtime: Callable[..., Runtime]) -> None:
+    env = subprocess_env(make_runtime("tests.graphs.chain").settings)
+    done = ezgraph_cli("status", "0" * 32, env=env)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: no run with id '{'0' * 32}'"
+
+
+def test_check_and_viz(make_runtime: Callable[..., Runtime]) -> None:
+    env = subprocess_env(make_runtime("tests.graphs.diamond").settings)
+    assert ezgraph_cli("check", env=env).stdout.strip() == (
+        "ok: tests.graphs.diamond: 4 nodes, 4 edges, joins: d"
+    )
+    mermaid = ezgraph_cli("viz", "--format", "mermaid", env=env).stdout
+    assert "a --> b" in mermaid and "c --> d" in mermaid
+    bad = ezgraph_cli("-m", "tests.graphs.nope", "check", env=env)
+    assert bad.returncode == 2 and "cannot import modules package" in bad.stderr
+
+
+def test_run_uses_the_embedded_server_when_nothing_is_configured(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "EZGRAPH_"))}
+    env.pop("DATABASE_URL", None)
+    env["PYTHONPATH"] = str(ROOT)
+    try:
+        done = ezgraph_cli(
+            "run",
+            "intent_validator",
+            "-f",
+            "username=joao",
+            "-f",
+            "projeto=ezpag",
+            "-f",
+            "pergunta=quantos pedidos tivemos hoje?",
+            env=env,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert result["intent"] == "count" and result["status"] == "answered"
+        assert (tmp_path / "ezgraph.db").exists()
+        assert (tmp_path / ".ezgraph" / "valkey.sock").exists()
+        url = ezgraph_cli("server", "url", env=env, cwd=tmp_path).stdout.strip()
+        assert url == f"unix://{tmp_path / '.ezgraph' / 'valkey.sock'}"
+    finally:
+        stopped = ezgraph_cli("server", "stop", env=env, cwd=tmp_path)
+    assert stopped.stdout.strip() == "stopped"

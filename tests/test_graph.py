@@ -1,0 +1,74 @@
+"""Unit tests of the pure graph model: loading, validation, queries."""
+
+from __future__ import annotations
+
+import pytest
+
+from ezgraph.errors import GraphError
+from ezgraph.graph import build_graph, load_graph
+
+
+def test_loads_package_and_resolves_default_and_mapped_functions() -> None:
+    graph = load_graph("tests.graphs.diamond")
+    assert graph.nodes == ("a", "b", "c", "d")
+    assert graph.successors("a") == ("b", "c")
+    assert graph.predecessors("d") == ("b", "c")
+    assert graph.is_join("d") and not graph.is_join("b")
+    assert graph.sinks() == ("d",)
+    assert graph.resolve("a").__name__ == "mark"
+
+
+@pytest.mark.parametrize(
+    ("connections", "message"),
+    [
+        ({"a": ["b"]}, "node 'a': unknown successor 'b'"),
+        ({"a": ["b"], "b": ["c"], "c": ["a"]}, "cycle: a -> b -> c -> a"),
+        ({"a": ["a"]}, "node 'a' is in a cycle"),
+        ({"a-b": []}, "node name 'a-b' is not a Python identifier"),
+        ({"class": []}, "node name 'class' is not a Python identifier"),
+        ({"a": "b", "b": []}, "node 'a': successors must be a list"),
+        ({"a": ["b", "b"], "b": []}, "node 'a': a successor is listed twice"),
+        ({}, "GRAPH_CONNECTIONS must be a non-empty dict"),
+    ],
+)
+def test_invalid_graphs_are_refused_naming_the_node(connections: dict, message: str) -> None:
+    with pytest.raises(GraphError, match=message.replace("(", r"\(")):
+        build_graph(connections, check_functions=False)
+
+
+def test_node_without_module_is_refused() -> None:
+    with pytest.raises(GraphError, match="node 'ghost' has no module"):
+        build_graph({"ghost": []}, package="tests.graphs.chain")
+
+
+def test_node_whose_module_has_no_process_is_refused() -> None:
+    with pytest.raises(GraphError, match="node 'a' has no function"):
+        build_graph({"a": []}, functions={"a": "tests.steps:nope"})
+
+
+def test_route_target_that_is_not_a_successor_is_refused() -> None:
+    with pytest.raises(GraphError, match="node 'a': route target 'c' is not a successor"):
+        build_graph({"a": ["b"], "b": [], "c": []}, routes={"a": ["c"]}, check_functions=False)
+
+
+def test_unknown_policy_key_is_refused() -> None:
+    with pytest.raises(GraphError, match="unknown policy keys"):
+        build_graph({"a": []}, policies={"a": {"retry": 3}}, check_functions=False)
+
+
+def test_missing_package_gives_a_hint() -> None:
+    with pytest.raises(GraphError, match="cannot import modules package 'no_such_pkg'"):
+        load_graph("no_such_pkg")
+
+
+def test_descendants_and_policy_defaults() -> None:
+    graph = build_graph(
+        {"a": ["b", "c"], "b": ["d"], "c": ["d"], "d": []},
+        policies={"b": {"retries": 2, "timeout": 5}},
+        check_functions=False,
+    )
+    assert graph.descendants("a") == ("b", "c", "d")
+    assert graph.descendants("d") == ()
+    assert graph.policy("b", 180, 0, ()).retries == 2
+    assert graph.policy("b", 180, 0, ()).timeout == 5
+    assert graph.policy("c", 180, 1, (3,)).retry_intervals == (3,)

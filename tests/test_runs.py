@@ -1,0 +1,96 @@
+"""End to end on a real Redis and real databases, steps run by an in-process RQ worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy
+from redis import Redis
+from rq.job import Job
+
+from ezgraph.orchestrator import GraphOrchestrator
+from ezgraph.runtime import Runtime
+from ezgraph.step import StepInput, execute_step
+
+from .conftest import drain
+
+
+def step_rows(database_url: str, run_id: str) -> dict[str, tuple[str, int]]:
+    engine = sqlalchemy.create_engine(database_url)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sqlalchemy.text("select step, status, attempts from ezgraph_steps where run_id = :r"),
+            {"r": run_id},
+        ).all()
+    engine.dispose()
+    return {step: (status, attempts) for step, status, attempts in rows}
+
+
+def test_chain_runs_to_the_end_and_is_persisted_once(
+    make_runtime: Callable[..., Runtime], database_url: str
+) -> None:
+    runtime = make_runtime("tests.graphs.chain", database_url=database_url)
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("a", {"trail": []}, user="joao")
+    assert orchestrator.status(run_id)["status"] == "queued"
+    assert orchestrator.list_queues() == {"a": 1, "b": 0}
+
+    drain(runtime)
+
+    live = orchestrator.status(run_id)
+    assert live["status"] == "finished"
+    assert live["nodes"] == {"a": "finished", "b": "finished"}
+    assert live["result"] == {"user": "joao", "trail": ["a", "b"], "a": True, "b": True}
+    stored = runtime.store.load_run(run_id)
+    assert stored is not None and stored.status == "finished"
+    assert stored.result == live["result"]
+    assert step_rows(database_url, run_id) == {"a": ("finished", 1), "b": ("finished", 1)}
+    assert runtime.store.count_runs() == 1
+    assert runtime.book.unsaved() == []
+
+
+def test_status_comes_from_sql_once_redis_forgot_the_run(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    runtime = make_runtime("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("a", x=1)
+    drain(runtime)
+    redis_conn.delete(*runtime.book.run_keys(run_id))
+    assert orchestrator.status(run_id)["result"]["trail"] == ["a", "b"]
+    assert orchestrator.status(run_id)["nodes"] == {"a": "finished", "b": "finished"}
+
+
+def test_each_step_is_an_rq_job_named_after_run_and_node_on_the_node_queue(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    runtime = make_runtime("tests.graphs.chain")
+    run_id = GraphOrchestrator(runtime=runtime).submit("a")
+    job = Job.fetch(f"{run_id}-a", connection=redis_conn)
+    assert job.origin == "a"
+    assert job.get_status() == "queued"
+    assert job.description.startswith("a (tests.steps:mark)")
+    assert redis_conn.lrange("rq:queue:a", 0, -1) == [f"{run_id}-a".encode()]
+    drain(runtime)
+    finished_b = Job.fetch(f"{run_id}-b", connection=redis_conn)
+    assert finished_b.get_status() == "finished"
+    assert finished_b.return_value() == {"b": True, "trail": ["a", "b"]}
+
+
+def test_a_step_run_again_after_recording_creates_no_second_successor(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    """The crash window between recording and the job's end: the re-run changes nothing."""
+    runtime = make_runtime("tests.graphs.diamond")
+    run_id = GraphOrchestrator(runtime=runtime).submit("a")
+    step_input = StepInput(state={})
+    execute_step(runtime, None, run_id, "a", "tests.graphs.diamond", step_input)
+    queued = (redis_conn.llen("rq:queue:b"), redis_conn.llen("rq:queue:c"))
+    execute_step(runtime, None, run_id, "a", "tests.graphs.diamond", step_input)
+    assert (redis_conn.llen("rq:queue:b"), redis_conn.llen("rq:queue:c")) == queued == (1, 1)
+    # The first step was taken out of the queue by hand; drop its job so drain runs the rest.
+    redis_conn.lrem("rq:queue:a", 0, f"{run_id}-a")
+    drain(runtime)
+    status = GraphOrchestrator(runtime=runtime).status(run_id)
+    assert status["status"] == "finished"
+    assert status["nodes"] == {n: "finished" for n in "abcd"}

@@ -1,0 +1,83 @@
+"""Stock ``rq worker`` and ``ezgraph worker`` processes serve ezgraph steps end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+
+from redis import Redis
+
+from ezgraph.orchestrator import GraphOrchestrator
+from ezgraph.runtime import Runtime
+
+from .conftest import ROOT, ezgraph_cli, subprocess_env
+
+
+def rq_worker_burst(runtime: Runtime, *queues: str) -> subprocess.CompletedProcess[str]:
+    settings = runtime.settings
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rq.cli",
+            "worker",
+            *queues,
+            "--url",
+            settings.redis_url or "",
+            "--burst",
+        ],
+        env=subprocess_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_stock_rq_worker_runs_a_chain_and_the_run_is_persisted(
+    make_runtime: Callable[..., Runtime], database_url: str
+) -> None:
+    runtime = make_runtime("tests.graphs.chain", database_url=database_url)
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("a", question="hoje?")
+    done = rq_worker_burst(runtime, "a", "b")
+    assert done.returncode == 0, done.stderr
+    stored = runtime.store.load_run(run_id)
+    assert stored is not None and stored.status == "finished"
+    assert stored.result == {"question": "hoje?", "trail": ["a", "b"], "a": True, "b": True}
+
+
+def test_stock_rq_worker_serves_a_joined_graph(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    runtime = make_runtime("tests.graphs.wide")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_ids = [orchestrator.submit("s") for _ in range(5)]
+    done = rq_worker_burst(runtime, "s", *(f"p{i}" for i in range(8)), "j")
+    assert done.returncode == 0, done.stderr
+    for run_id in run_ids:
+        stored = runtime.store.load_run(run_id)
+        assert stored is not None and stored.status == "finished"
+        assert len(stored.steps) == 10
+        assert sorted(stored.result["trail"])[-1] == "s"
+
+
+def test_ezgraph_worker_burst_serves_every_node_by_default(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    runtime = make_runtime("tests.graphs.diamond")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("a")
+    done = ezgraph_cli("worker", "--burst", env=subprocess_env(runtime.settings))
+    assert done.returncode == 0, done.stderr
+    stored = runtime.store.load_run(run_id)
+    assert stored is not None and stored.status == "finished"
+    assert [s.step for s in stored.steps] == ["a", "b", "c", "d"]
+
+
+def test_ezgraph_worker_refuses_an_unknown_node(make_runtime: Callable[..., Runtime]) -> None:
+    runtime = make_runtime("tests.graphs.chain")
+    done = ezgraph_cli("worker", "nope", "--burst", env=subprocess_env(runtime.settings))
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: unknown node 'nope' (graph nodes: a, b)"
