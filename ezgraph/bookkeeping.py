@@ -41,7 +41,10 @@ def _load_script(name: str) -> str:
     return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
-_SOURCES = {name: _load_script(name) for name in ("submit", "complete", "fail", "ensure")}
+_SOURCES = {
+    name: _load_script(name)
+    for name in ("submit", "complete", "fail", "ensure", "fast", "requeue_claimed")
+}
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,10 @@ class RunBook:
             name: connection.register_script(source) for name, source in _SOURCES.items()
         }
 
+    def script(self, name: str) -> Script:
+        """A registered script (the fast worker calls ``fast`` and ``requeue_claimed``)."""
+        return self._scripts[name]
+
     def run_key(self, run_id: str) -> str:
         """The run's header key."""
         return f"{self.prefix}:run:{run_id}"
@@ -147,9 +154,8 @@ class RunBook:
         )
         return bool(created)
 
-    def complete(
-        self,
-        run_id: str,
+    @staticmethod
+    def completion_args(
         step: str,
         node: str,
         index: int | None,
@@ -161,11 +167,9 @@ class RunBook:
         worker: str,
         attempt: int,
         jobs: Iterable[PreparedJob],
-    ) -> Outcome:
-        """Record a finished step and create its ready successors, atomically."""
-        reply = self._call(
-            "complete",
-            run_id,
+    ) -> list[Any]:
+        """The arguments of ``complete_step`` (common.lua), in its order."""
+        return [
             step,
             node,
             "" if index is None else index,
@@ -178,8 +182,14 @@ class RunBook:
             worker,
             attempt,
             *jobs_argv(jobs),
-        )
-        return _outcome(reply)
+        ]
+
+    def complete(self, run_id: str, *args: Any) -> Outcome:
+        """Record a finished step and create its ready successors, atomically.
+
+        ``args`` are :meth:`completion_args`.
+        """
+        return _outcome(self._call("complete", run_id, *args))
 
     def fail(
         self,
@@ -280,6 +290,11 @@ class RunBook:
             for key in self.run_keys(run_id):
                 pipe.expire(key, ttl)
         pipe.execute()
+
+
+def outcome_of(reply: Sequence[Any]) -> Outcome:
+    """Parse a completion reply."""
+    return _outcome(reply)
 
 
 def _outcome(reply: Sequence[Any]) -> Outcome:

@@ -12,13 +12,13 @@ import json
 import logging
 import threading
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rq.job import Job, get_current_job
 
-from .bookkeeping import PreparedJob, utcnow_iso
+from .bookkeeping import PreparedJob, RunBook, utcnow_iso
 from .control import Map, Route, StepContext, reset_current_step, set_current_step
 from .errors import PayloadError, StepError
 from .graph import Graph
@@ -82,6 +82,17 @@ class StepResult:
     mapped: Map | None = None
 
 
+@dataclass(frozen=True)
+class Completion:
+    """A step that succeeded, ready to be recorded: its output and the completion arguments."""
+
+    run_id: str
+    step: str
+    output: dict[str, Any]
+    args: tuple[Any, ...]
+    gatherers: tuple[str, ...] = ()
+
+
 def execute_step(
     runtime: Runtime,
     job: Job | None,
@@ -91,6 +102,48 @@ def execute_step(
     step_input: StepInput,
 ) -> dict[str, Any]:
     """Run the module of ``node`` and record the outcome; raises what the module raised."""
+    completion = run_module(runtime, job, run_id, node, package, step_input)
+    outcome = runtime.book.complete(completion.run_id, *completion.args)
+    after_completion(runtime, package, completion, outcome.missing, outcome.run_ended)
+    logger.debug("run %s step %s finished (%s)", run_id, completion.step, outcome.status)
+    return completion.output
+
+
+def after_completion(
+    runtime: Runtime,
+    package: str,
+    completion: Completion,
+    missing: Sequence[str],
+    ended: bool,
+    save: bool = True,
+) -> None:
+    """Create the jobs a completion found ready without one; write the run if it ended."""
+    if missing:
+        graph = runtime.graph(package)
+        runtime.book.ensure(
+            completion.run_id,
+            [
+                runtime.prepare_job(graph, completion.run_id, name, StepInput(gather=True))
+                for name in missing
+            ],
+        )
+    if ended and save:
+        runtime.save_runs([completion.run_id])
+
+
+def run_module(
+    runtime: Runtime,
+    job: Any,
+    run_id: str,
+    node: str,
+    package: str,
+    step_input: StepInput,
+) -> Completion:
+    """Run the module of ``node`` and build what recording its success needs.
+
+    A failure is recorded here (when no retry is left) and re-raised for RQ to see.
+    ``job`` is the RQ job, or anything with its ``retries_left``, ``meta`` and ``worker_name``.
+    """
     graph = runtime.graph(package)
     index = step_input.index
     step = node if index is None else f"{node}-{index}"
@@ -138,8 +191,7 @@ def execute_step(
     new_state = {**data, **result.output}
     jobs = successor_jobs(runtime, graph, run_id, node, index, new_state, result)
     keep_state = _keeps_state(graph, node, result)
-    outcome = runtime.book.complete(
-        run_id,
+    args = RunBook.completion_args(
         step,
         node,
         index,
@@ -152,18 +204,7 @@ def execute_step(
         attempt,
         jobs,
     )
-    if outcome.missing:
-        runtime.book.ensure(
-            run_id,
-            [
-                runtime.prepare_job(graph, run_id, n, StepInput(gather=True))
-                for n in outcome.missing
-            ],
-        )
-    if outcome.run_ended:
-        runtime.save_runs([run_id])
-    logger.debug("run %s step %s finished (%s)", run_id, step, outcome.status)
-    return result.output
+    return Completion(run_id, step, result.output, tuple(args))
 
 
 def check_result(graph: Graph, node: str, index: int | None, value: Any) -> StepResult:

@@ -64,3 +64,11 @@ def slow(data: dict[str, Any]) -> dict[str, Any]:
     """Sleep ``sleep`` seconds, then mark the step."""
     time.sleep(float(data.get("sleep", 0.2)))
     return {current_step().step: os.getpid()}
+
+
+def slow_ledger(data: dict[str, Any]) -> dict[str, Any]:
+    """Count this execution in the payload's Redis ledger, then sleep ``sleep`` seconds."""
+    ctx = current_step()
+    Redis.from_url(data["ledger_url"]).rpush(data["ledger_key"], f"{ctx.run_id}:{ctx.step}")
+    time.sleep(float(data.get("sleep", 0.2)))
+    return {ctx.step: os.getpid()}

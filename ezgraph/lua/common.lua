@@ -28,6 +28,9 @@ local function create_job(step, job)
   redis.call('HSET', key, unpack(ARGV, job.first, job.last))
   redis.call('RPUSH', 'rq:queue:' .. job.queue, job.id)
   redis.call('SADD', 'rq:queues', 'rq:queue:' .. job.queue)
+  -- Wake an idle ezgraph worker of this queue (it blocks on the bells of its queues).
+  redis.call('RPUSH', P .. ':bell:' .. job.queue, 1)
+  redis.call('LTRIM', P .. ':bell:' .. job.queue, -8, -1)
   redis.call('HSET', jobs_key, job.id, job.queue)
   redis.call('HSET', steps_key, step .. '.status', 'queued', step .. '.job', job.id)
   redis.call('HINCRBY', run_key, 'pending', 1)
@@ -101,4 +104,62 @@ local function abort_run(status, error_text)
       redis.call('HINCRBY', run_key, 'pending', -1)
     end
   end
+end
+
+-- A step succeeded: record it, walk its successors, create the ready ones, end the run if idle.
+-- ARGV from position i: step, node, map index or '', output JSON, state JSON or '', chosen
+-- successors as a JSON list or '' for all, mapped successor or '', its item count, started_at,
+-- worker, attempt, then the prebuilt jobs. Returns {outcome, run ended (0/1), missing steps...}.
+local function complete_step(i)
+  local STEP, NODE, INDEX = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local status = redis.call('HGET', run_key, 'status')
+  if not status then return {'gone', 0} end
+  if TERMINAL[redis.call('HGET', steps_key, STEP .. '.status')] then return {'duplicate', 0} end
+  redis.call('HSET', steps_key, STEP .. '.status', 'finished', STEP .. '.output', ARGV[i + 3],
+    STEP .. '.started_at', ARGV[i + 8], STEP .. '.ended_at', NOW_ISO, STEP .. '.worker', ARGV[i + 9],
+    STEP .. '.attempts', ARGV[i + 10])
+  if ARGV[i + 4] ~= '' then redis.call('HSET', state_key, STEP, ARGV[i + 4]) end
+  redis.call('HINCRBY', run_key, 'pending', -1)
+  local missing = {}
+  if status == 'queued' or status == 'running' then
+    if status == 'queued' then redis.call('HSET', run_key, 'status', 'running') end
+    local graph = cjson.decode(redis.call('HGET', run_key, 'graph'))
+    local jobs = read_jobs(i + 11)
+    local walker = make_walker(graph, jobs, missing)
+    if INDEX ~= '' then
+      -- One instance of a mapped node: the node resolves when its last instance is done.
+      if redis.call('HINCRBY', join_key, 'mapleft:' .. NODE, -1) == 0 then
+        redis.call('HSET', steps_key, NODE .. '.status', 'finished', NODE .. '.ended_at', NOW_ISO)
+        for _, successor in ipairs(graph.succ[NODE]) do walker.arrive(successor, true) end
+      end
+    else
+      local chosen = nil
+      if ARGV[i + 5] ~= '' then
+        chosen = {}
+        for _, name in ipairs(cjson.decode(ARGV[i + 5])) do chosen[name] = true end
+      end
+      local mapped, count = ARGV[i + 6], tonumber(ARGV[i + 7])
+      for _, successor in ipairs(graph.succ[NODE]) do
+        if successor == mapped then
+          redis.call('HSET', join_key, 'mapn:' .. mapped, count, 'mapleft:' .. mapped, count)
+          redis.call('HSET', steps_key, mapped .. '.status', 'mapped', mapped .. '.map', count)
+          if count == 0 then
+            redis.call('HSET', steps_key, mapped .. '.status', 'finished', mapped .. '.ended_at', NOW_ISO)
+            for _, after in ipairs(graph.succ[mapped]) do walker.arrive(after, true) end
+          else
+            for i = 0, count - 1 do
+              local step = mapped .. '-' .. i
+              create_job(step, jobs[step])
+            end
+          end
+        else
+          walker.arrive(successor, chosen == nil or chosen[successor] == true)
+        end
+      end
+    end
+  end
+  local ended = end_run_if_idle()
+  local reply = {'ok', ended}
+  for _, step in ipairs(missing) do table.insert(reply, step) end
+  return reply
 end

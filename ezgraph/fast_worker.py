@@ -1,0 +1,387 @@
+"""The fast worker: an RQ worker whose step costs one Redis round trip.
+
+Each call of ``fast.lua`` finishes the previous job as RQ would (status, result stream, finished
+registry, execution), records its step and creates its ready successors, and claims the next job
+into this worker's claimed list (``<prefix>:claimed:<worker>``), never a bare pop. Jobs stay
+ordinary RQ jobs: ``rq info``, ``Job.fetch`` and rq-dashboard read them as usual.
+
+A heartbeat thread keeps this worker's liveness key fresh, even during a long step. Every
+worker's maintenance pass gives back the claimed jobs of workers whose liveness key expired, so
+the steps of a worker that was SIGKILLed (or whose machine died) run again within seconds.
+
+Select it with ``ezgraph worker`` (the default) or ``rq worker -w ezgraph.fast_worker.FastWorker``.
+Non-ezgraph jobs on its queues are run the stock way.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+import uuid
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis import Redis
+from rq.executions import Execution
+from rq.job import Job
+from rq.queue import Queue
+from rq.scheduler import RQScheduler
+from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+from rq.worker import SimpleWorker
+
+from .bookkeeping import outcome_of, utcnow_iso
+from .runtime import STEP_FUNCTION, Runtime, StepInput
+from .settings import Settings
+from .step import Completion, after_completion, install_runtime, run_module
+
+logger = logging.getLogger(__name__)
+
+ALIVE_TTL = 3  # seconds without a heartbeat before a worker counts as dead
+HEARTBEAT_EVERY = 1.0
+IDLE_WAIT = 1  # seconds an idle worker blocks on its queues' bells before looking again
+
+
+@dataclass
+class ClaimedJob:
+    """What a step needs of its RQ job, read from the claim reply (no Job object built)."""
+
+    id: str
+    queue: str
+    retries_left: int | None
+    meta: dict[str, Any]
+    worker_name: str
+    timeout: int
+    result_ttl: int
+    execution_id: str
+    started: float = field(default_factory=time.time)
+
+
+@dataclass
+class Finished:
+    """The previous step, to be finished by the next fast call."""
+
+    job: ClaimedJob
+    return_value: str
+    completion: Completion | None
+    package: str
+
+
+class FastWorker(SimpleWorker):
+    """An RQ SimpleWorker with a one-round-trip step loop and crash-safe claims."""
+
+    def __init__(
+        self,
+        queues: Any,
+        *args: Any,
+        runtime: Runtime | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(queues, *args, **kwargs)
+        self.runtime = runtime or Runtime(Settings.from_env(), self.connection)
+        self.prefix = self.runtime.settings.key_prefix
+        self._stop = threading.Event()
+        self._current: ClaimedJob | None = None
+        self.steps_done = 0
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def work(  # type: ignore[override]
+        self,
+        burst: bool = False,
+        logging_level: str = "INFO",
+        with_scheduler: bool = True,
+        max_jobs: int | None = None,
+        **kwargs: Any,
+    ) -> bool:
+        """Serve the queues until stopped (or, in burst mode, until they are empty)."""
+        logging.getLogger("rq.worker").setLevel(logging_level)
+        install_runtime(self.runtime)
+        self.register_birth()  # type: ignore[no-untyped-call]
+        self.connection.sadd(f"{self.prefix}:workers", self.name)
+        self._beat()
+        self._install_stop_handlers()
+        duties = Duties(self, with_scheduler=with_scheduler)
+        duties.start()
+        queue_names = [queue.name for queue in self.queues]
+        bells = [f"{self.prefix}:bell:{name}" for name in queue_names]
+        finished: Finished | None = None
+        worked = False
+        try:
+            while True:
+                stopping = self._stop.is_set() or (
+                    max_jobs is not None and self.steps_done >= max_jobs
+                )
+                claim = self._fast_call(finished, [] if stopping else queue_names)
+                finished = None
+                if claim is None:
+                    if stopping or burst:
+                        break
+                    self.connection.blpop(bells, timeout=IDLE_WAIT)
+                    continue
+                worked = True
+                finished = self._perform(claim)
+        finally:
+            if finished is not None:
+                self._fast_call(finished, [])
+            duties.stop()
+            self._give_back_claims()
+            self.connection.srem(f"{self.prefix}:workers", self.name)
+            self.connection.delete(f"{self.prefix}:alive:{self.name}")
+            self.register_death()  # type: ignore[no-untyped-call]
+            install_runtime(None)
+            duties.save_ended()
+        return worked
+
+    def _fast_call(self, finished: Finished | None, queues: Sequence[str]) -> ClaimedJob | None:
+        """Finish ``finished`` and claim the next job of ``queues``, in one Lua call."""
+        now_iso = utcnow_iso()
+        execution_id = uuid.uuid4().hex
+        completion = finished.completion if finished else None
+        head: list[Any] = [
+            self.prefix,
+            completion.run_id if completion else "",
+            now_iso,
+            repr(time.time()),
+            self.name,
+        ]
+        if finished is not None:
+            job = finished.job
+            head += [
+                job.id,
+                job.queue,
+                job.result_ttl,
+                finished.return_value,
+                job.execution_id,
+                repr(job.started),
+            ]
+        else:
+            head += ["", "", 0, "", "", 0]
+        ttl = self._claim_ttl()
+        head += [ttl, execution_id, len(queues), *queues]
+        reply = self.runtime.book.script("fast")(
+            args=[*head, *(completion.args if completion else ())]
+        )
+        if completion is not None and finished is not None:
+            outcome = outcome_of(reply[0])
+            after_completion(
+                self.runtime,
+                finished.package,
+                completion,
+                outcome.missing,
+                outcome.run_ended,
+                save=False,  # the duties thread writes ended runs in batches
+            )
+            self.steps_done += 1
+        if not reply[1]:
+            self._current = None
+            return None
+        job_id, queue, data, timeout, retries_left, meta, result_ttl = (
+            reply[1].decode(),
+            reply[2].decode(),
+            reply[3],
+            reply[4],
+            reply[5],
+            reply[6],
+            reply[7],
+        )
+        claimed = ClaimedJob(
+            id=job_id,
+            queue=queue,
+            retries_left=int(retries_left) if retries_left is not None else None,
+            meta=pickle.loads(meta) if meta else {},
+            worker_name=self.name,
+            timeout=int(timeout) if timeout is not None else self.runtime.settings.job_timeout,
+            result_ttl=int(result_ttl) if result_ttl is not None else 500,
+            execution_id=execution_id,
+        )
+        claimed.meta["_data"] = data
+        self._current = claimed
+        return claimed
+
+    def _claim_ttl(self) -> int:
+        # The started registry's score must outlive the step, else `rq info` (which cleans the
+        # registry) would fail it as abandoned; the heartbeat thread keeps it fresh too.
+        return self.runtime.settings.job_timeout + 60
+
+    def _perform(self, claimed: ClaimedJob) -> Finished | None:
+        """Run a claimed job; returns what the next fast call finishes (None after a failure)."""
+        data = claimed.meta.pop("_data")
+        try:
+            func_name, _instance, args, kwargs = pickle.loads(zlib.decompress(data))
+        except Exception:
+            func_name, args, kwargs = "", (), {}
+        if func_name != STEP_FUNCTION or args:
+            self._perform_stock(claimed)
+            return None
+        step_input = StepInput(
+            state=kwargs.get("state"),
+            gather=kwargs.get("gather", False),
+            index=kwargs.get("index"),
+            item=kwargs.get("item"),
+            key=kwargs.get("key", "item"),
+        )
+        try:
+            with UnixSignalDeathPenalty(claimed.timeout, JobTimeoutException, job_id=claimed.id):
+                completion = run_module(
+                    self.runtime,
+                    claimed,
+                    kwargs["run_id"],
+                    kwargs["node"],
+                    kwargs["package"],
+                    step_input,
+                )
+        except Exception:
+            self._fail(claimed, traceback.format_exc())
+            return None
+        value = base64.b64encode(
+            pickle.dumps(completion.output, protocol=pickle.HIGHEST_PROTOCOL)
+        ).decode()
+        return Finished(claimed, value, completion, kwargs["package"])
+
+    def _fail(self, claimed: ClaimedJob, exc_string: str) -> None:
+        """Hand a failed job to RQ's own failure handling (retry or failed registry)."""
+        job = Job.fetch(claimed.id, connection=self.connection)
+        job.ended_at = job.ended_at or None
+        self.execution = Execution(claimed.execution_id, claimed.id, connection=self.connection)
+        queue = Queue(claimed.queue, connection=self.connection)
+        self.handle_job_failure(job, queue, exc_string=exc_string)
+        self.connection.lrem(f"{self.prefix}:claimed:{self.name}", 1, claimed.id)
+        self.connection.hset(self.key, mapping={"state": "idle", "current_job": ""})
+        self._current = None
+
+    def _perform_stock(self, claimed: ClaimedJob) -> None:
+        """A job that is not an ezgraph step: run it the way SimpleWorker does."""
+        job = Job.fetch(claimed.id, connection=self.connection)
+        queue = Queue(claimed.queue, connection=self.connection)
+        self.connection.zrem(f"rq:wip:{claimed.queue}", f"{claimed.id}:{claimed.execution_id}")
+        self.execute_job(job, queue)
+        self.connection.lrem(f"{self.prefix}:claimed:{self.name}", 1, claimed.id)
+        self._current = None
+
+    # -- liveness ---------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        """Say this worker is alive; keep the running job's started-registry entry fresh."""
+        pipe = self.connection.pipeline(transaction=False)
+        pipe.set(f"{self.prefix}:alive:{self.name}", os.getpid(), ex=ALIVE_TTL)
+        pipe.hset(self.key, "last_heartbeat", utcnow_iso())
+        pipe.expire(self.key, self.worker_ttl + 60)
+        current = self._current
+        if current is not None:
+            score = time.time() + self._claim_ttl()
+            pipe.zadd(
+                f"rq:wip:{current.queue}", {f"{current.id}:{current.execution_id}": score}, xx=True
+            )
+        pipe.execute()
+
+    def _install_stop_handlers(self) -> None:
+        def request_stop(signum: int, _frame: Any) -> None:
+            logger.info("worker %s: stopping after the current step", self.name)
+            self._stop.set()
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, request_stop)
+            signal.signal(signal.SIGTERM, request_stop)
+
+    def stop_after_current_step(self) -> None:
+        """Stop after the current step (what SIGTERM does)."""
+        self._stop.set()
+
+    def _give_back_claims(self) -> None:
+        """On a clean exit, put back anything still claimed (nothing, normally)."""
+        self.runtime.book.script("requeue_claimed")(
+            args=[self.prefix, "", utcnow_iso(), repr(time.time()), self.name]
+        )
+
+
+class Duties(threading.Thread):
+    """A worker's background duties, each second: heartbeat, give back dead workers' claims,
+    move due retries to their queues, and write ended runs to SQL in batches."""
+
+    def __init__(self, worker: FastWorker, with_scheduler: bool = True) -> None:
+        super().__init__(name=f"ezgraph-duties-{worker.name}", daemon=True)
+        self.worker = worker
+        self.runtime = worker.runtime
+        self.with_scheduler = with_scheduler
+        self.stopped = threading.Event()
+        self.connection: Redis = worker.connection
+
+    def run(self) -> None:
+        """Loop until :meth:`stop`; a failing pass is logged, never fatal."""
+        last_sweep = 0.0
+        while not self.stopped.wait(0.1):
+            try:
+                now = time.monotonic()
+                if now - last_sweep >= HEARTBEAT_EVERY:
+                    last_sweep = now
+                    self.worker._beat()
+                    reap_dead_workers(self.runtime)
+                    if self.with_scheduler:
+                        self.enqueue_due_retries()
+                self.save_ended()
+            except Exception:
+                logger.exception("worker duties pass failed")
+
+    def save_ended(self) -> None:
+        """Write every ended run to SQL, many per transaction; one worker at a time."""
+        lock = f"{self.runtime.settings.key_prefix}:lock:persist"
+        if self.connection.set(lock, self.worker.name, nx=True, px=30_000):
+            try:
+                self.runtime.save_unsaved()
+            finally:
+                self.connection.delete(lock)
+
+    def enqueue_due_retries(self) -> None:
+        """Move retries whose delay has passed back to their queues (RQ's scheduler's job)."""
+        lock = f"{self.runtime.settings.key_prefix}:lock:scheduler"
+        if self.connection.set(lock, self.worker.name, nx=True, px=5_000):
+            scheduler = RQScheduler(
+                [q.name for q in self.worker.queues], connection=self.connection
+            )
+            scheduler.enqueue_scheduled_jobs()
+
+    def stop(self) -> None:
+        """End the loop and wait for it."""
+        self.stopped.set()
+        if self.is_alive():
+            self.join(timeout=5)
+
+
+def reap_dead_workers(runtime: Runtime) -> list[str]:
+    """Give back the claimed jobs of every ezgraph worker whose liveness key expired."""
+    prefix = runtime.settings.key_prefix
+    connection = runtime.connection
+    requeued: list[str] = []
+    for raw in connection.smembers(f"{prefix}:workers"):
+        name = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if connection.exists(f"{prefix}:alive:{name}"):
+            continue
+        ids = runtime.book.script("requeue_claimed")(
+            args=[prefix, "", utcnow_iso(), repr(time.time()), name]
+        )
+        if ids:
+            logger.warning("worker %s is gone: requeued %d steps", name, len(ids))
+        requeued.extend(i.decode() for i in ids)
+    return requeued
+
+
+def serve(
+    runtime: Runtime,
+    nodes: Sequence[str] | None = None,
+    burst: bool = False,
+    log_level: str = "INFO",
+    with_scheduler: bool = True,
+) -> bool:
+    """Run a fast worker on ``nodes`` (default: every node of the graph)."""
+    graph = runtime.graph()
+    queues = [Queue(node, connection=runtime.connection) for node in (nodes or graph.nodes)]
+    worker = FastWorker(queues, connection=runtime.connection, runtime=runtime)
+    return worker.work(burst=burst, logging_level=log_level, with_scheduler=with_scheduler)

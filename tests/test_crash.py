@@ -1,0 +1,77 @@
+"""Killing workers loses nothing: the steps a dead worker held run again and every run ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+from redis import Redis
+
+from ezgraph.orchestrator import GraphOrchestrator
+from ezgraph.runtime import Runtime
+
+from .conftest import ROOT, subprocess_env
+
+
+def start_worker(runtime: Runtime, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ezgraph", "worker", *args], env=subprocess_env(runtime.settings),
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+@pytest.mark.slow
+def test_steps_claimed_by_a_sigkilled_worker_are_requeued_by_a_survivor(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis, redis_url: str
+) -> None:
+    runtime = make_runtime("tests.graphs.slowchain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    ledger = "test:ledger"
+    run_ids = [
+        orchestrator.submit("a", ledger_url=redis_url, ledger_key=ledger, sleep=0.3)
+        for _ in range(6)
+    ]
+    doomed = start_worker(runtime)
+    survivor = start_worker(runtime)
+    try:
+        claimed = "ezgraph:claimed:*"
+        wait_for(lambda: len(redis_conn.keys(claimed)) == 2, 20, "both workers to claim a step")
+        victims = {key: redis_conn.lrange(key, 0, -1) for key in redis_conn.keys(claimed)}
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.communicate(timeout=10)
+        killed_at = time.monotonic()
+        wait_for(
+            lambda: all(orchestrator.status(r)["status"] == "finished" for r in run_ids),
+            60, "every run to finish",
+        )
+        assert time.monotonic() - killed_at < 30
+    finally:
+        survivor.send_signal(signal.SIGTERM)
+        _, errors = survivor.communicate(timeout=30)
+        if doomed.poll() is None:
+            doomed.kill()
+            doomed.communicate()
+    assert survivor.returncode == 0, errors
+    assert len(victims) == 2 and all(len(ids) == 1 for ids in victims.values())
+    executions = Counter(e.decode() for e in redis_conn.lrange(ledger, 0, -1))
+    assert set(executions) == {f"{r}:{s}" for r in run_ids for s in "abc"}
+    # At-least-once: only the step the killed worker held may have run twice.
+    assert sum(executions.values()) - len(executions) <= 1
+    assert redis_conn.keys(claimed) == []
+    stored = [runtime.store.load_run(r) for r in run_ids]
+    assert all(s is not None and s.status == "finished" for s in stored)
