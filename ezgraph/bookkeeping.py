@@ -5,7 +5,8 @@ Keys, all under the settings' key prefix (default ``ezgraph``):
 - ``<p>:run:<id>`` hash: status, start, package, graph (JSON), input, created_at, ended_at,
   pending (steps created and not yet ended), error.
 - ``<p>:run:<id>:steps`` hash: ``<step>.<field>`` for status, job, output, error, started_at,
-  ended_at, worker, attempts, input (failed steps), map (item count of a mapped node).
+  ended_at, worker, attempts, input (failed steps), map (item count of a mapped node), inflight
+  (1: the step was in flight when its run stopped, so if it finishes it creates no successors).
 - ``<p>:run:<id>:state`` hash: the state a step passed on, kept where a join or the result needs it.
 - ``<p>:run:<id>:join`` hash: join arrivals (``left:<node>``, ``any:<node>``) and map counters.
 - ``<p>:run:<id>:jobs`` hash: RQ job id -> queue, for every step job of the run.
@@ -43,7 +44,17 @@ def _load_script(name: str) -> str:
 
 _SOURCES = {
     name: _load_script(name)
-    for name in ("submit", "complete", "fail", "ensure", "fast", "requeue_claimed")
+    for name in (
+        "submit",
+        "complete",
+        "fail",
+        "ensure",
+        "fast",
+        "requeue_claimed",
+        "requeue_job",
+        "due",
+        "resume",
+    )
 }
 
 
@@ -72,11 +83,22 @@ def jobs_argv(jobs: Iterable[PreparedJob]) -> list[Any]:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a script reported: ``ok``, ``duplicate`` (recorded before) or ``gone`` (no run)."""
+    """What a script reported: ``ok``, ``duplicate`` (recorded before), ``gone`` (no run) or,
+    for a run-level :meth:`RunBook.fail`, ``refused`` (the run had ended or stopped otherwise)."""
 
     status: str
     run_ended: bool
     missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What the resume script reported: ``ok`` with the steps requeued, or why it refused:
+    ``gone`` (no run), ``status`` (the run is not failed), ``running`` (steps still running),
+    ``job`` (a step's job cannot be requeued: step, job status) or ``empty`` (nothing to run)."""
+
+    status: str
+    details: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -225,22 +247,37 @@ class RunBook:
         """Create the jobs of steps found ready without one; returns how many were created."""
         return int(self._call("ensure", run_id, *jobs_argv(jobs)))
 
+    def resume(self, run_id: str) -> Resumed:
+        """Set a failed run running again and requeue the jobs of its steps to run again."""
+        reply = self._call("resume", run_id)
+        return Resumed(as_text(reply[0]) or "", tuple(as_text(r) or "" for r in reply[1:]))
+
     def read(self, run_id: str) -> LiveRun | None:
         """The run as Redis holds it, or None."""
-        base = self.run_key(run_id)
+        return self.read_many([run_id])[0]
+
+    def read_many(self, run_ids: Sequence[str]) -> list[LiveRun | None]:
+        """Several runs in one round trip (None for a run Redis no longer holds)."""
         pipe = self.connection.pipeline(transaction=False)
-        pipe.hgetall(base)
-        pipe.hgetall(f"{base}:steps")
-        pipe.hgetall(f"{base}:state")
-        pipe.hgetall(f"{base}:join")
-        header, raw_steps, states, joins = (_decode(part) for part in pipe.execute())
-        if not header:
-            return None
-        steps: dict[str, dict[str, str]] = {}
-        for name, value in raw_steps.items():
-            step, _, field = name.rpartition(".")
-            steps.setdefault(step, {})[field] = value
-        return LiveRun(run_id, header, steps, states, joins)
+        for run_id in run_ids:
+            base = self.run_key(run_id)
+            pipe.hgetall(base)
+            pipe.hgetall(f"{base}:steps")
+            pipe.hgetall(f"{base}:state")
+            pipe.hgetall(f"{base}:join")
+        replies = pipe.execute()
+        runs: list[LiveRun | None] = []
+        for n, run_id in enumerate(run_ids):
+            header, raw_steps, states, joins = (_decode(r) for r in replies[4 * n : 4 * n + 4])
+            if not header:
+                runs.append(None)
+                continue
+            steps: dict[str, dict[str, str]] = {}
+            for name, value in raw_steps.items():
+                step, _, field = name.rpartition(".")
+                steps.setdefault(step, {})[field] = value
+            runs.append(LiveRun(run_id, header, steps, states, joins))
+        return runs
 
     def gather(self, run_id: str, predecessors: Sequence[str], states: Sequence[str]) -> Gathered:
         """What a join needs: its predecessors' statuses and outputs, the kept ``states``, and
@@ -258,13 +295,13 @@ class RunBook:
         mapped: dict[str, list[str | None]] = {}
         fields = [f"{p}-{i}.output" for p, n in mapped_counts.items() for i in range(n)]
         if fields:
-            values = [_text(v) for v in self.connection.hmget(f"{base}:steps", fields)]
+            values = [as_text(v) for v in self.connection.hmget(f"{base}:steps", fields)]
             for pred, count in mapped_counts.items():
                 mapped[pred], values = values[:count], values[count:]
         return Gathered(
-            statuses={p: _text(v) or "" for p, v in zip(predecessors, statuses, strict=True)},
-            outputs={p: _text(v) for p, v in zip(predecessors, outputs, strict=True)},
-            states={name: _text(v) for name, v in zip(states, kept, strict=True)},
+            statuses={p: as_text(v) or "" for p, v in zip(predecessors, statuses, strict=True)},
+            outputs={p: as_text(v) for p, v in zip(predecessors, outputs, strict=True)},
+            states={name: as_text(v) for name, v in zip(states, kept, strict=True)},
             mapped=mapped,
         )
 
@@ -274,11 +311,11 @@ class RunBook:
         ids = self.connection.zrangebyscore(
             f"{self.prefix}:runs:unsaved", "-inf", cutoff, start=0, num=limit
         )
-        return [_text(i) or "" for i in ids]
+        return [as_text(i) or "" for i in ids]
 
     def live(self) -> list[str]:
         """Runs in flight, oldest first."""
-        return [_text(i) or "" for i in self.connection.zrange(f"{self.prefix}:runs:live", 0, -1)]
+        return [as_text(i) or "" for i in self.connection.zrange(f"{self.prefix}:runs:live", 0, -1)]
 
     def mark_saved(self, run_ids: Sequence[str], ttl: int) -> None:
         """Runs are in SQL: drop them from the unsaved set and let their keys expire."""
@@ -298,15 +335,16 @@ def outcome_of(reply: Sequence[Any]) -> Outcome:
 
 
 def _outcome(reply: Sequence[Any]) -> Outcome:
-    status = _text(reply[0]) or ""
-    return Outcome(status, bool(int(reply[1])), tuple(_text(r) or "" for r in reply[2:]))
+    status = as_text(reply[0]) or ""
+    return Outcome(status, bool(int(reply[1])), tuple(as_text(r) or "" for r in reply[2:]))
 
 
-def _text(value: Any) -> str | None:
+def as_text(value: Any) -> str | None:
+    """A Redis reply as text (None stays None)."""
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _decode(mapping: dict[Any, Any]) -> dict[str, str]:
-    return {_text(k) or "": _text(v) or "" for k, v in mapping.items()}
+    return {as_text(k) or "": as_text(v) or "" for k, v in mapping.items()}

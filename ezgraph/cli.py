@@ -1,4 +1,4 @@
-"""The ``ezgraph`` command line: submit, run, status, queues, worker, check, viz, server...
+"""The ``ezgraph`` command line: submit, run, status, cancel, retry, queues, worker, check...
 
 Every ezgraph error becomes one line on stderr: exit code 2 for usage, 1 for failures.
 """
@@ -189,6 +189,27 @@ def status(context: Context, run_id: str, as_json: bool) -> None:
         click.echo(f"error: {current['error']}")
     if current["result"] is not None:
         click.echo("result: " + json.dumps(current["result"], ensure_ascii=False))
+
+
+@cli.command()
+@click.argument("run_id")
+@pass_context
+def cancel(context: Context, run_id: str) -> None:
+    """Cancel a run: its queued steps are canceled, its running steps stopped where RQ can."""
+    current = context.orchestrator.cancel(run_id)
+    running = [name for name, status in current["nodes"].items() if status == "running"]
+    still = f" ({len(running)} still running: {', '.join(running)})" if running else ""
+    click.echo(f"run {run_id}: {current['status']}{still}")
+
+
+@cli.command()
+@click.argument("run_id")
+@pass_context
+def retry(context: Context, run_id: str) -> None:
+    """Resume a failed run: its failed and canceled steps run again, finished ones do not."""
+    current = context.orchestrator.retry(run_id)
+    again = [name for name, status in current["nodes"].items() if status in ("queued", "running")]
+    click.echo(f"run {run_id}: {current['status']} (steps to run again: {', '.join(again)})")
 
 
 @cli.command()

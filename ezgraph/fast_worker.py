@@ -33,7 +33,6 @@ from redis import Redis
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
-from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 from rq.worker import SimpleWorker
 
@@ -41,10 +40,11 @@ from .bookkeeping import outcome_of, utcnow_iso
 from .runtime import STEP_FUNCTION, Runtime, StepInput
 from .settings import Settings
 from .step import Completion, after_completion, install_runtime, run_module
+from .watchdog import watch_runs
 
 logger = logging.getLogger(__name__)
 
-ALIVE_TTL = 3  # seconds without a heartbeat before a worker counts as dead
+ALIVE_TTL = 5  # seconds without a heartbeat before a worker counts as dead
 HEARTBEAT_EVERY = 1.0
 IDLE_WAIT = 1  # seconds an idle worker blocks on its queues' bells before looking again
 
@@ -122,6 +122,8 @@ class FastWorker(SimpleWorker):
                 claim = self._fast_call(finished, [] if stopping else queue_names)
                 finished = None
                 if claim is None:
+                    if burst and with_scheduler and duties.enqueue_due_retries():
+                        continue
                     if stopping or burst:
                         break
                     self.connection.blpop(bells, timeout=IDLE_WAIT)
@@ -324,6 +326,7 @@ class Duties(threading.Thread):
                     last_sweep = now
                     self.worker._beat()
                     reap_dead_workers(self.runtime)
+                    self.watch()
                     if self.with_scheduler:
                         self.enqueue_due_retries()
                 self.save_ended()
@@ -339,14 +342,18 @@ class Duties(threading.Thread):
             finally:
                 self.connection.delete(lock)
 
-    def enqueue_due_retries(self) -> None:
+    def watch(self) -> None:
+        """One watchdog pass over live runs (one worker at a time)."""
+        # Not released: it lets one pass a second through, whichever worker makes it.
+        lock = f"{self.runtime.settings.key_prefix}:lock:watch"
+        if self.connection.set(lock, self.worker.name, nx=True, px=900):
+            watch_runs(self.runtime)
+
+    def enqueue_due_retries(self) -> int:
         """Move retries whose delay has passed back to their queues (RQ's scheduler's job)."""
-        lock = f"{self.runtime.settings.key_prefix}:lock:scheduler"
-        if self.connection.set(lock, self.worker.name, nx=True, px=5_000):
-            scheduler = RQScheduler(
-                [q.name for q in self.worker.queues], connection=self.connection
-            )
-            scheduler.enqueue_scheduled_jobs()
+        queues = [q.name for q in self.worker.queues]
+        head = [self.runtime.settings.key_prefix, "", utcnow_iso(), repr(time.time())]
+        return int(self.runtime.book.script("due")(args=[*head, *queues]))
 
     def stop(self) -> None:
         """End the loop and wait for it."""

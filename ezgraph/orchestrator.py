@@ -1,4 +1,4 @@
-"""The public face: submit runs, read their status, count queues.
+"""The public face: submit runs, read their status, cancel or retry them, count queues.
 
 ``GraphOrchestrator`` holds a :class:`Runtime`; the module-level :func:`submit` and
 :func:`status` build one from the environment for each call (the seed's API).
@@ -10,13 +10,15 @@ import json
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.command import PUBSUB_CHANNEL_TEMPLATE, send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
-from .errors import ConnectionFailed, PayloadError, RunNotFound, UsageError
+from .errors import ConnectionFailed, InvalidRunOperation, PayloadError, RunNotFound, UsageError
 from .graph import Graph
 from .records import RunRecord, RunStatus
 from .runtime import Runtime, StepInput
@@ -107,6 +109,114 @@ class GraphOrchestrator:
                 return current
             time.sleep(poll)
             poll = min(poll * 1.5, 0.2)
+
+    def cancel(self, run_id: str, stop_wait: float = 2.0) -> dict[str, Any]:
+        """Cancel a run and return its status after.
+
+        Steps still queued are canceled in RQ; running steps are sent RQ's stop command (a
+        forking worker kills the step; one that cannot, such as a SimpleWorker or ezgraph's own,
+        lets it finish, and its successors are never created). The run ends ``canceled`` once
+        nothing of it runs; ``stop_wait`` is how long to wait for stopped steps to end before
+        returning. Canceling a run that is canceled but not yet ended stops its steps again.
+
+        Raises:
+            RunNotFound: for an unknown run.
+            InvalidRunOperation: when the run is already finished, failed or canceled.
+        """
+        book = self.runtime.book
+        with _redis_errors(self.runtime):
+            outcome = book.fail(run_id, "", "run canceled", run_status="canceled")
+            if outcome.status in ("gone", "refused"):
+                current = self.get_run(run_id).status
+                raise InvalidRunOperation(f"run {run_id} is already {current}: nothing to cancel")
+            ended = outcome.run_ended
+            record = self.runtime.read_run(run_id)
+            running = [
+                f"{run_id}-{step.step}"
+                for step in (record.steps if record else ())
+                if step.status == "running"
+            ]
+            stopping = self._stop_jobs(running)
+            if stopping:
+                self._wait_for_jobs(stopping, stop_wait)
+                # Record the steps whose job was stopped: they will never report.
+                ended = book.fail(run_id, "", "run canceled", run_status="canceled").run_ended
+        if ended:
+            self.runtime.save_runs([run_id])
+        return self.status(run_id)
+
+    def _stop_jobs(self, job_ids: list[str]) -> list[str]:
+        """Send RQ's stop command for each job; return those whose worker listens for commands.
+
+        Workers that do not (ezgraph's own) let the step finish, so there is nothing to wait for.
+        """
+        connection = self.runtime.connection
+        listened = []
+        for job_id in job_ids:
+            worker = connection.hget(f"rq:job:{job_id}", "worker_name")
+            if not worker:
+                continue
+            name = worker.decode() if isinstance(worker, bytes) else str(worker)
+            channel = PUBSUB_CHANNEL_TEMPLATE % name
+            with suppress(InvalidJobOperation, NoSuchJobError):  # it ended meanwhile
+                send_stop_job_command(connection, job_id)
+                if connection.pubsub_numsub(channel)[0][1]:
+                    listened.append(job_id)
+        return listened
+
+    def _wait_for_jobs(self, job_ids: list[str], timeout: float) -> None:
+        """Wait until none of the RQ jobs ``job_ids`` is started, or ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        connection = self.runtime.connection
+        while time.monotonic() < deadline:
+            pipe = connection.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hget(f"rq:job:{job_id}", "status")
+            if all(status != b"started" for status in pipe.execute()):
+                return
+            time.sleep(0.05)
+
+    def retry(self, run_id: str) -> dict[str, Any]:
+        """Resume a failed run from its failed steps; return its status after.
+
+        Failed steps, the steps canceled because of the failure, and steps that finished after
+        it (whose successors were never created) run again, each as its own RQ job requeued
+        with its stored input; other finished steps keep their outputs. The run is written to
+        SQL again when it ends (one row per run).
+
+        Raises:
+            RunNotFound: for an unknown run.
+            InvalidRunOperation: when the run is not failed, still has steps running, or is
+                no longer in Redis.
+        """
+        with _redis_errors(self.runtime):
+            resumed = self.runtime.book.resume(run_id)
+        if resumed.status == "gone":
+            current = self.get_run(run_id).status
+            if current != RunStatus.FAILED:
+                raise InvalidRunOperation(
+                    f"run {run_id} is {current}: only a failed run can be retried"
+                )
+            raise InvalidRunOperation(
+                f"run {run_id} can no longer be retried: its state left Redis"
+                f" {self.settings.run_ttl} s after it was written to SQL (EZGRAPH_RUN_TTL)"
+            )
+        if resumed.status == "status":
+            raise InvalidRunOperation(
+                f"run {run_id} is {resumed.details[0]}: only a failed run can be retried"
+            )
+        if resumed.status == "running":
+            raise InvalidRunOperation(
+                f"run {run_id} failed but still has steps running: retry once they have ended"
+            )
+        if resumed.status == "job":
+            step, job_status = resumed.details
+            raise InvalidRunOperation(
+                f"run {run_id} cannot be retried: the RQ job of step {step!r} is {job_status}"
+            )
+        if resumed.status == "empty":
+            raise InvalidRunOperation(f"run {run_id} has no failed step to retry")
+        return self.status(run_id)
 
     def list_queues(self) -> dict[str, int]:
         """Jobs waiting in each node's queue, e.g. ``{'intent_validator': 0, ...}``."""

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis import Redis
+from redis.exceptions import RedisError
 from rq.job import Job, get_current_job
 
 from .bookkeeping import PreparedJob, RunBook, utcnow_iso
@@ -70,7 +72,41 @@ def run_step(
     job = get_current_job()
     runtime = runtime_for(job)
     step_input = StepInput(state=state, gather=gather, index=index, item=item, key=key)
-    return execute_step(runtime, job, run_id, node, package, step_input)
+    if job is None:
+        return execute_step(runtime, job, run_id, node, package, step_input)
+    with StepHeartbeat(runtime.connection, f"{runtime.settings.key_prefix}:beat:{job.id}"):
+        return execute_step(runtime, job, run_id, node, package, step_input)
+
+
+class StepHeartbeat(threading.Thread):
+    """While a step runs on a stock RQ worker, say so every second (the watchdog requeues a
+    started step whose heartbeat stopped: its worker died)."""
+
+    def __init__(self, connection: Redis, key: str, every: float = 1.0, ttl: int = 5) -> None:
+        super().__init__(name="ezgraph-step-heartbeat", daemon=True)
+        self.connection = connection
+        self.key = key
+        self.every = every
+        self.ttl = ttl
+        self.done = threading.Event()
+
+    def __enter__(self) -> StepHeartbeat:
+        self.connection.set(self.key, 1, ex=self.ttl)
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.done.set()
+        self.join(timeout=self.every * 2)
+        self.connection.delete(self.key)
+
+    def run(self) -> None:
+        """Refresh the heartbeat until the step ends; a Redis hiccup only skips one beat."""
+        while not self.done.wait(self.every):
+            try:
+                self.connection.set(self.key, 1, ex=self.ttl)
+            except RedisError:
+                logger.warning("step heartbeat %s missed", self.key)
 
 
 @dataclass(frozen=True)

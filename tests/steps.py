@@ -72,3 +72,17 @@ def slow_ledger(data: dict[str, Any]) -> dict[str, Any]:
     Redis.from_url(data["ledger_url"]).rpush(data["ledger_key"], f"{ctx.run_id}:{ctx.step}")
     time.sleep(float(data.get("sleep", 0.2)))
     return {ctx.step: os.getpid()}
+
+
+def fail_until_attempt(data: dict[str, Any]) -> dict[str, Any]:
+    """Raise until the step's attempt number reaches the payload's ``succeed_on``."""
+    ctx = current_step()
+    if ctx.attempt < int(data["succeed_on"]):
+        raise RuntimeError(f"attempt {ctx.attempt} fails")
+    return {"succeeded_on": ctx.attempt}
+
+
+def hang(data: dict[str, Any]) -> dict[str, Any]:
+    """Sleep far past any sensible timeout."""
+    time.sleep(60)
+    return {}

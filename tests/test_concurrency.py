@@ -31,7 +31,11 @@ def test_200_runs_of_1_8_1_on_3_worker_processes_run_each_join_exactly_once(
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "ezgraph", "worker", "--burst"],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(3)
     ]

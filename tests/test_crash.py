@@ -21,8 +21,12 @@ from .conftest import ROOT, subprocess_env
 
 def start_worker(runtime: Runtime, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "ezgraph", "worker", *args], env=subprocess_env(runtime.settings),
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "ezgraph", "worker", *args],
+        env=subprocess_env(runtime.settings),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -57,7 +61,8 @@ def test_steps_claimed_by_a_sigkilled_worker_are_requeued_by_a_survivor(
         killed_at = time.monotonic()
         wait_for(
             lambda: all(orchestrator.status(r)["status"] == "finished" for r in run_ids),
-            60, "every run to finish",
+            60,
+            "every run to finish",
         )
         assert time.monotonic() - killed_at < 30
     finally:
@@ -75,3 +80,72 @@ def test_steps_claimed_by_a_sigkilled_worker_are_requeued_by_a_survivor(
     assert redis_conn.keys(claimed) == []
     stored = [runtime.store.load_run(r) for r in run_ids]
     assert all(s is not None and s.status == "finished" for s in stored)
+
+
+def kill_tree(pid: int) -> None:
+    subprocess.run(["pkill", "-KILL", "-P", str(pid)], check=False)
+    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("worker_class", ["rq.worker.Worker", "rq.worker.SimpleWorker"])
+def test_a_dead_stock_rq_worker_s_step_runs_again_within_10_seconds(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis, redis_url: str, worker_class: str
+) -> None:
+    """Parent and work-horse SIGKILLed, as when a machine dies; an ezgraph worker rescues."""
+    runtime = make_runtime("tests.graphs.slowchain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    ledger = "test:ledger"
+    run_id = orchestrator.submit("a", ledger_url=redis_url, ledger_key=ledger, sleep=2.0)
+    env = subprocess_env(runtime.settings)
+    stock = subprocess.Popen(
+        [sys.executable, "-m", "rq.cli", "worker", "a", "--url", redis_url, "-w", worker_class],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    rescuer = start_worker(runtime, "b", "c")  # serves the rest; its duties run the watchdog
+    try:
+        wait_for(lambda: redis_conn.llen(ledger) == 1, 30, "the stock worker to start step a")
+        kill_tree(stock.pid)
+        stock.wait(10)
+        killed_at = time.monotonic()
+        # Only the rescuer is left, and it does not serve queue a: a new stock worker does.
+        replacement = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rq.cli",
+                "worker",
+                "a",
+                "--url",
+                redis_url,
+                "-w",
+                "rq.worker.SimpleWorker",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            recovery = wait_for(lambda: redis_conn.llen(ledger) >= 2, 30, "step a to run again")
+            wait_for(
+                lambda: orchestrator.status(run_id)["status"] == "finished", 30, "the run to end"
+            )
+        finally:
+            replacement.terminate()
+            replacement.wait(10)
+    finally:
+        rescuer.send_signal(signal.SIGTERM)
+        rescuer.communicate(timeout=30)
+        if stock.poll() is None:
+            kill_tree(stock.pid)
+    assert time.monotonic() - killed_at >= recovery
+    assert recovery < 10, f"recovery took {recovery:.1f}s"
+    executions = [e.decode() for e in redis_conn.lrange(ledger, 0, -1)]
+    assert executions.count(f"{run_id}:a") == 2
+    assert executions.count(f"{run_id}:b") == executions.count(f"{run_id}:c") == 1
+    stored = runtime.store.load_run(run_id)
+    assert stored is not None and stored.status == "finished"

@@ -1,0 +1,43 @@
+"""The chaos graph's one step function: count the execution, work a little, write the effect."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from redis import Redis
+
+from ezgraph.control import current_step
+
+# The side effect and its guard in one atomic call: written once per idempotency key.
+_EFFECT = """
+if redis.call('SET', KEYS[1], ARGV[2], 'NX') then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+_connections: dict[str, Redis] = {}
+
+
+def work(data: dict[str, Any]) -> dict[str, Any]:
+    """Count this execution, sleep ``work_ms`` (±50%), then write the step's effect once."""
+    step = current_step()
+    url = data["ledger_url"]
+    connection = _connections.get(url)
+    if connection is None:
+        connection = _connections[url] = Redis.from_url(url)
+    prefix = data["ledger_prefix"]
+    connection.hincrby(f"{prefix}:executions", step.idempotency_key, 1)
+    time.sleep(float(data.get("work_ms", 20)) / 1000 * random.uniform(0.5, 1.5))
+    connection.eval(
+        _EFFECT,
+        2,
+        f"{prefix}:done:{step.idempotency_key}",
+        f"{prefix}:effects",
+        step.idempotency_key,
+        step.attempt,
+    )
+    return {step.node: step.attempt}

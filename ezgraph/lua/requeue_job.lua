@@ -1,0 +1,22 @@
+-- Put one step job back at the front of its queue, when it is still in the state the caller
+-- saw (so a worker that finished it meanwhile wins). ARGV after the prelude (ARGV[2] is the
+-- run id): 5 job id, 6 queue, 7 expected RQ status ('started' or 'queued').
+-- Returns 1 when requeued.
+local id, queue, expected = ARGV[5], ARGV[6], ARGV[7]
+local job_key = 'rq:job:' .. id
+if redis.call('HGET', job_key, 'status') ~= expected then return 0 end
+if expected == 'queued' and redis.call('LPOS', 'rq:queue:' .. queue, id) then return 0 end
+for _, member in ipairs(redis.call('ZRANGE', 'rq:wip:' .. queue, 0, -1)) do
+  if string.sub(member, 1, string.len(id) + 1) == id .. ':' then
+    redis.call('ZREM', 'rq:wip:' .. queue, member)
+    redis.call('DEL', 'rq:execution:' .. member)
+  end
+end
+redis.call('LREM', 'rq:queue:' .. queue .. ':intermediate', 0, id)
+redis.call('HSET', job_key, 'status', 'queued')
+redis.call('HDEL', job_key, 'worker_name', 'started_at')
+redis.call('LPUSH', 'rq:queue:' .. queue, id)
+redis.call('RPUSH', P .. ':bell:' .. queue, 1)
+redis.call('LTRIM', P .. ':bell:' .. queue, -8, -1)
+redis.call('HINCRBY', steps_key, string.sub(id, string.len(RUN) + 2) .. '.recovered', 1)
+return 1

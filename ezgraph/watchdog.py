@@ -1,0 +1,132 @@
+"""The run watchdog: finds the steps a run still expects that no worker will ever finish.
+
+Crash detection that does not wait for RQ's job timeout or its 600 s maintenance pass:
+
+- a step whose RQ job is ``started`` by a stock ``rq worker`` whose step heartbeat
+  (``<prefix>:beat:<job>``, refreshed every second by the step wrapper) expired — the worker or
+  its machine died — goes back to the front of its queue;
+- a step whose RQ job is ``queued`` but sits in no queue (a stock worker listening on several
+  queues pops with a bare LPOP/BLPOP, so a kill right after the pop loses the job) is pushed back;
+- a step whose RQ job ended ``failed``, ``stopped`` or ``canceled`` without the step wrapper
+  recording it (a killed work-horse with no retry left) fails its step and so its run.
+
+Claims of dead ezgraph workers are handled by :func:`ezgraph.fast_worker.reap_dead_workers`.
+Every ezgraph worker runs one pass a second (one worker at a time); ``ezgraph reap`` runs it
+where only stock workers run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from .bookkeeping import as_text, utcnow_iso
+from .records import parse_rq_date
+from .runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+BEAT_TTL = 5  # seconds; the step wrapper refreshes the beat every second
+GRACE = 2.0  # seconds a step may look lost before it is acted on
+
+
+@dataclass
+class WatchReport:
+    """What one pass did."""
+
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def watch_runs(runtime: Runtime, grace: float = GRACE, limit: int = 500) -> WatchReport:
+    """One pass over the oldest live runs (at most ``limit``) that started over ``grace`` ago."""
+    book = runtime.book
+    connection = runtime.connection
+    prefix = runtime.settings.key_prefix
+    report = WatchReport()
+    run_ids = [
+        as_text(raw) or ""
+        for raw in connection.zrangebyscore(
+            f"{prefix}:runs:live", "-inf", time.time() - grace, start=0, num=limit
+        )
+    ]
+    if not run_ids:
+        return report
+    waiting: list[tuple[str, str, str]] = []  # run, step, job id
+    for run_id, live in zip(run_ids, book.read_many(run_ids), strict=True):
+        if live is None:
+            continue
+        for step, fields in live.steps.items():
+            if fields.get("status") == "queued" and fields.get("job"):
+                waiting.append((run_id, step, fields["job"]))
+    if not waiting:
+        return report
+    pipe = connection.pipeline(transaction=False)
+    for _, _, job_id in waiting:
+        pipe.hmget(f"rq:job:{job_id}", "status", "worker_name", "origin", "ended_at", "started_at")
+        pipe.exists(f"{prefix}:beat:{job_id}")
+    replies = pipe.execute()
+    now = time.time()
+    for n, (run_id, step, job_id) in enumerate(waiting):
+        status, worker, origin, _ended, started = (as_text(v) for v in replies[2 * n])
+        beating = bool(replies[2 * n + 1])
+        queue = origin or step.rsplit("-", 1)[0]
+        if status == "started" and not beating and worker:
+            if connection.exists(f"{prefix}:alive:{worker}"):
+                continue  # an ezgraph worker's claim: its liveness key speaks for it
+            if _age(started, now) < grace:
+                continue
+            if _requeue(runtime, run_id, job_id, queue, "started"):
+                logger.warning("run %s step %s: its worker died, step requeued", run_id, step)
+                report.requeued.append(job_id)
+        elif status == "queued":
+            if connection.lpos(f"rq:queue:{queue}", job_id) is not None:
+                continue
+            if connection.lpos(f"rq:queue:{queue}:intermediate", job_id) is not None:
+                continue
+            if _claimed_anywhere(runtime, job_id):
+                continue
+            # A stock worker marks a popped job started a moment after the pop: act only when
+            # the job looked lost on two passes in a row.
+            if connection.set(f"{prefix}:suspect:{job_id}", 1, nx=True, ex=30):
+                continue
+            if _requeue(runtime, run_id, job_id, queue, "queued"):
+                logger.warning("run %s step %s: lost from its queue, pushed back", run_id, step)
+                report.requeued.append(job_id)
+        elif status in ("failed", "stopped", "canceled") or status is None:
+            reason = {
+                None: "its RQ job vanished",
+                "failed": "its RQ job failed without finishing the step (work-horse killed?)",
+                "stopped": "its RQ job was stopped",
+                "canceled": "its RQ job was canceled",
+            }[status]
+            outcome = book.fail(run_id, step, f"{step}: {reason}", "", worker or "", 0, "")
+            if outcome.status == "ok":
+                report.failed.append(job_id)
+                if outcome.run_ended:
+                    runtime.save_runs([run_id])
+    return report
+
+
+def _age(started: str | None, now: float) -> float:
+    if not started:
+        return float("inf")
+    parsed = parse_rq_date(started)
+    return now - parsed.timestamp() if parsed else float("inf")
+
+
+def _claimed_anywhere(runtime: Runtime, job_id: str) -> bool:
+    prefix = runtime.settings.key_prefix
+    connection = runtime.connection
+    for raw in connection.smembers(f"{prefix}:workers"):
+        name = as_text(raw) or ""
+        if connection.lpos(f"{prefix}:claimed:{name}", job_id) is not None:
+            return True
+    return False
+
+
+def _requeue(runtime: Runtime, run_id: str, job_id: str, queue: str, expected: str) -> bool:
+    script = runtime.book.script("requeue_job")
+    head = [runtime.settings.key_prefix, run_id, utcnow_iso(), repr(time.time())]
+    return bool(script(args=[*head, job_id, queue, expected]))

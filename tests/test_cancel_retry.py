@@ -1,0 +1,317 @@
+"""Cancel a run (queued steps canceled in RQ, running ones stopped where RQ can) and retry a
+failed one (its failed and canceled steps run again, finished ones do not)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy
+from redis import Redis
+from rq.job import Job
+
+from ezgraph import current_step
+from ezgraph.errors import InvalidRunOperation, RunNotFound
+from ezgraph.orchestrator import GraphOrchestrator
+from ezgraph.runtime import Runtime
+from ezgraph.worker import run_worker
+
+from .conftest import ROOT, drain, ezgraph_cli, subprocess_env
+
+LEDGER = "ledger:cancel-retry"
+
+
+def serve(runtime: Runtime, *nodes: str) -> None:
+    """Run the queued steps of ``nodes`` only, in this process."""
+    run_worker(runtime, list(nodes), burst=True, with_scheduler=False, log_level="WARNING")
+
+
+def ledger_fields(runtime: Runtime) -> dict[str, Any]:
+    """The payload fields that make each step count its executions in the ledger."""
+    return {"ledger_url": runtime.settings.redis_url, "ledger_key": LEDGER}
+
+
+def executions(redis_conn: Redis, run_id: str) -> list[str]:
+    """The steps of ``run_id`` in the order they executed (every attempt counted)."""
+    entries = [e.decode() for e in redis_conn.lrange(LEDGER, 0, -1)]
+    return [e.split(":", 1)[1] for e in entries if e.startswith(f"{run_id}:")]
+
+
+def stored_runs(runtime: Runtime, run_id: str) -> list[tuple[str, int]]:
+    """The ezgraph_runs rows of ``run_id`` as (status, number of its ezgraph_steps rows)."""
+    with runtime.store.engine.connect() as connection:
+        rows = connection.execute(
+            sqlalchemy.text("select status from ezgraph_runs where run_id = :r"), {"r": run_id}
+        ).all()
+        steps = connection.execute(
+            sqlalchemy.text("select count(*) from ezgraph_steps where run_id = :r"), {"r": run_id}
+        ).scalar_one()
+    return [(row[0], steps) for row in rows]
+
+
+# -- cancel ---------------------------------------------------------------------------------
+
+
+def test_cancel_of_a_queued_run_cancels_its_steps_in_rq_and_persists_it(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    runtime = make_runtime("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("a")
+    done = ezgraph_cli("cancel", run_id, env=subprocess_env(runtime.settings))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"run {run_id}: canceled"
+    status = orchestrator.status(run_id)
+    assert status["status"] == "canceled" and status["nodes"] == {"a": "canceled"}
+    assert status["error"] == "run canceled"
+    assert orchestrator.list_queues() == {"a": 0, "b": 0}
+    assert redis_conn.hget(f"rq:job:{run_id}-a", "status") == b"canceled"
+    assert redis_conn.zscore("rq:canceled:a", f"{run_id}-a") is not None
+    stored = runtime.store.load_run(run_id)
+    assert stored is not None and stored.status == "canceled"
+    assert [(s.step, s.status) for s in stored.steps] == [("a", "canceled")]
+    drain(runtime)  # nothing is left to run
+    assert orchestrator.status(run_id)["nodes"] == {"a": "canceled"}
+
+
+def test_cancel_mid_run_cancels_the_queued_branches_and_the_join_never_runs(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    runtime = make_runtime("tests.graphs.diamond")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("a")
+    serve(runtime, "a")
+    status = orchestrator.cancel(run_id)
+    assert status["status"] == "canceled"
+    assert status["nodes"] == {"a": "finished", "b": "canceled", "c": "canceled"}
+    assert all(redis_conn.llen(f"rq:queue:{n}") == 0 for n in "abcd")
+    assert {redis_conn.hget(f"rq:job:{run_id}-{n}", "status") for n in "bc"} == {b"canceled"}
+    drain(runtime)
+    assert not redis_conn.exists(f"rq:job:{run_id}-d")
+    assert stored_runs(runtime, run_id) == [("canceled", 3)]
+
+
+def test_a_step_running_on_a_simple_worker_finishes_and_creates_no_successor(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    runtime = make_runtime("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    seen: list[dict[str, Any]] = []
+
+    def cancel_own_run(data: dict[str, Any]) -> dict[str, Any]:
+        # ezgraph's worker does not take RQ's stop command: this step goes on.
+        seen.append(orchestrator.cancel(current_step().run_id))
+        return {"a": True}
+
+    runtime.override("a", cancel_own_run)
+    run_id = orchestrator.submit("a")
+    drain(runtime)
+    assert seen[0]["status"] == "canceled" and seen[0]["nodes"] == {"a": "running"}
+    status = orchestrator.status(run_id)
+    assert status["status"] == "canceled" and status["nodes"] == {"a": "finished"}
+    assert not redis_conn.exists(f"rq:job:{run_id}-b")
+    assert stored_runs(runtime, run_id) == [("canceled", 1)]
+
+
+def test_cancel_stops_a_step_running_on_a_forking_rq_worker(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    runtime = make_runtime("tests.graphs.flaky.slow")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("a", sleep=60)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "rq.cli", "worker", "a", "b", "--url", runtime.settings.redis_url],
+        env=subprocess_env(runtime.settings),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while redis_conn.hget(f"rq:job:{run_id}-a", "status") != b"started":
+            assert time.monotonic() < deadline, "the rq worker never started the step"
+            time.sleep(0.05)
+        status = orchestrator.cancel(run_id, stop_wait=10)
+    finally:
+        worker.terminate()
+        worker.wait(10)
+    assert status["status"] == "canceled" and status["nodes"] == {"a": "canceled"}
+    assert redis_conn.hget(f"rq:job:{run_id}-a", "status") == b"stopped"
+    assert not redis_conn.exists(f"rq:job:{run_id}-b")
+    assert stored_runs(runtime, run_id) == [("canceled", 1)]
+
+
+def test_cancel_of_a_step_waiting_for_a_delayed_retry_cancels_its_rq_job(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    runtime = make_runtime("tests.graphs.flaky.delayed")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("a", ledger_fields(runtime))
+    drain(runtime)  # no scheduler: the retry of a waits in RQ's scheduled registry
+    assert redis_conn.hget(f"rq:job:{run_id}-a", "status") == b"scheduled"
+    status = orchestrator.cancel(run_id)
+    assert status["status"] == "canceled" and status["nodes"] == {"a": "canceled"}
+    assert redis_conn.zcard("rq:scheduled:a") == 0
+    assert redis_conn.hget(f"rq:job:{run_id}-a", "status") == b"canceled"
+    assert stored_runs(runtime, run_id) == [("canceled", 1)]
+
+
+def test_cancel_of_an_ended_or_unknown_run_exits_1_with_one_line(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    runtime = make_runtime("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("a")
+    drain(runtime)
+    env = subprocess_env(runtime.settings)
+    done = ezgraph_cli("cancel", run_id, env=env)
+    assert done.returncode == 1
+    assert done.stderr == f"error: run {run_id} is already finished: nothing to cancel\n"
+    unknown = ezgraph_cli("cancel", "nope", env=env)
+    assert unknown.returncode == 1
+    assert unknown.stderr == "error: no run with id 'nope'\n"
+    canceled = orchestrator.submit("a")
+    orchestrator.cancel(canceled)
+    with pytest.raises(InvalidRunOperation, match="is already canceled: nothing to cancel"):
+        orchestrator.cancel(canceled)
+
+
+# -- retry ----------------------------------------------------------------------------------
+
+
+def test_retry_resumes_a_failed_run_from_its_failed_step(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    runtime = make_runtime("tests.graphs.flaky")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("s", ledger_fields(runtime))
+    drain(runtime)
+    failed = orchestrator.status(run_id)
+    assert failed["status"] == "failed"
+    assert failed["nodes"] == {"s": "finished", "steady": "finished", "flaky": "failed"}
+    assert failed["error"] == f"flaky: RuntimeError: flaky fails until flaky:{run_id} exists"
+    assert stored_runs(runtime, run_id) == [("failed", 3)]
+
+    redis_conn.set(f"flaky:{run_id}", 1)
+    done = ezgraph_cli("retry", run_id, env=subprocess_env(runtime.settings))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"run {run_id}: running (steps to run again: flaky)"
+    drain(runtime)
+
+    status = orchestrator.status(run_id)
+    assert status["status"] == "finished" and status["error"] is None
+    assert status["nodes"] == {n: "finished" for n in ("s", "steady", "flaky", "j")}
+    assert status["result"]["steady"] == status["result"]["flaky"] == status["result"]["j"]
+    assert executions(redis_conn, run_id) == ["s", "steady", "flaky", "flaky", "j"]
+    assert stored_runs(runtime, run_id) == [("finished", 4)]
+    flaky_job = Job.fetch(f"{run_id}-flaky", connection=redis_conn)
+    assert flaky_job.get_status() == "finished"
+    assert [r.type.name for r in flaky_job.results()] == ["SUCCESSFUL", "FAILED"]
+
+
+def test_retry_runs_again_the_steps_the_failure_canceled(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    runtime = make_runtime("tests.graphs.flaky")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("s", ledger_fields(runtime))
+    serve(runtime, "s", "flaky")  # flaky fails while steady still waits in its queue
+    assert orchestrator.status(run_id)["nodes"]["steady"] == "canceled"
+    redis_conn.set(f"flaky:{run_id}", 1)
+    status = orchestrator.retry(run_id)
+    assert status["status"] == "running"
+    assert {n: status["nodes"][n] for n in ("steady", "flaky")} == {
+        "steady": "queued",
+        "flaky": "queued",
+    }
+    assert redis_conn.zscore("rq:canceled:steady", f"{run_id}-steady") is None
+    assert redis_conn.zscore("rq:failed:flaky", f"{run_id}-flaky") is None
+    drain(runtime)
+    assert orchestrator.status(run_id)["status"] == "finished"
+    assert executions(redis_conn, run_id) == ["s", "flaky", "steady", "flaky", "j"]
+    assert stored_runs(runtime, run_id) == [("finished", 4)]
+
+
+def test_a_step_that_finished_after_the_failure_runs_again_so_the_join_runs_once(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    runtime = make_runtime("tests.graphs.flaky")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("s", ledger_fields(runtime))
+    serve(runtime, "s")
+    # A worker takes steady (as RQ does: out of the queue, started), then flaky fails.
+    job_id = f"{run_id}-steady"
+    redis_conn.lrem("rq:queue:steady", 0, job_id)
+    redis_conn.hset(f"rq:job:{job_id}", "status", "started")
+    serve(runtime, "flaky")
+    assert orchestrator.status(run_id)["status"] == "failed"
+    with pytest.raises(InvalidRunOperation, match="still has steps running"):
+        orchestrator.retry(run_id)
+    # steady finishes now: the failed run creates no successor for it.
+    redis_conn.hset(f"rq:job:{job_id}", "status", "queued")
+    redis_conn.rpush("rq:queue:steady", job_id)
+    drain(runtime)
+    assert orchestrator.status(run_id)["nodes"]["steady"] == "finished"
+    assert stored_runs(runtime, run_id) == [("failed", 3)]
+
+    redis_conn.set(f"flaky:{run_id}", 1)
+    status = orchestrator.retry(run_id)
+    assert [n for n, s in status["nodes"].items() if s == "queued"] == ["steady", "flaky"]
+    drain(runtime)
+    assert orchestrator.status(run_id)["status"] == "finished"
+    assert executions(redis_conn, run_id) == ["s", "flaky", "steady", "steady", "flaky", "j"]
+    assert stored_runs(runtime, run_id) == [("finished", 4)]
+
+
+def test_retry_of_a_failed_map_runs_the_failed_and_canceled_instances(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    runtime = make_runtime("tests.graphs.flaky.mapped")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("m", ledger_fields(runtime), items=[1, 2, 3], flaky_items=[2])
+    drain(runtime)
+    failed = orchestrator.status(run_id)
+    assert failed["status"] == "failed"
+    assert [failed["nodes"][f"square-{i}"] for i in range(3)] == ["finished", "failed", "canceled"]
+    redis_conn.set(f"flaky:{run_id}", 1)
+    orchestrator.retry(run_id)
+    drain(runtime)
+    status = orchestrator.status(run_id)
+    assert status["status"] == "finished"
+    assert status["result"]["values"] == [1, 4, 9]
+    assert executions(redis_conn, run_id) == ["square-0", "square-1", "square-1", "square-2"]
+    assert stored_runs(runtime, run_id) == [("finished", 6)]
+
+
+def test_retry_refuses_a_run_that_is_not_failed_with_one_line(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    runtime = make_runtime("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("a")
+    env = subprocess_env(runtime.settings)
+    queued = ezgraph_cli("retry", run_id, env=env)
+    assert queued.returncode == 1
+    assert queued.stderr == f"error: run {run_id} is queued: only a failed run can be retried\n"
+    drain(runtime)
+    done = ezgraph_cli("retry", run_id, env=env)
+    assert done.returncode == 1
+    assert done.stderr == f"error: run {run_id} is finished: only a failed run can be retried\n"
+    with pytest.raises(RunNotFound):
+        orchestrator.retry("nope")
+
+
+def test_retry_of_a_failed_run_no_longer_in_redis_names_the_reason(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    runtime = make_runtime("tests.graphs.flaky")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("s", ledger_fields(runtime))
+    drain(runtime)
+    redis_conn.delete(*runtime.book.run_keys(run_id))  # as EZGRAPH_RUN_TTL does
+    with pytest.raises(InvalidRunOperation, match="can no longer be retried: its state left Redis"):
+        orchestrator.retry(run_id)
