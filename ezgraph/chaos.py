@@ -120,7 +120,7 @@ class Chaos:
         report = ChaosReport(runs=runs)
         started = time.monotonic()
         procs = [self._spawn() for _ in range(self.workers)]
-        pending_recoveries: list[tuple[float, list[str]]] = []
+        pending_recoveries: list[tuple[float, str, list[str]]] = []
         try:
             run_ids = [
                 orchestrator.submit(
@@ -135,10 +135,11 @@ class Chaos:
                 time.sleep(0.05)
                 self._measure(pending_recoveries, report)
                 if time.monotonic() >= next_kill:
-                    held = self._kill_busy(procs)
-                    if held is not None:
+                    killed = self._kill_busy(procs)
+                    if killed is not None:
+                        self.log(f"killed worker {killed[0]} holding {len(killed[1])} step(s)")
                         report.kills += 1
-                        pending_recoveries.append((time.monotonic(), held))
+                        pending_recoveries.append((time.monotonic(), *killed))
                         procs.append(self._spawn())
                     next_kill = time.monotonic() + self._interval()
                 remaining = self._still_live(remaining)
@@ -187,8 +188,8 @@ class Chaos:
             stderr=subprocess.DEVNULL,
         )
 
-    def _kill_busy(self, procs: list[subprocess.Popen[bytes]]) -> list[str] | None:
-        """SIGKILL a live worker holding a step; returns the job ids it held."""
+    def _kill_busy(self, procs: list[subprocess.Popen[bytes]]) -> tuple[str, list[str]] | None:
+        """SIGKILL a live worker holding a step; returns its name and the job ids it held."""
         connection = self.runtime.connection
         prefix = self.runtime.settings.key_prefix
         by_pid: dict[int, str] = {}
@@ -205,22 +206,22 @@ class Chaos:
             if held:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-                return held
+                return name, held
         return None
 
-    def _measure(self, pending: list[tuple[float, list[str]]], report: ChaosReport) -> None:
-        """A kill is recovered when every job the dead worker held ran again (or ended)."""
+    def _measure(self, pending: list[tuple[float, str, list[str]]], report: ChaosReport) -> None:
+        """A kill is recovered when every job the dead worker held was taken up again by
+        another worker (or ended)."""
         connection = self.runtime.connection
         for item in list(pending):
-            killed_at, held = item
+            killed_at, dead, held = item
             back = True
             for job_id in held:
-                status = as_text(connection.hget(f"rq:job:{job_id}", "status"))
-                worker = as_text(connection.hget(f"rq:job:{job_id}", "worker_name"))
-                alive_key = f"{self.runtime.settings.key_prefix}:alive:{worker}"
-                if status in ("queued", None) or (
-                    status == "started" and (worker is None or not connection.exists(alive_key))
-                ):
+                status, worker = (
+                    as_text(v)
+                    for v in connection.hmget(f"rq:job:{job_id}", "status", "worker_name")
+                )
+                if status == "queued" or (status == "started" and worker == dead):
                     back = False
             if back:
                 report.recoveries.append(time.monotonic() - killed_at)

@@ -8,20 +8,24 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
 
 from . import embedded
+from .chaos import CHAOS_GRAPH, Chaos
 from .connection import redis_url
 from .errors import EzgraphError, UsageError
+from .fast_worker import reap_dead_workers
 from .graph import load_graph
 from .orchestrator import GraphOrchestrator
 from .records import RunStatus
 from .runtime import Runtime
 from .settings import Settings, redact_url
 from .store import Store
+from .watchdog import watch_runs
 from .worker import run_worker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -297,6 +301,74 @@ def viz(context: Context, fmt: str) -> None:
         for node, successors in graph.connections.items():
             label = " (join)" if graph.is_join(node) else ""
             click.echo(f"{node}{label} -> {', '.join(successors) or '(end)'}")
+
+
+@cli.command()
+@click.option("--loop", is_flag=True, help="Keep watching, one pass a second, until interrupted.")
+@pass_context
+def reap(context: Context, loop: bool) -> None:
+    """Recover steps whose worker died, or that got lost from their queue.
+
+    Every ezgraph worker does this each second; run it where only stock rq workers run.
+    """
+    runtime = context.runtime
+    while True:
+        dead = reap_dead_workers(runtime)
+        report = watch_runs(runtime)
+        requeued = len(dead) + len(report.requeued)
+        if requeued or report.failed or not loop:
+            click.echo(f"requeued {requeued} steps, failed {len(report.failed)} lost steps")
+        if not loop:
+            return
+        time.sleep(1)
+
+
+@cli.command()
+@click.option("--runs", "-n", default=1000, show_default=True, help="Runs to submit.")
+@click.option("--workers", "-w", default=2, show_default=True, help="Worker processes.")
+@click.option("--every", default=5.0, show_default=True, help="Seconds between kills (mean).")
+@click.option("--jitter", default=2.0, show_default=True, help="Kill interval varies by ± this.")
+@click.option("--work-ms", default=20.0, show_default=True, help="Milliseconds each step works.")
+@click.option("--timeout", default=900.0, show_default=True, help="Give up after this long.")
+@click.option(
+    "--graph",
+    "own_graph",
+    is_flag=True,
+    help="Audit the configured modules package instead of the built-in chaos graph.",
+)
+@pass_context
+def chaos(
+    context: Context,
+    runs: int,
+    workers: int,
+    every: float,
+    jitter: float,
+    work_ms: float,
+    timeout: float,
+    own_graph: bool,
+) -> None:
+    """Crash audit: SIGKILL busy workers while runs flow, then count what was lost or doubled.
+
+    Exits 1 when a run was lost or failed, or a row or side effect was duplicated.
+    """
+    settings = context.settings
+    if not own_graph:
+        settings = settings.replace(modules=CHAOS_GRAPH)
+    runtime = Runtime(settings)
+    audit = Chaos(
+        runtime,
+        workers=workers,
+        every=every,
+        jitter=jitter,
+        work_ms=work_ms,
+        timeout=timeout,
+        log=lambda line: click.echo(line, err=True),
+    )
+    report = audit.run(runs)
+    for line in report.lines():
+        click.echo(line)
+    if not report.clean:
+        sys.exit(1)
 
 
 @cli.group()
