@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -119,17 +121,21 @@ class FastWorker(SimpleWorker):
                 stopping = self._stop.is_set() or (
                     max_jobs is not None and self.steps_done >= max_jobs
                 )
-                claim = self._fast_call(finished, [] if stopping else queue_names)
-                finished = None
-                if claim is None:
-                    if burst and with_scheduler and duties.enqueue_due_retries():
+                try:
+                    claim = self._fast_call(finished, [] if stopping else queue_names)
+                    finished = None
+                    if claim is None:
+                        if burst and with_scheduler and duties.enqueue_due_retries():
+                            continue
+                        if stopping or burst:
+                            break
+                        self.connection.blpop(bells, timeout=IDLE_WAIT)
                         continue
-                    if stopping or burst:
-                        break
-                    self.connection.blpop(bells, timeout=IDLE_WAIT)
-                    continue
-                worked = True
-                finished = self._perform(claim)
+                    worked = True
+                    finished = self._perform(claim)
+                except (RedisConnectionError, RedisTimeoutError) as error:
+                    finished = None
+                    self._recover_from_outage(error)
         finally:
             if finished is not None:
                 self._fast_call(finished, [])
@@ -207,6 +213,31 @@ class FastWorker(SimpleWorker):
         claimed.meta["_data"] = data
         self._current = claimed
         return claimed
+
+    def _recover_from_outage(self, error: Exception) -> None:
+        """Redis went away mid-call: wait for it, then give back every claim and start over.
+
+        The lost call may or may not have run, so the step it finished runs again (its
+        completion is recorded once) and whatever it may have claimed goes back to its queue.
+        """
+        logger.warning("worker %s: Redis unreachable (%s), waiting for it", self.name, error)
+        self._current = None
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                self.connection.ping()
+                break
+            except (RedisConnectionError, RedisTimeoutError):
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        else:
+            return
+        self._give_back_claims()
+        if not self.connection.exists(self.key):  # a restart without persistence lost it
+            self.register_birth()  # type: ignore[no-untyped-call]
+        self.connection.sadd(f"{self.prefix}:workers", self.name)
+        self._beat()
+        logger.warning("worker %s: Redis is back", self.name)
 
     def _claim_ttl(self) -> int:
         # The started registry's score must outlive the step, else `rq info` (which cleans the

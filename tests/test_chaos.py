@@ -15,8 +15,17 @@ from .conftest import ezgraph_cli, subprocess_env
 def test_chaos_audit_loses_and_doubles_nothing(make_runtime: Callable[..., Runtime]) -> None:
     runtime = make_runtime("ezgraph.chaos_graph")
     done = ezgraph_cli(
-        "chaos", "--runs", "60", "--every", "1.5", "--jitter", "0.5", "--workers", "2",
-        env=subprocess_env(runtime.settings), timeout=120,
+        "chaos",
+        "--runs",
+        "60",
+        "--every",
+        "1.5",
+        "--jitter",
+        "0.5",
+        "--workers",
+        "2",
+        env=subprocess_env(runtime.settings),
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     report = dict(line.split(":", 1) for line in done.stdout.strip().splitlines())

