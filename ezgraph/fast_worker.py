@@ -39,6 +39,7 @@ from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 from rq.worker import SimpleWorker
 
 from .bookkeeping import outcome_of, utcnow_iso
+from .faults import crash_point
 from .runtime import STEP_FUNCTION, Runtime, StepInput
 from .settings import Settings
 from .step import Completion, after_completion, install_runtime, run_module
@@ -178,6 +179,7 @@ class FastWorker(SimpleWorker):
             args=[*head, *(completion.args if completion else ())]
         )
         if completion is not None and finished is not None:
+            crash_point(self.connection, self.prefix, "after_record", completion.step)
             outcome = outcome_of(reply[0])
             after_completion(
                 self.runtime,

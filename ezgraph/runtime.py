@@ -20,6 +20,7 @@ from rq.job import JobStatus, Retry
 from .bookkeeping import PreparedJob, RunBook, utcnow_iso
 from .connection import connect
 from .errors import ConnectionFailed
+from .faults import crash_point
 from .graph import Graph, StepFunction, load_graph
 from .records import RunRecord, record_from_live
 from .settings import Settings
@@ -160,6 +161,7 @@ class Runtime:
         self.book.mark_saved(gone, self.settings.run_ttl)
         if not records:
             return []
+        crash_point(self.connection, self.settings.key_prefix, "before_persist", "run")
         try:
             self.store.save_runs(records)
         except ConnectionFailed as error:

@@ -23,6 +23,7 @@ from rq.job import Job, get_current_job
 from .bookkeeping import PreparedJob, RunBook, utcnow_iso
 from .control import Map, Route, StepContext, reset_current_step, set_current_step
 from .errors import PayloadError, StepError
+from .faults import crash_point
 from .graph import Graph
 from .runtime import Runtime, StepInput
 from .settings import Settings
@@ -140,6 +141,7 @@ def execute_step(
     """Run the module of ``node`` and record the outcome; raises what the module raised."""
     completion = run_module(runtime, job, run_id, node, package, step_input)
     outcome = runtime.book.complete(completion.run_id, *completion.args)
+    crash_point(runtime.connection, runtime.settings.key_prefix, "after_record", completion.step)
     after_completion(runtime, package, completion, outcome.missing, outcome.run_ended)
     logger.debug("run %s step %s finished (%s)", run_id, completion.step, outcome.status)
     return completion.output
@@ -224,6 +226,7 @@ def run_module(
         if token is not None:
             reset_current_step(token)
 
+    crash_point(runtime.connection, runtime.settings.key_prefix, "after_module", step)
     new_state = {**data, **result.output}
     jobs = successor_jobs(runtime, graph, run_id, node, index, new_state, result)
     keep_state = _keeps_state(graph, node, result)

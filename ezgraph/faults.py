@@ -1,0 +1,23 @@
+"""Crash points for fault-injection tests: ``EZGRAPH_CRASH_AT=<point>:<step>`` makes the process
+die (``os._exit``, like a SIGKILL: no cleanup, no ``finally``) the first time it reaches that
+point for that step. Points: ``after_module`` (the module returned, nothing recorded),
+``after_record`` (recorded and successors created, the RQ job not yet finished), and
+``before_persist:run`` (a run ended in Redis, not yet written to SQL).
+"""
+
+from __future__ import annotations
+
+import os
+
+from redis import Redis
+
+ENV = "EZGRAPH_CRASH_AT"
+
+
+def crash_point(connection: Redis, prefix: str, point: str, step: str) -> None:
+    """Die here if the environment asks for it and this point has not crashed before."""
+    spec = os.environ.get(ENV)
+    if spec is None or spec != f"{point}:{step}":
+        return
+    if connection.set(f"{prefix}:crashed:{point}:{step}", os.getpid(), nx=True):
+        os._exit(137)
