@@ -17,7 +17,7 @@ import click
 from . import embedded
 from .chaos import CHAOS_GRAPH, Chaos
 from .connection import redis_url
-from .errors import EzgraphError, UsageError
+from .errors import ConnectionFailed, EzgraphError, UsageError
 from .fast_worker import reap_dead_workers
 from .graph import load_graph
 from .orchestrator import GraphOrchestrator
@@ -138,7 +138,7 @@ def submit(
     run_id = orchestrator.submit(start, payload)
     if wait:
         outcome = orchestrator.wait(run_id, timeout=timeout)
-        _print_outcome(outcome)
+        _print_outcome(outcome, waited=timeout)
         click.echo(run_id)
         if outcome["status"] != RunStatus.FINISHED:
             sys.exit(1)
@@ -159,20 +159,36 @@ def run(context: Context, start: str, data: str | None, fields: tuple[str, ...])
     payload = parse_fields(data, fields)
     runtime = context.runtime
     orchestrator = context.orchestrator
+    if logging.getLogger().level > logging.INFO:
+        # The run's error is printed once, below; without -v, do not log it first as well.
+        logging.getLogger("ezgraph.step").setLevel(logging.ERROR)
     run_id = orchestrator.submit(start, payload)
-    run_worker(runtime, burst=True, with_scheduler=False, log_level="WARNING")
-    outcome = orchestrator.status(run_id)
+    while True:
+        # With the scheduler, so a step's delayed retry runs here too once its interval passed.
+        run_worker(runtime, burst=True, log_level="WARNING")
+        outcome = orchestrator.status(run_id)
+        if RunStatus(outcome["status"]).terminal:
+            break
+        time.sleep(0.2)  # a retry is waiting for its interval (or a step runs elsewhere)
     _print_outcome(outcome)
-    click.echo(f"run {run_id} {outcome['status']}", err=True)
     if outcome["status"] != RunStatus.FINISHED:
         sys.exit(1)
+    click.echo(f"run {run_id} finished", err=True)
 
 
-def _print_outcome(outcome: dict[str, Any]) -> None:
-    if outcome["status"] == RunStatus.FINISHED:
+def _print_outcome(outcome: dict[str, Any], waited: float | None = None) -> None:
+    """The result on stdout, or one line on stderr: the run's error, or that it goes on."""
+    run_id, current = outcome["run_id"], RunStatus(outcome["status"])
+    if current == RunStatus.FINISHED:
         click.echo(json.dumps(outcome["result"], ensure_ascii=False, indent=2))
+    elif current.terminal:
+        click.echo(f"run {run_id} {current}: {outcome['error']}", err=True)
     else:
-        click.echo(f"run {outcome['run_id']} {outcome['status']}: {outcome['error']}", err=True)
+        after = f" after {waited:g} s" if waited is not None else ""
+        click.echo(
+            f"run {run_id} is still {current}{after}; it goes on (ezgraph status {run_id})",
+            err=True,
+        )
 
 
 @cli.command()
@@ -256,7 +272,13 @@ def init_db(context: Context) -> None:
 @pass_context
 def persist(context: Context) -> None:
     """Write every ended run still waiting in Redis to the database now."""
-    count = context.runtime.save_unsaved()
+    runtime = context.runtime
+    try:
+        runtime.store.create_schema()  # fails in one line when the database does not answer
+    except ConnectionFailed as error:
+        waiting = len(runtime.book.unsaved(limit=100_000))
+        raise ConnectionFailed(f"{error} ({waiting} runs keep waiting in Redis)") from None
+    count = runtime.save_unsaved()
     click.echo(f"{count} runs written")
 
 

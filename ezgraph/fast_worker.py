@@ -35,7 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
-from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+from rq.timeouts import JobTimeoutException
 from rq.worker import SimpleWorker
 
 from .bookkeeping import outcome_of, utcnow_iso
@@ -50,6 +50,13 @@ logger = logging.getLogger(__name__)
 ALIVE_TTL = 5  # seconds without a heartbeat before a worker counts as dead
 HEARTBEAT_EVERY = 1.0
 IDLE_WAIT = 1  # seconds an idle worker blocks on its queues' bells before looking again
+# Jobs are claimed up to EZGRAPH_CLAIM_BATCH per call. A claim is crash-safe, but the whole
+# claimed batch of a worker that dies runs again elsewhere, and a claimed job counts as running
+# (a failure of its run does not cancel it); after a step slower than 50 ms, one at a time.
+
+
+def _raise_timeout(signum: int, frame: Any) -> None:
+    raise JobTimeoutException("Task exceeded maximum timeout value")
 
 
 @dataclass
@@ -64,6 +71,7 @@ class ClaimedJob:
     timeout: int
     result_ttl: int
     execution_id: str
+    data: bytes = b""
     started: float = field(default_factory=time.time)
 
 
@@ -85,6 +93,7 @@ class FastWorker(SimpleWorker):
         queues: Any,
         *args: Any,
         runtime: Runtime | None = None,
+        claim_batch: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(queues, *args, **kwargs)
@@ -92,7 +101,12 @@ class FastWorker(SimpleWorker):
         self.prefix = self.runtime.settings.key_prefix
         self._stop = threading.Event()
         self._current: ClaimedJob | None = None
+        self._held: list[ClaimedJob] = []
+        self._finished: list[Finished] = []
         self.steps_done = 0
+        self.claim_batch = max(1, claim_batch or self.runtime.settings.claim_batch)
+        self._calls = 0
+        self._exec_prefix = uuid.uuid4().hex[:12]
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -115,31 +129,42 @@ class FastWorker(SimpleWorker):
         duties.start()
         queue_names = [queue.name for queue in self.queues]
         bells = [f"{self.prefix}:bell:{name}" for name in queue_names]
-        finished: Finished | None = None
+        signal.signal(signal.SIGALRM, _raise_timeout)
+        claimed: list[ClaimedJob] = []
+        batch = self.claim_batch
         worked = False
         try:
             while True:
-                stopping = self._stop.is_set() or (
-                    max_jobs is not None and self.steps_done >= max_jobs
-                )
                 try:
-                    claim = self._fast_call(finished, [] if stopping else queue_names)
-                    finished = None
-                    if claim is None:
-                        if burst and with_scheduler and duties.enqueue_due_retries():
+                    if claimed:
+                        job = claimed.pop(0)
+                        worked = True
+                        began = time.monotonic()
+                        outcome = self._perform(job)
+                        if outcome is not None:
+                            self._finished.append(outcome)
+                        # Long steps: claim one at a time, so other workers share the queue.
+                        batch = 1 if time.monotonic() - began > 0.05 else self.claim_batch
+                        if claimed:
                             continue
-                        if stopping or burst:
-                            break
-                        self.connection.blpop(bells, timeout=IDLE_WAIT)
+                    stopping = self._stop.is_set() or (
+                        max_jobs is not None and self.steps_done >= max_jobs
+                    )
+                    claimed = self._fast_call([] if stopping else queue_names, batch)
+                    if claimed:
                         continue
-                    worked = True
-                    finished = self._perform(claim)
+                    if burst and with_scheduler and duties.enqueue_due_retries():
+                        continue
+                    if stopping or burst:
+                        break
+                    self.connection.blpop(bells, timeout=IDLE_WAIT)
                 except (RedisConnectionError, RedisTimeoutError) as error:
-                    finished = None
+                    self._finished, claimed = [], []
                     self._recover_from_outage(error)
         finally:
-            if finished is not None:
-                self._fast_call(finished, [])
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            if self._finished:
+                self._fast_call([], 0)
             duties.stop()
             self._give_back_claims()
             self.connection.srem(f"{self.prefix}:workers", self.name)
@@ -149,72 +174,65 @@ class FastWorker(SimpleWorker):
             duties.save_ended()
         return worked
 
-    def _fast_call(self, finished: Finished | None, queues: Sequence[str]) -> ClaimedJob | None:
-        """Finish ``finished`` and claim the next job of ``queues``, in one Lua call."""
-        now_iso = utcnow_iso()
-        execution_id = uuid.uuid4().hex
-        completion = finished.completion if finished else None
-        head: list[Any] = [
-            self.prefix,
-            completion.run_id if completion else "",
-            now_iso,
-            repr(time.time()),
-            self.name,
-        ]
-        if finished is not None:
-            job = finished.job
-            head += [
-                job.id,
-                job.queue,
-                job.result_ttl,
-                finished.return_value,
-                job.execution_id,
-                repr(job.started),
-            ]
-        else:
-            head += ["", "", 0, "", "", 0]
-        ttl = self._claim_ttl()
-        head += [ttl, execution_id, len(queues), *queues]
-        reply = self.runtime.book.script("fast")(
-            args=[*head, *(completion.args if completion else ())]
-        )
-        if completion is not None and finished is not None:
-            crash_point(self.connection, self.prefix, "after_record", completion.step)
-            outcome = outcome_of(reply[0])
+    def _fast_call(self, queues: Sequence[str], batch: int) -> list[ClaimedJob]:
+        """Finish the jobs run since the last call and claim up to ``batch`` jobs of ``queues``,
+        in one Lua call."""
+        finished, self._finished = self._finished, []
+        self._calls += 1
+        exec_prefix = f"{self._exec_prefix}{self._calls}-"
+        args: list[Any] = [
+            self.prefix, "", utcnow_iso(), repr(time.time()), self.name, self._claim_ttl(),
+            exec_prefix, batch, len(queues), *queues, len(finished),
+        ]  # fmt: skip
+        for done in finished:
+            job, completion = done.job, done.completion
+            completion_args = completion.args if completion else ()
+            args += [
+                job.id, job.queue, job.result_ttl, done.return_value, job.execution_id,
+                repr(job.started), completion.run_id if completion else "",
+                len(completion_args), *completion_args,
+            ]  # fmt: skip
+        reply = self.runtime.book.script("fast")(args=args)
+        for done, raw in zip(finished, reply[0], strict=True):
+            if done.completion is None:
+                continue
+            crash_point(self.connection, self.prefix, "after_record", done.completion.step)
+            outcome = outcome_of(raw)
+            # The duties thread writes ended runs in batches (save=False).
             after_completion(
                 self.runtime,
-                finished.package,
-                completion,
+                done.package,
+                done.completion,
                 outcome.missing,
                 outcome.run_ended,
-                save=False,  # the duties thread writes ended runs in batches
+                save=False,
             )
             self.steps_done += 1
-        if not reply[1]:
-            self._current = None
-            return None
-        job_id, queue, data, timeout, retries_left, meta, result_ttl = (
-            reply[1].decode(),
-            reply[2].decode(),
-            reply[3],
-            reply[4],
-            reply[5],
-            reply[6],
-            reply[7],
-        )
-        claimed = ClaimedJob(
-            id=job_id,
-            queue=queue,
-            retries_left=int(retries_left) if retries_left is not None else None,
-            meta=pickle.loads(meta) if meta else {},
-            worker_name=self.name,
-            timeout=int(timeout) if timeout is not None else self.runtime.settings.job_timeout,
-            result_ttl=int(result_ttl) if result_ttl is not None else 500,
-            execution_id=execution_id,
-        )
-        claimed.meta["_data"] = data
-        self._current = claimed
-        return claimed
+        jobs: list[ClaimedJob] = []
+        fields = reply[1:]
+        settings = self.runtime.settings
+        for n in range(0, len(fields), 7):
+            job_id, queue, data, timeout, retries_left, meta, result_ttl = fields[n : n + 7]
+            job = ClaimedJob(
+                id=job_id.decode(),
+                queue=queue.decode(),
+                retries_left=int(retries_left) if retries_left is not None else None,
+                meta=pickle.loads(meta) if meta else {},
+                worker_name=self.name,
+                timeout=int(timeout) if timeout is not None else settings.job_timeout,
+                result_ttl=int(result_ttl) if result_ttl is not None else 500,
+                execution_id=f"{exec_prefix}{n // 7 + 1}",
+                data=data,
+            )
+            jobs.append(job)
+        self._current = jobs[0] if jobs else None
+        self._held = list(jobs)
+        return jobs
+
+    def _record_finished(self) -> None:
+        """Record the steps that succeeded before the one failing now, in the order they ran."""
+        if self._finished:
+            self._fast_call([], 0)
 
     def _recover_from_outage(self, error: Exception) -> None:
         """Redis went away mid-call: wait for it, then give back every claim and start over.
@@ -248,7 +266,7 @@ class FastWorker(SimpleWorker):
 
     def _perform(self, claimed: ClaimedJob) -> Finished | None:
         """Run a claimed job; returns what the next fast call finishes (None after a failure)."""
-        data = claimed.meta.pop("_data")
+        data = claimed.data
         try:
             func_name, _instance, args, kwargs = pickle.loads(zlib.decompress(data))
         except Exception:
@@ -264,7 +282,10 @@ class FastWorker(SimpleWorker):
             key=kwargs.get("key", "item"),
         )
         try:
-            with UnixSignalDeathPenalty(claimed.timeout, JobTimeoutException, job_id=claimed.id):
+            self._current = claimed
+            if claimed.timeout > 0:
+                signal.setitimer(signal.ITIMER_REAL, claimed.timeout)
+            try:
                 completion = run_module(
                     self.runtime,
                     claimed,
@@ -272,7 +293,10 @@ class FastWorker(SimpleWorker):
                     kwargs["node"],
                     kwargs["package"],
                     step_input,
+                    before_failure=self._record_finished,
                 )
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
         except Exception:
             self._fail(claimed, traceback.format_exc())
             return None
@@ -304,17 +328,14 @@ class FastWorker(SimpleWorker):
     # -- liveness ---------------------------------------------------------------------------
 
     def _beat(self) -> None:
-        """Say this worker is alive; keep the running job's started-registry entry fresh."""
+        """Say this worker is alive; keep its claimed jobs' started-registry entries fresh."""
         pipe = self.connection.pipeline(transaction=False)
         pipe.set(f"{self.prefix}:alive:{self.name}", os.getpid(), ex=ALIVE_TTL)
         pipe.hset(self.key, "last_heartbeat", utcnow_iso())
         pipe.expire(self.key, self.worker_ttl + 60)
-        current = self._current
-        if current is not None:
-            score = time.time() + self._claim_ttl()
-            pipe.zadd(
-                f"rq:wip:{current.queue}", {f"{current.id}:{current.execution_id}": score}, xx=True
-            )
+        score = time.time() + self._claim_ttl()
+        for held in list(self._held):  # every claimed job, running or waiting its turn
+            pipe.zadd(f"rq:wip:{held.queue}", {f"{held.id}:{held.execution_id}": score}, xx=True)
         pipe.execute()
 
     def _install_stop_handlers(self) -> None:
@@ -419,9 +440,12 @@ def serve(
     burst: bool = False,
     log_level: str = "INFO",
     with_scheduler: bool = True,
+    claim_batch: int | None = None,
 ) -> bool:
     """Run a fast worker on ``nodes`` (default: every node of the graph)."""
     graph = runtime.graph()
     queues = [Queue(node, connection=runtime.connection) for node in (nodes or graph.nodes)]
-    worker = FastWorker(queues, connection=runtime.connection, runtime=runtime)
+    worker = FastWorker(
+        queues, connection=runtime.connection, runtime=runtime, claim_batch=claim_batch
+    )
     return worker.work(burst=burst, logging_level=log_level, with_scheduler=with_scheduler)

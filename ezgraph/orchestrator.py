@@ -63,9 +63,7 @@ class GraphOrchestrator:
             raise UsageError(f"unknown start module {start_module!r} (graph nodes: {known})")
         payload = {**(data or {}), **fields}
         input_json = _payload_json(payload, self.settings.max_payload_bytes)
-        run_id = run_id or uuid.uuid4().hex
-        if not run_id.replace("-", "").replace("_", "").isalnum():
-            raise UsageError(f"run id {run_id!r} may only hold letters, digits, '-' and '_'")
+        run_id = _check_run_id(run_id or uuid.uuid4().hex)
         job = self.runtime.prepare_job(graph, run_id, start_module, StepInput(state=payload))
         reachable = {start_module, *graph.descendants(start_module)}
         joins = {
@@ -86,12 +84,14 @@ class GraphOrchestrator:
         """The run as ``{"run_id", "status", "nodes", "result", "error", ...}``.
 
         Raises:
+            UsageError: for a malformed run id.
             RunNotFound: when neither Redis nor the database knows the run.
         """
         return self.get_run(run_id).to_status()
 
     def get_run(self, run_id: str) -> RunRecord:
         """The run's record: from Redis while it is there, else from SQL."""
+        _check_run_id(run_id)
         with _redis_errors(self.runtime):
             record = self.runtime.read_run(run_id)
         if record is None:
@@ -120,9 +120,11 @@ class GraphOrchestrator:
         returning. Canceling a run that is canceled but not yet ended stops its steps again.
 
         Raises:
+            UsageError: for a malformed run id.
             RunNotFound: for an unknown run.
             InvalidRunOperation: when the run is already finished, failed or canceled.
         """
+        _check_run_id(run_id)
         book = self.runtime.book
         with _redis_errors(self.runtime):
             outcome = book.fail(run_id, "", "run canceled", run_status="canceled")
@@ -185,10 +187,12 @@ class GraphOrchestrator:
         SQL again when it ends (one row per run).
 
         Raises:
+            UsageError: for a malformed run id.
             RunNotFound: for an unknown run.
             InvalidRunOperation: when the run is not failed, still has steps running, or is
                 no longer in Redis.
         """
+        _check_run_id(run_id)
         with _redis_errors(self.runtime):
             resumed = self.runtime.book.resume(run_id)
         if resumed.status == "gone":
@@ -237,6 +241,17 @@ def submit(start_module: str, **fields: Any) -> str:
 def status(run_id: str) -> dict[str, Any]:
     """A run's status with settings from the environment (the seed's API)."""
     return GraphOrchestrator().status(run_id)
+
+
+def _check_run_id(run_id: str) -> str:
+    """Return ``run_id`` when it is well-formed (what :meth:`GraphOrchestrator.submit` accepts).
+
+    Raises:
+        UsageError: for an empty id, or one holding anything but letters, digits, '-' and '_'.
+    """
+    if not run_id.replace("-", "").replace("_", "").isalnum():
+        raise UsageError(f"run id {run_id!r} may only hold letters, digits, '-' and '_'")
+    return run_id
 
 
 def _payload_json(payload: Mapping[str, Any], limit: int) -> str:

@@ -34,6 +34,7 @@ ENV_VARS = (
     "EZGRAPH_RETRY_INTERVALS",
     "EZGRAPH_RESULT_TTL",
     "EZGRAPH_RUN_TTL",
+    "EZGRAPH_CLAIM_BATCH",
 )
 
 
@@ -59,6 +60,8 @@ class Settings:
     result_ttl: int = 86_400
     # How long a run's bookkeeping stays in Redis after it was persisted to SQL.
     run_ttl: int = 3_600
+    # Jobs an ezgraph worker claims per Redis call (1 = one at a time, like RQ).
+    claim_batch: int = 8
 
     @property
     def embedded(self) -> bool:
@@ -81,6 +84,7 @@ class Settings:
             "retry_intervals": _ints(env, "EZGRAPH_RETRY_INTERVALS"),
             "result_ttl": _int(env, "EZGRAPH_RESULT_TTL", 86_400),
             "run_ttl": _int(env, "EZGRAPH_RUN_TTL", 3_600),
+            "claim_batch": _int(env, "EZGRAPH_CLAIM_BATCH", 8),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)

@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,10 +176,12 @@ def run_module(
     node: str,
     package: str,
     step_input: StepInput,
+    before_failure: Callable[[], None] | None = None,
 ) -> Completion:
     """Run the module of ``node`` and build what recording its success needs.
 
-    A failure is recorded here (when no retry is left) and re-raised for RQ to see.
+    A failure is recorded here (when no retry is left) and re-raised for RQ to see;
+    ``before_failure`` runs first (the fast worker records the steps it ran before this one).
     ``job`` is the RQ job, or anything with its ``retries_left``, ``meta`` and ``worker_name``.
     """
     graph = runtime.graph(package)
@@ -203,6 +205,8 @@ def run_module(
         result = check_result(graph, node, index, runtime.function(graph, node)(data))
         output_json = encode_json(result.output, runtime.settings.max_payload_bytes, step)
     except Exception as error:
+        if before_failure is not None:
+            before_failure()
         if job is None or not job.retries_left:
             summary = f"{type(error).__name__}: {error}"
             detail = f"{summary}\n\n{traceback.format_exc()}"

@@ -16,6 +16,7 @@ from rq.job import Job
 
 from ezgraph import current_step
 from ezgraph.errors import InvalidRunOperation, RunNotFound
+from ezgraph.fast_worker import serve as serve_fast
 from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime
 from ezgraph.worker import run_worker
@@ -273,7 +274,9 @@ def test_retry_of_a_failed_map_runs_the_failed_and_canceled_instances(
     runtime = make_runtime("tests.graphs.flaky.mapped")
     orchestrator = GraphOrchestrator(runtime=runtime)
     run_id = orchestrator.submit("m", ledger_fields(runtime), items=[1, 2, 3], flaky_items=[2])
-    drain(runtime)
+    # One claim at a time: a worker claiming a batch would hold square-2 as running when
+    # square-1 fails, and run it instead of leaving it to be canceled.
+    serve_fast(runtime, burst=True, log_level="WARNING", with_scheduler=False, claim_batch=1)
     failed = orchestrator.status(run_id)
     assert failed["status"] == "failed"
     assert [failed["nodes"][f"square-{i}"] for i in range(3)] == ["finished", "failed", "canceled"]

@@ -72,11 +72,12 @@ def test_steps_claimed_by_a_sigkilled_worker_are_requeued_by_a_survivor(
             doomed.kill()
             doomed.communicate()
     assert survivor.returncode == 0, errors
-    assert len(victims) == 2 and all(len(ids) == 1 for ids in victims.values())
+    assert len(victims) == 2 and all(len(ids) >= 1 for ids in victims.values())
     executions = Counter(e.decode() for e in redis_conn.lrange(ledger, 0, -1))
     assert set(executions) == {f"{r}:{s}" for r in run_ids for s in "abc"}
-    # At-least-once: only the step the killed worker held may have run twice.
-    assert sum(executions.values()) - len(executions) <= 1
+    # At-least-once: only steps a worker held when the other was killed may have run twice.
+    held = sum(len(ids) for ids in victims.values())
+    assert sum(executions.values()) - len(executions) <= held
     assert redis_conn.keys(claimed) == []
     stored = [runtime.store.load_run(r) for r in run_ids]
     assert all(s is not None and s.status == "finished" for s in stored)

@@ -22,8 +22,11 @@ POINTS = ["after_module:b", "after_record:b", "before_persist:run"]
 
 def launch(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", *args], env=env, cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -31,7 +34,10 @@ def launch(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 @pytest.mark.parametrize("point", POINTS)
 @pytest.mark.parametrize("crashing", ["ezgraph worker", "stock rq worker"])
 def test_a_crash_at_each_point_of_the_wrapper_loses_and_doubles_nothing(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis, redis_url: str, point: str,
+    make_runtime: Callable[..., Runtime],
+    redis_conn: Redis,
+    redis_url: str,
+    point: str,
     crashing: str,
 ) -> None:
     runtime = make_runtime("tests.graphs.slowchain")
@@ -41,8 +47,17 @@ def test_a_crash_at_each_point_of_the_wrapper_loses_and_doubles_nothing(
     if crashing == "ezgraph worker":
         command = ["ezgraph", "worker"]
     else:
-        command = ["rq.cli", "worker", "a", "b", "c", "--url", redis_url, "-w",
-                   "rq.worker.SimpleWorker"]
+        command = [
+            "rq.cli",
+            "worker",
+            "a",
+            "b",
+            "c",
+            "--url",
+            redis_url,
+            "-w",
+            "rq.worker.SimpleWorker",
+        ]
     doomed = launch(command, {**env, "EZGRAPH_CRASH_AT": point})
     try:
         assert doomed.wait(timeout=60) == 137, "the worker did not die at the crash point"

@@ -1,11 +1,18 @@
 -- Shared prelude of every ezgraph script: one run's keys and the graph walk.
 -- ARGV[1] key prefix, ARGV[2] run id, ARGV[3] now as RQ's ISO date, ARGV[4] now as epoch seconds.
-local P, RUN, NOW_ISO, NOW = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local run_key = P .. ':run:' .. RUN
-local steps_key = run_key .. ':steps'
-local state_key = run_key .. ':state'
-local join_key = run_key .. ':join'
-local jobs_key = run_key .. ':jobs'
+local P, NOW_ISO, NOW = ARGV[1], ARGV[3], tonumber(ARGV[4])
+local RUN, run_key, steps_key, state_key, join_key, jobs_key
+
+-- Point the run keys at run `id` (the fast worker's script records several runs per call).
+local function bind_run(id)
+  RUN = id
+  run_key = P .. ':run:' .. id
+  steps_key = run_key .. ':steps'
+  state_key = run_key .. ':state'
+  join_key = run_key .. ':join'
+  jobs_key = run_key .. ':jobs'
+end
+bind_run(ARGV[2])
 local TERMINAL = {finished = true, failed = true, skipped = true, canceled = true}
 
 -- Prebuilt RQ jobs, read from ARGV starting at position i: count, then per job

@@ -1,68 +1,90 @@
--- The fast worker's one call per step: finish the previous job as RQ would, record its step
--- (complete_step), and claim the next job into this worker's claimed list, atomically.
--- ARGV after the prelude (ARGV[2] is the previous step's run id, or '' when there is none):
---  5 worker name, 6 previous job id or '', 7 its queue, 8 its result_ttl, 9 its pickled return
---  value (base64) or '', 10 its execution id, 11 its execution start (epoch), 12 heartbeat TTL
---  of the claimed job, 13 new execution id, 14 number of queues Q, 15.. the queues, then (when
---  ARGV[2] is not '') the complete_step arguments.
--- Returns {completion reply or {}, claimed job id or false, its queue, data, timeout,
---          retries_left, meta, result_ttl}.
-local W, PREV, PREV_Q = ARGV[5], ARGV[6], ARGV[7]
+-- The fast worker's one call: finish the jobs it ran as RQ would, record their steps
+-- (complete_step) and create their ready successors, then claim the next jobs into this
+-- worker's claimed list (never a bare pop), atomically.
+-- ARGV after the prelude (ARGV[2] unused): 5 worker name, 6 heartbeat TTL of claimed jobs,
+-- 7 execution id prefix, 8 how many jobs to claim at most, 9 number of queues Q, 10.. queues,
+-- then F, the number of finished jobs, and per finished job: job id, queue, result_ttl,
+-- pickled return value (base64) or '', execution id, execution start (epoch), run id,
+-- number C of complete_step arguments, those C arguments.
+-- Returns {{completion reply per finished job}, claimed job fields...} where each claimed job
+-- is 7 fields: id, queue, data, timeout, retries_left, meta, result_ttl.
+local W = ARGV[5]
+local CLAIM_TTL, EXEC_PREFIX, MAX_CLAIMS = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+local nqueues = tonumber(ARGV[9])
 local claimed_key = P .. ':claimed:' .. W
 local worker_key = 'rq:worker:' .. W
-local nqueues = tonumber(ARGV[14])
-local completion = {}
+local completions = {}
 
-if PREV ~= '' then
-  local ttl = tonumber(ARGV[8])
-  local job_key = 'rq:job:' .. PREV
-  local exec = ARGV[10]
+local i = 10 + nqueues
+local finished = tonumber(ARGV[i]); i = i + 1
+for _ = 1, finished do
+  local id, queue, ttl, value = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local exec, exec_started, run, nargs = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 7])
+  local job_key = 'rq:job:' .. id
   redis.call('HSET', job_key, 'status', 'finished', 'ended_at', NOW_ISO, 'last_heartbeat', NOW_ISO)
-  local result = {'type', 1, 'worker_name', W, 'execution_id', exec,
-    'execution_started_at', ARGV[11], 'execution_ended_at', NOW}
-  if ARGV[9] ~= '' then table.insert(result, 'return_value'); table.insert(result, ARGV[9]) end
-  redis.call('XADD', 'rq:results:' .. PREV, 'MAXLEN', 10, '*', unpack(result))
-  redis.call('ZREM', 'rq:wip:' .. PREV_Q, PREV .. ':' .. exec)
-  redis.call('DEL', 'rq:execution:' .. PREV .. ':' .. exec)
-  redis.call('ZREM', 'rq:executions:' .. PREV, exec)
+  if value ~= '' then
+    redis.call('XADD', 'rq:results:' .. id, 'MAXLEN', 10, '*', 'type', 1, 'worker_name', W,
+      'execution_id', exec, 'execution_started_at', exec_started, 'execution_ended_at', NOW,
+      'return_value', value)
+  else
+    redis.call('XADD', 'rq:results:' .. id, 'MAXLEN', 10, '*', 'type', 1, 'worker_name', W,
+      'execution_id', exec, 'execution_started_at', exec_started, 'execution_ended_at', NOW)
+  end
+  redis.call('ZREM', 'rq:wip:' .. queue, id .. ':' .. exec)
+  redis.call('DEL', 'rq:execution:' .. id .. ':' .. exec)
+  redis.call('ZREM', 'rq:executions:' .. id, exec)
   if ttl > 0 then
     redis.call('EXPIRE', job_key, ttl)
-    redis.call('EXPIRE', 'rq:results:' .. PREV, ttl)
-    redis.call('ZADD', 'rq:finished:' .. PREV_Q, NOW + ttl, PREV)
+    redis.call('EXPIRE', 'rq:results:' .. id, ttl)
+    redis.call('ZADD', 'rq:finished:' .. queue, NOW + ttl, id)
   elseif ttl < 0 then
-    redis.call('ZADD', 'rq:finished:' .. PREV_Q, '+inf', PREV)
+    redis.call('ZADD', 'rq:finished:' .. queue, '+inf', id)
   else
     redis.call('DEL', job_key)
   end
-  redis.call('LREM', claimed_key, 1, PREV)
-  redis.call('HINCRBY', worker_key, 'successful_job_count', 1)
-  redis.call('HSET', worker_key, 'state', 'idle', 'current_job', '')
-  if RUN ~= '' then completion = complete_step(15 + nqueues) end
+  redis.call('LREM', claimed_key, 1, id)
+  if run ~= '' then
+    bind_run(run)
+    table.insert(completions, complete_step(i + 8))
+  else
+    table.insert(completions, {})
+  end
+  i = i + 8 + nargs
+end
+if finished > 0 then
+  redis.call('HINCRBY', worker_key, 'successful_job_count', finished)
 end
 
+local reply = {completions}
+local count = 0
 for q = 1, nqueues do
-  local queue = ARGV[14 + q]
-  local id = redis.call('LMOVE', 'rq:queue:' .. queue, claimed_key, 'LEFT', 'RIGHT')
-  while id do
+  local queue = ARGV[9 + q]
+  while count < MAX_CLAIMS do
+    local id = redis.call('LMOVE', 'rq:queue:' .. queue, claimed_key, 'LEFT', 'RIGHT')
+    if not id then break end
     local job_key = 'rq:job:' .. id
     if redis.call('EXISTS', job_key) == 1 then
-      local ttl = tonumber(ARGV[12])
-      local exec = ARGV[13]
+      count = count + 1
+      local exec = EXEC_PREFIX .. count
       redis.call('HSET', job_key, 'status', 'started', 'started_at', NOW_ISO,
         'worker_name', W, 'last_heartbeat', NOW_ISO)
-      redis.call('ZADD', 'rq:wip:' .. queue, NOW + ttl, id .. ':' .. exec)
+      redis.call('ZADD', 'rq:wip:' .. queue, NOW + CLAIM_TTL, id .. ':' .. exec)
       redis.call('HSET', 'rq:execution:' .. id .. ':' .. exec, 'id', exec, 'created_at', NOW,
         'last_heartbeat', NOW, 'worker_name', W)
-      redis.call('EXPIRE', 'rq:execution:' .. id .. ':' .. exec, ttl)
-      redis.call('ZADD', 'rq:executions:' .. id, NOW + ttl, exec)
-      redis.call('HSET', worker_key, 'state', 'busy', 'current_job', id)
+      redis.call('EXPIRE', 'rq:execution:' .. id .. ':' .. exec, CLAIM_TTL)
+      redis.call('ZADD', 'rq:executions:' .. id, NOW + CLAIM_TTL, exec)
       local fields = redis.call('HMGET', job_key, 'data', 'timeout', 'retries_left', 'meta',
         'result_ttl')
-      return {completion, id, queue, fields[1], fields[2], fields[3], fields[4], fields[5]}
+      table.insert(reply, id)
+      table.insert(reply, queue)
+      for f = 1, 5 do table.insert(reply, fields[f] or false) end
+      if count == 1 then redis.call('HSET', worker_key, 'state', 'busy', 'current_job', id) end
+    else
+      redis.call('LREM', claimed_key, 1, id)  -- its hash expired while queued: RQ skips it too
     end
-    -- A job whose hash expired while queued: RQ skips it too.
-    redis.call('LREM', claimed_key, 1, id)
-    id = redis.call('LMOVE', 'rq:queue:' .. queue, claimed_key, 'LEFT', 'RIGHT')
   end
 end
-return {completion, false}
+if count == 0 and finished > 0 then
+  redis.call('HSET', worker_key, 'state', 'idle', 'current_job', '')
+end
+return reply

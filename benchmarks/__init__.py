@@ -1,0 +1,1 @@
+"""Throughput and latency benchmarks: ezgraph against hand-written RQ and Celery baselines."""

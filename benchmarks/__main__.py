@@ -1,0 +1,127 @@
+"""ezgraph's benchmark: plain RQ, ezgraph on stock RQ workers, ezgraph's own worker and Celery,
+against the same Redis, in one run.
+
+    python -m benchmarks              # 1000 runs per measurement, 3 interleaved repetitions
+    python -m benchmarks --quick      # 100 runs, 1 repetition: keeps the benchmark working in CI
+    python -m benchmarks --scaling    # also ezgraph-fast on chain2 with 1, 2 and 4 workers
+
+Graphs: chain2 (a -> b), chain5, fanin (1 -> 8 -> 1). It prints steps/s, runs/s, the ratio to
+plain RQ in the same run, Redis commands per step, worker RSS, and the p50/p99 latency of single
+2-node runs on idle workers. ezgraph's runs count as done only once persisted to SQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from .baselines import CeleryChain, PlainRQ
+from .ezgraph_systems import Ezgraph
+from .harness import (
+    GRAPHS,
+    Measurement,
+    System,
+    check_quiet,
+    connect,
+    format_latency,
+    format_rows,
+    format_table,
+    group_reps,
+    load_average,
+    median_of,
+)
+from .run_baselines import run_systems
+
+
+def ratio_table(measurements: Sequence[Measurement]) -> str:
+    """Median steps/s of each system over plain RQ's, per graph."""
+    medians = {key: median_of(reps) for key, reps in group_reps(measurements).items()}
+    rows = []
+    for (system, graph), med in medians.items():
+        base = medians.get(("plain-rq", graph))
+        ratio = f"{med.steps_per_s / base.steps_per_s:.2f}x" if base else "-"
+        chain = medians.get((system, "chain2"))
+        per_step = (
+            f"{chain.steps_per_s / med.steps_per_s:.2f}" if chain and graph == "fanin" else ""
+        )
+        rows.append([f"{system}/{graph}", f"{med.steps_per_s:.0f}", ratio, per_step])
+    return format_rows(
+        ["system/graph", "steps/s", "vs plain RQ", "fanin step cost / chain2 step"], rows
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the options, measure, print the tables."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--runs", type=int, default=1000, help="runs per measurement")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions (medians reported)")
+    parser.add_argument("--latency-n", type=int, default=200, help="idle latency samples")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes per system")
+    parser.add_argument("--graphs", nargs="+", default=list(GRAPHS), choices=list(GRAPHS))
+    parser.add_argument("--quick", action="store_true", help="runs=100 reps=1 latency-n=30")
+    parser.add_argument("--scaling", action="store_true", help="ezgraph-fast with 1, 2, 4 workers")
+    parser.add_argument("--no-celery", action="store_true", help="leave Celery out")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.reps, args.latency_n = 100, 1, 30
+
+    candidates: list[System] = [PlainRQ(), Ezgraph("stock"), Ezgraph("fast")]
+    if not args.no_celery:
+        candidates.append(CeleryChain())
+    systems = []
+    for system in candidates:
+        if system.available():
+            systems.append(system)
+        else:
+            print(
+                f"skipping {system.name}: not installed (pip install -e '.[bench]')",
+                file=sys.stderr,
+            )
+
+    started = time.monotonic()
+    check_quiet(connect())
+    load_before = load_average()
+    measurements, latencies = run_systems(
+        systems,
+        args.graphs,
+        args.runs,
+        args.reps,
+        args.latency_n,
+        args.workers,
+        quiet_wait=1.0 if args.quick else 10.0,
+    )
+    print(
+        f"\nruns={args.runs} reps={args.reps} workers={args.workers} (medians); "
+        f"load average before {load_before}, after {load_average()}"
+    )
+    print(format_table(measurements))
+    print()
+    print(ratio_table(measurements))
+    if latencies:
+        print(f"\nidle latency, chain2, n={args.latency_n}")
+        print(format_latency(latencies))
+    if args.scaling:
+        rows = []
+        for workers in (1, 2, 4):
+            scaled, _ = run_systems(
+                [Ezgraph("fast")],
+                ["chain2"],
+                args.runs,
+                args.reps,
+                0,
+                workers,
+                log=False,
+                quiet_wait=1.0,
+            )
+            med = median_of(scaled)
+            rows.append([str(workers), f"{med.steps_per_s:.0f}", f"{med.runs_per_s:.0f}"])
+        print("\nscaling, ezgraph-fast, chain2")
+        print(format_rows(["workers", "steps/s", "runs/s"], rows))
+    print(f"\ntotal {time.monotonic() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

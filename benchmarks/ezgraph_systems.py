@@ -1,0 +1,173 @@
+"""ezgraph as a system under test: its fast worker, and stock RQ SimpleWorkers running its steps.
+
+Same harness as the baselines (ready/go barrier, first-start mark by the source step), with
+one stricter rule: a run counts as done only once it is **in the SQL database** (SQLite in a
+fresh temporary folder), so the window ends when the last run was persisted, not when its last
+step finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from subprocess import Popen
+
+from ezgraph.orchestrator import GraphOrchestrator
+from ezgraph.runtime import Runtime
+from ezgraph.settings import Settings
+from ezgraph.store import dispose_engines
+
+from .harness import (
+    DONE_KEY,
+    GO_KEY,
+    GRAPHS,
+    START_KEY,
+    CommandMeter,
+    Measurement,
+    check_alive,
+    connect,
+    flush_bench_db,
+    latency,
+    make_measurement,
+    max_rss_mb,
+    python_args,
+    redis_url,
+    spawn,
+    steps_per_run,
+    stop_all,
+    wait_done,
+    wait_ready,
+)
+
+LATENCY_WARMUP = 5
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class Ezgraph:
+    """ezgraph with ``kind`` workers: ``fast`` (``ezgraph worker``) or ``stock`` (SimpleWorker)."""
+
+    def __init__(self, kind: str = "fast", url: str | None = None) -> None:
+        self.kind = kind
+        self.name = f"ezgraph-{kind}"
+        self.url = url or redis_url()
+        self._procs: list[Popen[bytes]] = []
+
+    def available(self) -> bool:
+        return True
+
+    def setup(self) -> None:
+        self.conn = connect(self.url)
+        flush_bench_db(self.conn)
+
+    def teardown(self) -> None:
+        stop_all(self._procs)
+        self._procs = []
+        flush_bench_db(self.conn)
+        dispose_engines()
+
+    def _settings(self, graph: str, folder: str) -> Settings:
+        return Settings(
+            redis_url=self.url,
+            database_url=f"sqlite:///{Path(folder) / 'bench.db'}",
+            modules=f"benchmarks.graphs.{graph}",
+        )
+
+    def _start_workers(self, settings: Settings, workers: int) -> list[Popen[bytes]]:
+        procs = []
+        with _environment(
+            REDIS_URL=self.url, DATABASE_URL=settings.database_url, EZGRAPH_MODULES=settings.modules
+        ):
+            for i in range(workers):
+                args = python_args("-m", "benchmarks.ezgraph_workers", self.kind)
+                procs.append(spawn(args, f"{self.name}-{i}.log"))
+        self._procs.extend(procs)
+        wait_ready(self.conn, workers, procs)
+        return procs
+
+    def run(self, graph: str, runs: int, workers: int = 2) -> Measurement:
+        flush_bench_db(self.conn)
+        procs: list[Popen[bytes]] = []
+        with tempfile.TemporaryDirectory(prefix="ezgraph-bench-") as folder:
+            settings = self._settings(graph, folder)
+            runtime = Runtime(settings, self.conn)
+            runtime.store.create_schema()
+            orchestrator = GraphOrchestrator(runtime=runtime)
+            try:
+                procs = self._start_workers(settings, workers)
+                meter = CommandMeter(self.conn)
+                start = orchestrator.graph.nodes[0]
+                for run in range(runs):
+                    orchestrator.submit(start, graph=graph, run=run)
+                self.conn.rpush(GO_KEY, *["go"] * workers)
+                meter.count_own()
+                timeout = 60.0 + runs * steps_per_run(GRAPHS[graph]) / 20.0
+                rss = wait_done(self.conn, runs, procs, meter, timeout)
+                persisted = 0
+                deadline = time.monotonic() + timeout
+                while persisted < runs:
+                    check_alive(procs)
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"only {persisted}/{runs} runs reached SQL")
+                    persisted = runtime.store.count_runs()
+                    if persisted < runs:
+                        time.sleep(0.005)
+                ended = time.time()
+                rss = max(rss, max_rss_mb(procs))
+                commands = meter.stop(runs)
+                started = float(self.conn.zscore(START_KEY, "t") or ended)
+            finally:
+                stop_all(procs)
+                self._procs = [p for p in self._procs if p not in procs]
+                flush_bench_db(self.conn)
+                dispose_engines()
+        return make_measurement(
+            self.name, graph, runs, ended - started, commands, rss, meter.problems
+        )
+
+    def latency(self, n: int) -> tuple[float, float]:
+        """Submit-to-result of single 2-node runs on idle workers (the result read from Redis)."""
+        flush_bench_db(self.conn)
+        procs: list[Popen[bytes]] = []
+        counter = iter(range(1 << 30))
+        with tempfile.TemporaryDirectory(prefix="ezgraph-bench-") as folder:
+            settings = self._settings("chain2", folder)
+            runtime = Runtime(settings, self.conn)
+            runtime.store.create_schema()
+            orchestrator = GraphOrchestrator(runtime=runtime)
+            try:
+                procs = self._start_workers(settings, 2)
+                self.conn.rpush(GO_KEY, "go", "go")
+
+                def submit_and_wait() -> None:
+                    run_id = orchestrator.submit("a", graph="chain2", run=next(counter))
+                    if self.conn.blpop([DONE_KEY], timeout=30) is None:
+                        check_alive(procs)
+                        raise TimeoutError("run did not finish within 30s")
+                    # The sink marked its end; the result is visible once the run has ended.
+                    key = runtime.book.run_key(run_id)
+                    while not self.conn.hexists(key, "ended_at"):
+                        pass
+
+                return latency(submit_and_wait, n, LATENCY_WARMUP)
+            finally:
+                stop_all(procs)
+                self._procs = [p for p in self._procs if p not in procs]
+                flush_bench_db(self.conn)
+                dispose_engines()

@@ -1,0 +1,38 @@
+"""Worker processes of the ezgraph systems, behind the harness's ready/go barrier.
+
+``fast``: ezgraph's own :class:`~ezgraph.fast_worker.FastWorker` (what ``ezgraph worker`` runs).
+``stock``: RQ's stock ``SimpleWorker`` running ezgraph steps (what ``rq worker -w
+rq.worker.SimpleWorker`` runs). Settings come from the environment (REDIS_URL, DATABASE_URL,
+EZGRAPH_MODULES), as for any worker.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rq import Queue, SimpleWorker
+
+from ezgraph.fast_worker import FastWorker
+from ezgraph.runtime import Runtime
+from ezgraph.settings import Settings
+
+from .harness import GO_KEY, READY_KEY
+
+
+def main(kind: str) -> None:
+    """Build the worker, say ready, wait for go, work until terminated."""
+    runtime = Runtime(Settings.from_env())
+    queues = [Queue(node, connection=runtime.connection) for node in runtime.graph().nodes]
+    worker: SimpleWorker
+    if kind == "fast":
+        worker = FastWorker(queues, connection=runtime.connection, runtime=runtime)
+    else:
+        worker = SimpleWorker(queues, connection=runtime.connection)
+    runtime.connection.incr(READY_KEY)
+    if runtime.connection.blpop([GO_KEY], timeout=120) is None:
+        raise SystemExit("no go signal")
+    worker.work(burst=False, logging_level="WARNING", with_scheduler=False)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
