@@ -53,6 +53,7 @@ _SOURCES = {
         "requeue_claimed",
         "requeue_job",
         "due",
+        "saved",
         "resume",
     )
 }
@@ -109,7 +110,6 @@ class LiveRun:
     header: dict[str, str]
     steps: dict[str, dict[str, str]]
     states: dict[str, str]
-    joins: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -264,11 +264,10 @@ class RunBook:
             pipe.hgetall(base)
             pipe.hgetall(f"{base}:steps")
             pipe.hgetall(f"{base}:state")
-            pipe.hgetall(f"{base}:join")
         replies = pipe.execute()
         runs: list[LiveRun | None] = []
         for n, run_id in enumerate(run_ids):
-            header, raw_steps, states, joins = (_decode(r) for r in replies[4 * n : 4 * n + 4])
+            header, raw_steps, states = (_decode(r) for r in replies[3 * n : 3 * n + 3])
             if not header:
                 runs.append(None)
                 continue
@@ -276,7 +275,7 @@ class RunBook:
             for name, value in raw_steps.items():
                 step, _, field = name.rpartition(".")
                 steps.setdefault(step, {})[field] = value
-            runs.append(LiveRun(run_id, header, steps, states, joins))
+            runs.append(LiveRun(run_id, header, steps, states))
         return runs
 
     def gather(self, run_id: str, predecessors: Sequence[str], states: Sequence[str]) -> Gathered:
@@ -319,14 +318,8 @@ class RunBook:
 
     def mark_saved(self, run_ids: Sequence[str], ttl: int) -> None:
         """Runs are in SQL: drop them from the unsaved set and let their keys expire."""
-        if not run_ids:
-            return
-        pipe = self.connection.pipeline(transaction=True)
-        pipe.zrem(f"{self.prefix}:runs:unsaved", *run_ids)
-        for run_id in run_ids:
-            for key in self.run_keys(run_id):
-                pipe.expire(key, ttl)
-        pipe.execute()
+        if run_ids:
+            self._call("saved", "", ttl, *run_ids)
 
 
 def outcome_of(reply: Sequence[Any]) -> Outcome:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from .bookkeeping import RQ_DATE_FORMAT, LiveRun
+from .bookkeeping import LiveRun
 
 
 class RunStatus(enum.StrEnum):
@@ -172,7 +172,8 @@ def parse_rq_date(text: str | None) -> datetime | None:
     """Parse a date stored in RQ's format; None for empty."""
     if not text:
         return None
-    return datetime.strptime(text, RQ_DATE_FORMAT).replace(tzinfo=UTC)
+    # fromisoformat reads RQ's "%Y-%m-%dT%H:%M:%S.%fZ" (Python 3.11+), far faster than strptime.
+    return datetime.fromisoformat(text)
 
 
 def _iso(value: datetime | None) -> str | None:

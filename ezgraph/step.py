@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,39 +77,55 @@ def run_step(
     step_input = StepInput(state=state, gather=gather, index=index, item=item, key=key)
     if job is None:
         return execute_step(runtime, job, run_id, node, package, step_input)
-    with StepHeartbeat(runtime.connection, f"{runtime.settings.key_prefix}:beat:{job.id}"):
+    with beating(runtime, job.id):
         return execute_step(runtime, job, run_id, node, package, step_input)
 
 
-class StepHeartbeat(threading.Thread):
-    """While a step runs on a stock RQ worker, say so every second (the watchdog requeues a
-    started step whose heartbeat stopped: its worker died)."""
+BEAT_EVERY = 1.0  # seconds between step heartbeats
+BEAT_TTL = 5  # seconds a heartbeat lasts: the watchdog acts on a started step without one
 
-    def __init__(self, connection: Redis, key: str, every: float = 1.0, ttl: int = 5) -> None:
+
+class StepHeartbeat(threading.Thread):
+    """While a step runs on a stock RQ worker, say so every second, so the watchdog can tell a
+    worker that died (no heartbeat: the step is requeued) from a long step.
+
+    One thread per process beats for whichever step the process is running: a step costs no
+    extra Redis round trip (the watchdog gives a step its first second of grace).
+    """
+
+    def __init__(self, connection: Redis) -> None:
         super().__init__(name="ezgraph-step-heartbeat", daemon=True)
         self.connection = connection
-        self.key = key
-        self.every = every
-        self.ttl = ttl
-        self.done = threading.Event()
-
-    def __enter__(self) -> StepHeartbeat:
-        self.connection.set(self.key, 1, ex=self.ttl)
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.done.set()
-        self.join(timeout=self.every * 2)
-        self.connection.delete(self.key)
+        self.key: str | None = None
 
     def run(self) -> None:
-        """Refresh the heartbeat until the step ends; a Redis hiccup only skips one beat."""
-        while not self.done.wait(self.every):
+        """Beat for the current step forever; a Redis hiccup only skips one beat."""
+        while True:
+            time.sleep(BEAT_EVERY)
+            key = self.key
+            if key is None:
+                continue
             try:
-                self.connection.set(self.key, 1, ex=self.ttl)
+                self.connection.set(key, 1, ex=BEAT_TTL)
             except RedisError:
-                logger.warning("step heartbeat %s missed", self.key)
+                logger.warning("step heartbeat %s missed", key)
+
+
+_heartbeat: StepHeartbeat | None = None
+
+
+@contextmanager
+def beating(runtime: Runtime, job_id: str) -> Iterator[None]:
+    """Mark ``job_id`` as this process's running step for the heartbeat thread."""
+    global _heartbeat
+    if _heartbeat is None or not _heartbeat.is_alive():  # first step, or a forked work-horse
+        _heartbeat = StepHeartbeat(runtime.connection)
+        _heartbeat.start()
+    _heartbeat.key = f"{runtime.settings.key_prefix}:beat:{job_id}"
+    try:
+        yield
+    finally:
+        _heartbeat.key = None
 
 
 @dataclass(frozen=True)

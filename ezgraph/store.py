@@ -78,6 +78,7 @@ class StepRow(Base):
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
+_schema_lock = threading.Lock()  # one thread of a process creates the tables at a time
 
 
 def engine_for(url: str) -> Engine:
@@ -121,9 +122,17 @@ class Store:
         self._schema_ready = False
 
     def create_schema(self) -> None:
-        """Create ezgraph's tables if they do not exist (``ezgraph init-db`` and first use)."""
-        with self._errors():
-            Base.metadata.create_all(self.engine)
+        """Create ezgraph's tables if they do not exist (``ezgraph init-db`` and first use).
+
+        Another process may be creating them at the same moment: a failed attempt is retried
+        once, and the retry's existence check then sees the other's tables.
+        """
+        with _schema_lock:
+            try:
+                Base.metadata.create_all(self.engine)
+            except SQLAlchemyError:
+                with self._errors():
+                    Base.metadata.create_all(self.engine)
         self._schema_ready = True
 
     def save_runs(self, runs: Sequence[RunRecord]) -> None:
@@ -206,13 +215,13 @@ def _database_errors(url: str) -> Iterator[None]:
 def _upsert(
     session: Session, model: type[Base], rows: list[dict[str, Any]], keys: list[str]
 ) -> None:
+    """Insert ``rows``, replacing those whose ``keys`` exist; executemany, compiled once."""
     dialect = session.get_bind().dialect.name
     table = cast(Table, model.__table__)
     if dialect in ("postgresql", "sqlite"):
         insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-        statement = insert.values(rows)
-        updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
-        session.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates))
+        updates = {c.name: insert.excluded[c.name] for c in table.columns if c.name not in keys}
+        session.execute(insert.on_conflict_do_update(index_elements=keys, set_=updates), rows)
     else:  # other databases: one merge per row, still inside the caller's transaction
         for row in rows:
             session.merge(model(**row))

@@ -27,7 +27,6 @@ from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
-BEAT_TTL = 5  # seconds; the step wrapper refreshes the beat every second
 GRACE = 2.0  # seconds a step may look lost before it is acted on
 
 
