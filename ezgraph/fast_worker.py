@@ -171,7 +171,7 @@ class FastWorker(SimpleWorker):
             self.connection.delete(f"{self.prefix}:alive:{self.name}")
             self.register_death()  # type: ignore[no-untyped-call]
             install_runtime(None)
-            duties.save_ended()
+            duties.save_ended(final=True)
         return worked
 
     def _fast_call(self, queues: Sequence[str], batch: int) -> list[ClaimedJob]:
@@ -387,14 +387,19 @@ class Duties(threading.Thread):
             except Exception:
                 logger.exception("worker duties pass failed")
 
-    def save_ended(self) -> None:
-        """Write every ended run to SQL, many per transaction; one worker at a time."""
+    def save_ended(self, final: bool = False) -> None:
+        """Write every ended run to SQL, many per transaction; one worker at a time.
+
+        The lock only saves duplicate work (writing a run twice is an upsert), so it is short
+        lived: a worker that died holding it delays the others by two seconds at most.
+        """
         lock = f"{self.runtime.settings.key_prefix}:lock:persist"
-        if self.connection.set(lock, self.worker.name, nx=True, px=30_000):
+        if final or self.connection.set(lock, self.worker.name, nx=True, px=2_000):
             try:
                 self.runtime.save_unsaved()
             finally:
-                self.connection.delete(lock)
+                if not final:
+                    self.connection.delete(lock)
 
     def watch(self) -> None:
         """One watchdog pass over live runs (one worker at a time)."""

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
-import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis import Redis
-from redis.exceptions import RedisError
 from rq.job import Job, get_current_job
 
 from .bookkeeping import PreparedJob, RunBook, utcnow_iso
+from .companion import companion_for
 from .control import Map, Route, StepContext, reset_current_step, set_current_step
 from .errors import PayloadError, StepError
 from .faults import crash_point
@@ -77,55 +75,21 @@ def run_step(
     step_input = StepInput(state=state, gather=gather, index=index, item=item, key=key)
     if job is None:
         return execute_step(runtime, job, run_id, node, package, step_input)
-    with beating(runtime, job.id):
-        return execute_step(runtime, job, run_id, node, package, step_input)
-
-
-BEAT_EVERY = 1.0  # seconds between step heartbeats
-BEAT_TTL = 5  # seconds a heartbeat lasts: the watchdog acts on a started step without one
-
-
-class StepHeartbeat(threading.Thread):
-    """While a step runs on a stock RQ worker, say so every second, so the watchdog can tell a
-    worker that died (no heartbeat: the step is requeued) from a long step.
-
-    One thread per process beats for whichever step the process is running: a step costs no
-    extra Redis round trip (the watchdog gives a step its first second of grace).
-    """
-
-    def __init__(self, connection: Redis) -> None:
-        super().__init__(name="ezgraph-step-heartbeat", daemon=True)
-        self.connection = connection
-        self.key: str | None = None
-
-    def run(self) -> None:
-        """Beat for the current step forever; a Redis hiccup only skips one beat."""
-        while True:
-            time.sleep(BEAT_EVERY)
-            key = self.key
-            if key is None:
-                continue
-            try:
-                self.connection.set(key, 1, ex=BEAT_TTL)
-            except RedisError:
-                logger.warning("step heartbeat %s missed", key)
-
-
-_heartbeat: StepHeartbeat | None = None
-
-
-@contextmanager
-def beating(runtime: Runtime, job_id: str) -> Iterator[None]:
-    """Mark ``job_id`` as this process's running step for the heartbeat thread."""
-    global _heartbeat
-    if _heartbeat is None or not _heartbeat.is_alive():  # first step, or a forked work-horse
-        _heartbeat = StepHeartbeat(runtime.connection)
-        _heartbeat.start()
-    _heartbeat.key = f"{runtime.settings.key_prefix}:beat:{job_id}"
-    try:
-        yield
-    finally:
-        _heartbeat.key = None
+    # A stock worker's process gets a companion thread: it beats for the running step and
+    # writes ended runs to SQL in batches, except in a work-horse (RQ sets RQ_JOB_ID there),
+    # which exits right after its job: there the run is written at once.
+    companion = companion_for(runtime)
+    horse = os.environ.get("RQ_JOB_ID") == job.id
+    with companion.running(job.id):
+        return execute_step(
+            runtime,
+            job,
+            run_id,
+            node,
+            package,
+            step_input,
+            save=None if horse else companion.save_later,
+        )
 
 
 @dataclass(frozen=True)
@@ -155,12 +119,20 @@ def execute_step(
     node: str,
     package: str,
     step_input: StepInput,
+    save: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the module of ``node`` and record the outcome; raises what the module raised."""
+    """Run the module of ``node`` and record the outcome; raises what the module raised.
+
+    An ended run is written to SQL by ``save`` (default: at once, here).
+    """
     completion = run_module(runtime, job, run_id, node, package, step_input)
     outcome = runtime.book.complete(completion.run_id, *completion.args)
     crash_point(runtime.connection, runtime.settings.key_prefix, "after_record", completion.step)
-    after_completion(runtime, package, completion, outcome.missing, outcome.run_ended)
+    after_completion(
+        runtime, package, completion, outcome.missing, outcome.run_ended, save=save is None
+    )
+    if outcome.run_ended and save is not None:
+        save(completion.run_id)
     logger.debug("run %s step %s finished (%s)", run_id, completion.step, outcome.status)
     return completion.output
 

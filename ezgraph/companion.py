@@ -1,0 +1,94 @@
+"""The companion thread of a stock RQ worker's process running ezgraph steps.
+
+Stock workers only call the step function, so ezgraph's own background duties there live in
+one daemon thread per process:
+
+- **heartbeat**: every second it refreshes ``<prefix>:beat:<job>`` for the step the process is
+  running, so the watchdog tells a dead worker (no heartbeat: the step is requeued) from a long
+  step. A step pays no extra Redis round trip for it.
+- **hand-over to SQL**: runs that ended in this process are written in batches (many runs per
+  transaction) every 0.2 s, and once more when the process exits normally (``rq worker
+  --burst`` ending). A forked work-horse leaves with ``os._exit`` right after its job, so there
+  the step writes its run at once instead (see ``ezgraph.step.run_step``). A run whose process
+  was killed before writing it waits in Redis for any ezgraph worker or ``ezgraph persist``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from redis.exceptions import RedisError
+
+from .runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+BEAT_EVERY = 1.0  # seconds between step heartbeats
+BEAT_TTL = 5  # seconds a heartbeat lasts: the watchdog acts on a started step without one
+FLUSH_EVERY = 0.2  # seconds between batched writes of ended runs
+
+
+class Companion(threading.Thread):
+    """Heartbeat of the running step, and batched writes of ended runs (see module doc)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(name="ezgraph-companion", daemon=True)
+        self.runtime = runtime
+        self.key: str | None = None
+        self._ended: list[str] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def running(self, job_id: str) -> Iterator[None]:
+        """Beat for ``job_id`` while the block runs."""
+        self.key = f"{self.runtime.settings.key_prefix}:beat:{job_id}"
+        try:
+            yield
+        finally:
+            self.key = None
+
+    def save_later(self, run_id: str) -> None:
+        """Write the ended run ``run_id`` to SQL in the next batch."""
+        with self._lock:
+            self._ended.append(run_id)
+
+    def flush(self) -> None:
+        """Write the ended runs collected so far."""
+        with self._lock:
+            ended, self._ended = self._ended, []
+        if ended:
+            self.runtime.save_runs(ended)
+
+    def run(self) -> None:
+        """Beat and flush until the process ends; a failing pass is logged, never fatal."""
+        last_beat = 0.0
+        while True:
+            time.sleep(FLUSH_EVERY)
+            try:
+                key = self.key
+                if key is not None and time.monotonic() - last_beat >= BEAT_EVERY:
+                    last_beat = time.monotonic()
+                    self.runtime.connection.set(key, 1, ex=BEAT_TTL)
+                self.flush()
+            except (RedisError, OSError) as error:
+                logger.warning("companion pass failed: %s", error)
+
+
+_companion: Companion | None = None
+_companion_lock = threading.Lock()
+
+
+def companion_for(runtime: Runtime) -> Companion:
+    """This process's companion, started on first use."""
+    global _companion
+    with _companion_lock:
+        if _companion is None or not _companion.is_alive():  # first step, or after a fork
+            _companion = Companion(runtime)
+            _companion.start()
+            atexit.register(_companion.flush)
+        return _companion
