@@ -28,6 +28,7 @@ from .runtime import Runtime
 logger = logging.getLogger(__name__)
 
 GRACE = 2.0  # seconds a step may look lost before it is acted on
+MAX_RECOVERIES = 3  # times a step whose process died is run again before its run fails
 
 
 @dataclass
@@ -52,22 +53,23 @@ def watch_runs(runtime: Runtime, grace: float = GRACE, limit: int = 500) -> Watc
     ]
     if not run_ids:
         return report
-    waiting: list[tuple[str, str, str]] = []  # run, step, job id
+    waiting: list[tuple[str, str, str, int]] = []  # run, step, job id, recoveries so far
     for run_id, live in zip(run_ids, book.read_many(run_ids), strict=True):
         if live is None:
             continue
         for step, fields in live.steps.items():
             if fields.get("status") == "queued" and fields.get("job"):
-                waiting.append((run_id, step, fields["job"]))
+                recovered = int(fields.get("recovered") or 0)
+                waiting.append((run_id, step, fields["job"], recovered))
     if not waiting:
         return report
     pipe = connection.pipeline(transaction=False)
-    for _, _, job_id in waiting:
+    for _, _, job_id, _ in waiting:
         pipe.hmget(f"rq:job:{job_id}", "status", "worker_name", "origin", "ended_at", "started_at")
         pipe.exists(f"{prefix}:beat:{job_id}")
     replies = pipe.execute()
     now = time.time()
-    for n, (run_id, step, job_id) in enumerate(waiting):
+    for n, (run_id, step, job_id, recovered) in enumerate(waiting):
         status, worker, origin, _ended, started = (as_text(v) for v in replies[2 * n])
         beating = bool(replies[2 * n + 1])
         queue = origin or step.rsplit("-", 1)[0]
@@ -93,10 +95,17 @@ def watch_runs(runtime: Runtime, grace: float = GRACE, limit: int = 500) -> Watc
             if _requeue(runtime, run_id, job_id, queue, "queued"):
                 logger.warning("run %s step %s: lost from its queue, pushed back", run_id, step)
                 report.requeued.append(job_id)
+        elif status == "failed" and recovered < MAX_RECOVERIES:
+            # RQ failed the job but the wrapper never recorded the step: the process running it
+            # died (a killed or OOM work-horse, a hard timeout kill). Not the step's fault: run
+            # it again, a bounded number of times.
+            if _requeue(runtime, run_id, job_id, queue, "failed"):
+                logger.warning("run %s step %s: its work-horse died, step requeued", run_id, step)
+                report.requeued.append(job_id)
         elif status in ("failed", "stopped", "canceled") or status is None:
             reason = {
                 None: "its RQ job vanished",
-                "failed": "its RQ job failed without finishing the step (work-horse killed?)",
+                "failed": f"its worker process died running it {MAX_RECOVERIES + 1} times",
                 "stopped": "its RQ job was stopped",
                 "canceled": "its RQ job was canceled",
             }[status]

@@ -15,8 +15,9 @@ from redis import Redis
 
 from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime
+from ezgraph.watchdog import watch_runs
 
-from .conftest import ROOT, subprocess_env
+from .conftest import ROOT, drain, subprocess_env
 
 
 def start_worker(runtime: Runtime, *args: str) -> subprocess.Popen[str]:
@@ -150,3 +151,53 @@ def test_a_dead_stock_rq_worker_s_step_runs_again_within_10_seconds(
     assert executions.count(f"{run_id}:b") == executions.count(f"{run_id}:c") == 1
     stored = runtime.store.load_run(run_id)
     assert stored is not None and stored.status == "finished"
+
+
+@pytest.mark.slow
+def test_a_killed_work_horse_s_step_runs_again(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis, redis_url: str
+) -> None:
+    """Only the work-horse dies (OOM, segfault): RQ fails the job, ezgraph runs the step again."""
+    runtime = make_runtime("tests.graphs.slowchain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    ledger = "test:ledger"
+    run_id = orchestrator.submit("a", ledger_url=redis_url, ledger_key=ledger, sleep=2.0)
+    env = subprocess_env(runtime.settings)
+    stock = subprocess.Popen(
+        [sys.executable, "-m", "rq.cli", "worker", "a", "--url", redis_url],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    rescuer = start_worker(runtime, "b", "c")
+    try:
+        wait_for(lambda: redis_conn.llen(ledger) == 1, 30, "the work-horse to start step a")
+        subprocess.run(["pkill", "-KILL", "-P", str(stock.pid)], check=True)  # the horse only
+        wait_for(lambda: redis_conn.llen(ledger) >= 2, 30, "step a to run again")
+        wait_for(lambda: orchestrator.status(run_id)["status"] == "finished", 30, "the run")
+    finally:
+        rescuer.send_signal(signal.SIGTERM)
+        rescuer.communicate(timeout=30)
+        stock.terminate()
+        stock.wait(10)
+    executions = [e.decode() for e in redis_conn.lrange(ledger, 0, -1)]
+    assert executions.count(f"{run_id}:a") == 2
+    assert executions.count(f"{run_id}:c") == 1
+    assert orchestrator.status(run_id)["steps"][0]["status"] == "finished"
+
+
+def test_a_step_lost_from_its_queue_is_pushed_back(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    """A stock worker on several queues pops with a bare BLPOP: a kill right after loses the job."""
+    runtime = make_runtime("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("a")
+    assert redis_conn.lpop("rq:queue:a") == f"{run_id}-a".encode()  # popped, then the pop died
+    redis_conn.zadd("ezgraph:runs:live", {run_id: time.time() - 10})  # older than the grace
+    assert watch_runs(runtime).requeued == []  # first sighting: a suspect, not yet acted on
+    assert watch_runs(runtime).requeued == [f"{run_id}-a"]
+    assert redis_conn.lrange("rq:queue:a", 0, -1) == [f"{run_id}-a".encode()]
+    drain(runtime)
+    assert orchestrator.status(run_id)["status"] == "finished"

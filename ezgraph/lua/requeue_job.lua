@@ -1,6 +1,7 @@
 -- Put one step job back at the front of its queue, when it is still in the state the caller
 -- saw (so a worker that finished it meanwhile wins). ARGV after the prelude (ARGV[2] is the
--- run id): 5 job id, 6 queue, 7 expected RQ status ('started' or 'queued').
+-- run id): 5 job id, 6 queue, 7 expected RQ status ('started', 'queued', or 'failed' for a
+-- job whose work-horse died).
 -- Returns 1 when requeued.
 local id, queue, expected = ARGV[5], ARGV[6], ARGV[7]
 local job_key = 'rq:job:' .. id
@@ -13,6 +14,8 @@ for _, member in ipairs(redis.call('ZRANGE', 'rq:wip:' .. queue, 0, -1)) do
   end
 end
 redis.call('LREM', 'rq:queue:' .. queue .. ':intermediate', 0, id)
+redis.call('ZREM', 'rq:failed:' .. queue, id)
+redis.call('HDEL', job_key, 'exc_info', 'ended_at')
 redis.call('HSET', job_key, 'status', 'queued')
 redis.call('HDEL', job_key, 'worker_name', 'started_at')
 redis.call('LPUSH', 'rq:queue:' .. queue, id)
