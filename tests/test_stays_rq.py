@@ -1,0 +1,94 @@
+"""The fast worker stays RQ: its jobs, registries, results and workers read as RQ's own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from redis import Redis
+from rq import Queue, Worker
+from rq.job import Job
+
+from ezgraph.orchestrator import GraphOrchestrator
+from ezgraph.runtime import Runtime
+
+from .conftest import ROOT, drain, subprocess_env
+
+
+@pytest.fixture
+def dashboard(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """rq-dashboard's Flask app (its own app factory) on the test Redis."""
+    monkeypatch.setenv("RQ_DASHBOARD_REDIS_URL", redis_url)
+    monkeypatch.setenv("RQ_DASHBOARD_URL_PREFIX", "/rq")
+    from rq_dashboard.app import create_app  # reads the environment when called
+
+    yield create_app().test_client()
+
+
+def test_finished_steps_read_like_rq_jobs_in_job_fetch_and_rq_info(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis, redis_url: str
+) -> None:
+    runtime = make_runtime("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_ids = [orchestrator.submit("a", n=i) for i in range(3)]
+    drain(runtime)
+    job = Job.fetch(f"{run_ids[0]}-b", connection=redis_conn)
+    assert job.get_status() == "finished"
+    assert job.return_value() == {"b": True, "trail": ["a", "b"]}
+    assert job.latest_result().type.name == "SUCCESSFUL"
+    assert job.origin == "b" and job.ended_at is not None
+    assert Queue("b", connection=redis_conn).finished_job_registry.count == 3
+    assert Queue("a", connection=redis_conn).started_job_registry.count == 0
+    info = subprocess.run(
+        [sys.executable, "-m", "rq.cli", "info", "--url", redis_url, "--raw", "a", "b"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert info.returncode == 0, info.stderr
+    assert "queue a 0, 0 executing, 3 finished, 0 failed" in info.stdout
+    assert "queue b 0, 0 executing, 3 finished, 0 failed" in info.stdout
+
+
+def test_rq_dashboard_reads_queues_jobs_and_a_busy_fast_worker(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis, dashboard: object, redis_url: str
+) -> None:
+    runtime = make_runtime("tests.graphs.slowchain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("a", ledger_url=redis_url, ledger_key="test:ledger", sleep=3)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ezgraph", "worker"],
+        env=subprocess_env(runtime.settings),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = dashboard
+    try:
+        deadline = time.monotonic() + 20
+        while redis_conn.llen("test:ledger") == 0:
+            assert time.monotonic() < deadline, "the worker never started the step"
+            time.sleep(0.05)
+        workers = client.get("/rq/0/data/workers.json")  # type: ignore[attr-defined]
+        assert workers.status_code == 200
+        busy = [w for w in workers.get_json()["workers"] if w["state"] == "busy"]
+        assert len(busy) == 1 and busy[0]["current_job"]["job_id"] == f"{run_id}-a"
+        assert Worker.all(connection=redis_conn)[0].get_current_job_id() == f"{run_id}-a"
+        queues = client.get("/rq/0/data/queues.json").get_json()  # type: ignore[attr-defined]
+        counts = {q["name"]: q for q in queues["queues"]}
+        assert counts["a"]["started_job_registry_count"] == 1
+        job = client.get(f"/rq/0/data/job/{run_id}-a.json")  # type: ignore[attr-defined]
+        assert job.status_code == 200 and job.get_json()["status"] == "started"
+        page = client.get("/rq/0/view/workers")  # type: ignore[attr-defined]
+        assert page.status_code == 200
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    finished = client.get(f"/rq/0/data/job/{run_id}-a.json").get_json()  # type: ignore[attr-defined]
+    assert finished["status"] == "finished"
