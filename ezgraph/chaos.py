@@ -18,14 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
 from .bookkeeping import as_text
 from .orchestrator import GraphOrchestrator
 from .records import RunStatus
 from .runtime import Runtime
-from .store import RunRow
 
 CHAOS_GRAPH = "ezgraph.chaos_graph"
 
@@ -240,19 +236,13 @@ class Chaos:
         self, run_ids: list[str], orchestrator: GraphOrchestrator, report: ChaosReport
     ) -> None:
         """Count outcomes from the database (where every run must be) and the ledger."""
-        with Session(self.runtime.store.engine) as session:
-            counts = session.execute(
-                select(RunRow.status, func.count(), func.count(func.distinct(RunRow.run_id)))
-                .where(RunRow.run_id.in_(run_ids))
-                .group_by(RunRow.status)
-            ).all()
-        for status, rows, distinct in counts:
-            report.sql_runs += int(distinct)
-            report.duplicated_sql_rows += int(rows) - int(distinct)
+        for status, (rows, distinct) in self.runtime.store.count_by_status(run_ids).items():
+            report.sql_runs += distinct
+            report.duplicated_sql_rows += rows - distinct
             if status == RunStatus.FINISHED:
-                report.finished += int(distinct)
+                report.finished += distinct
             elif status == RunStatus.FAILED:
-                report.failed += int(distinct)
+                report.failed += distinct
         # A run that never reached the database, finished or not, is lost.
         report.lost = len(run_ids) - report.sql_runs
         connection = self.runtime.connection

@@ -10,14 +10,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Column,
+    Connection,
     DateTime,
     Engine,
     Integer,
+    MetaData,
     String,
     Table,
     Text,
@@ -29,51 +31,46 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .errors import ConnectionFailed
 from .records import RunRecord, StepRecord
 from .settings import redact_url
 
+# SQLAlchemy Core tables: workers write through these without importing the ORM (a few MiB of
+# resident memory per worker). Typed ORM models over the same tables are in ``ezgraph.models``.
+metadata = MetaData()
 
-class Base(DeclarativeBase):
-    """Declarative base of ezgraph's own tables (prefixed ``ezgraph_``)."""
+runs_table = Table(
+    "ezgraph_runs",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("package", String(200), nullable=False),
+    Column("start_node", String(200), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("input", JSON, nullable=True),
+    Column("result", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=True),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+)
 
-
-class RunRow(Base):
-    """A persisted run."""
-
-    __tablename__ = "ezgraph_runs"
-
-    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    package: Mapped[str] = mapped_column(String(200))
-    start_node: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    input: Mapped[Any] = mapped_column(JSON, nullable=True)
-    result: Mapped[Any] = mapped_column(JSON, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-
-
-class StepRow(Base):
-    """A persisted step; ``step`` is the node, or ``node-<i>`` for a mapped instance."""
-
-    __tablename__ = "ezgraph_steps"
-
-    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    step: Mapped[str] = mapped_column(String(220), primary_key=True)
-    position: Mapped[int] = mapped_column(Integer, default=0)
-    node: Mapped[str] = mapped_column(String(200))
-    item_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    status: Mapped[str] = mapped_column(String(16))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    input: Mapped[Any] = mapped_column(JSON, nullable=True)
-    output: Mapped[Any] = mapped_column(JSON, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+steps_table = Table(
+    "ezgraph_steps",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("step", String(220), primary_key=True),  # the node, or node-<i> for a map instance
+    Column("position", Integer, nullable=False, default=0),
+    Column("node", String(200), nullable=False),
+    Column("item_index", Integer, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("input", JSON, nullable=True),
+    Column("output", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+    Column("worker", String(200), nullable=True),
+)
 
 
 _engines: dict[str, Engine] = {}
@@ -132,10 +129,10 @@ class Store:
         """
         with _schema_lock:
             try:
-                Base.metadata.create_all(self.engine)
+                metadata.create_all(self.engine)
             except SQLAlchemyError:
                 with self._errors():
-                    Base.metadata.create_all(self.engine)
+                    metadata.create_all(self.engine)
         self._schema_ready = True
 
     def save_runs(self, runs: Sequence[RunRecord]) -> None:
@@ -150,23 +147,28 @@ class Store:
             for run in runs
             for position, step in enumerate(run.steps)
         ]
-        with self._errors(), Session(self.engine) as session, session.begin():
-            _upsert(session, RunRow, run_rows, ["run_id"])
+        with self._errors(), self.engine.begin() as connection:
+            _upsert(connection, runs_table, run_rows, ["run_id"])
             # A resumed run may have fewer mapped instances than before: replace its steps whole.
-            session.execute(delete(StepRow).where(StepRow.run_id.in_([r.run_id for r in runs])))
+            run_ids = [run.run_id for run in runs]
+            connection.execute(delete(steps_table).where(steps_table.c.run_id.in_(run_ids)))
             if step_rows:
-                session.execute(cast(Table, StepRow.__table__).insert(), step_rows)
+                connection.execute(steps_table.insert(), step_rows)
 
     def load_run(self, run_id: str) -> RunRecord | None:
         """The persisted run, or None."""
         if not self._schema_ready:
             self.create_schema()
-        with self._errors(), Session(self.engine) as session:
-            row = session.get(RunRow, run_id)
+        with self._errors(), self.engine.connect() as connection:
+            row = connection.execute(
+                select(runs_table).where(runs_table.c.run_id == run_id)
+            ).first()
             if row is None:
                 return None
-            steps = session.scalars(
-                select(StepRow).where(StepRow.run_id == run_id).order_by(StepRow.position)
+            steps = connection.execute(
+                select(steps_table)
+                .where(steps_table.c.run_id == run_id)
+                .order_by(steps_table.c.position)
             ).all()
         return RunRecord(
             run_id=row.run_id,
@@ -198,8 +200,24 @@ class Store:
 
     def count_runs(self) -> int:
         """How many runs the database holds."""
-        with self._errors(), Session(self.engine) as session:
-            return int(session.scalar(select(func.count()).select_from(RunRow)) or 0)
+        if not self._schema_ready:
+            self.create_schema()
+        with self._errors(), self.engine.connect() as connection:
+            return int(connection.scalar(select(func.count()).select_from(runs_table)) or 0)
+
+    def count_by_status(self, run_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """Per status, (rows, distinct run ids) among ``run_ids`` (the chaos audit's tally)."""
+        if not self._schema_ready:
+            self.create_schema()
+        query = (
+            select(
+                runs_table.c.status, func.count(), func.count(func.distinct(runs_table.c.run_id))
+            )
+            .where(runs_table.c.run_id.in_(list(run_ids)))
+            .group_by(runs_table.c.status)
+        )
+        with self._errors(), self.engine.connect() as connection:
+            return {status: (int(n), int(d)) for status, n, d in connection.execute(query)}
 
     def _errors(self) -> AbstractContextManager[None]:
         return _database_errors(self.url)
@@ -216,18 +234,19 @@ def _database_errors(url: str) -> Iterator[None]:
 
 
 def _upsert(
-    session: Session, model: type[Base], rows: list[dict[str, Any]], keys: list[str]
+    connection: Connection, table: Table, rows: list[dict[str, Any]], keys: list[str]
 ) -> None:
     """Insert ``rows``, replacing those whose ``keys`` exist; executemany, compiled once."""
-    dialect = session.get_bind().dialect.name
-    table = cast(Table, model.__table__)
+    dialect = connection.dialect.name
     if dialect in ("postgresql", "sqlite"):
         insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
         updates = {c.name: insert.excluded[c.name] for c in table.columns if c.name not in keys}
-        session.execute(insert.on_conflict_do_update(index_elements=keys, set_=updates), rows)
-    else:  # other databases: one merge per row, still inside the caller's transaction
+        connection.execute(insert.on_conflict_do_update(index_elements=keys, set_=updates), rows)
+    else:  # other databases: delete then insert, still inside the caller's transaction
         for row in rows:
-            session.merge(model(**row))
+            match = [table.c[key] == row[key] for key in keys]
+            connection.execute(delete(table).where(*match))
+        connection.execute(table.insert(), rows)
 
 
 def _run_values(run: RunRecord) -> dict[str, Any]:
