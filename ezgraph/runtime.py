@@ -171,7 +171,7 @@ class Runtime:
         self.book.mark_saved(saved, self.settings.run_ttl)
         return saved
 
-    def save_unsaved(self, older_than: float = 0.0, batch: int = 500) -> int:
+    def save_unsaved(self, older_than: float = 0.0, batch: int = 100) -> int:
         """Persist every ended run still waiting in Redis; returns how many were written."""
         total = 0
         while True:

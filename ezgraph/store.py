@@ -27,7 +27,9 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
@@ -71,6 +73,24 @@ steps_table = Table(
     Column("ended_at", DateTime(timezone=True), nullable=True),
     Column("worker", String(200), nullable=True),
 )
+
+
+SCHEMA_REVISION = "0001"  # the head of ezgraph/migrations/versions
+VERSION_TABLE = "ezgraph_alembic_version"
+
+
+def migrate(engine: Engine) -> None:
+    """Run ezgraph's Alembic migrations up to the head on ``engine``."""
+    # Imported here, not at the top: workers on an up-to-date database never need Alembic, and
+    # importing it costs every worker process resident memory.
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "ezgraph:migrations")
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
 
 
 _engines: dict[str, Engine] = {}
@@ -122,18 +142,28 @@ class Store:
         self._schema_ready = False
 
     def create_schema(self) -> None:
-        """Create ezgraph's tables if they do not exist (``ezgraph init-db`` and first use).
+        """Bring ezgraph's tables to the current schema (``ezgraph init-db`` and first use).
 
-        Another process may be creating them at the same moment: a failed attempt is retried
-        once, and the retry's existence check then sees the other's tables.
+        A database at :data:`SCHEMA_REVISION` costs one query; otherwise the Alembic migrations
+        in ``ezgraph/migrations`` run. Another process may be migrating at the same moment: a
+        failed attempt is retried once, and then finds the other's work done.
         """
         with _schema_lock:
-            try:
-                metadata.create_all(self.engine)
-            except SQLAlchemyError:
-                with self._errors():
-                    metadata.create_all(self.engine)
+            if self._revision() != SCHEMA_REVISION:
+                try:
+                    migrate(self.engine)
+                except SQLAlchemyError:
+                    with self._errors():
+                        migrate(self.engine)
         self._schema_ready = True
+
+    def _revision(self) -> str | None:
+        """The schema revision the database is at (None before the first migration)."""
+        with self._errors(), self.engine.connect() as connection:
+            if not inspect(connection).has_table(VERSION_TABLE):
+                return None
+            revision = connection.scalar(text(f"select version_num from {VERSION_TABLE}"))
+        return None if revision is None else str(revision)
 
     def save_runs(self, runs: Sequence[RunRecord]) -> None:
         """Write ``runs`` and their steps in one transaction; a run written before is replaced."""

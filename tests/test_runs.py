@@ -7,7 +7,10 @@ from collections.abc import Callable
 import sqlalchemy
 from redis import Redis
 from rq.job import Job
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from ezgraph.models import RunRow, StepRow
 from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime
 from ezgraph.step import StepInput, execute_step
@@ -94,3 +97,16 @@ def test_a_step_run_again_after_recording_creates_no_second_successor(
     status = GraphOrchestrator(runtime=runtime).status(run_id)
     assert status["status"] == "finished"
     assert status["nodes"] == {n: "finished" for n in "abcd"}
+
+
+def test_persisted_runs_can_be_queried_with_the_typed_models(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    runtime = make_runtime("tests.graphs.chain")
+    run_id = GraphOrchestrator(runtime=runtime).submit("a")
+    drain(runtime)
+    with Session(runtime.store.engine) as session:
+        run = session.get(RunRow, run_id)
+        steps = session.scalars(select(StepRow).where(StepRow.run_id == run_id)).all()
+    assert run is not None and run.status == "finished" and run.start_node == "a"
+    assert sorted(step.step for step in steps) == ["a", "b"]

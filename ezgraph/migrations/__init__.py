@@ -1,0 +1,1 @@
+"""Alembic migrations of ezgraph's own tables (``ezgraph_runs``, ``ezgraph_steps``)."""

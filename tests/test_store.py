@@ -1,0 +1,52 @@
+"""The SQL store's schema: created by Alembic migrations, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from ezgraph.orchestrator import GraphOrchestrator
+from ezgraph.runtime import Runtime
+from ezgraph.store import SCHEMA_REVISION, VERSION_TABLE, Store, metadata
+
+from .conftest import drain, ezgraph_cli, subprocess_env
+
+
+def test_schema_revision_is_the_head_of_the_migrations() -> None:
+    config = Config()
+    config.set_main_option("script_location", "ezgraph:migrations")
+    assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_REVISION
+
+
+def test_init_db_migrates_a_fresh_database_and_is_idempotent(
+    make_runtime: Callable[..., Runtime], database_url: str
+) -> None:
+    env = subprocess_env(make_runtime("tests.graphs.chain", database_url=database_url).settings)
+    for _ in range(2):
+        done = ezgraph_cli("init-db", env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("schema ready in ")
+    engine = sqlalchemy.create_engine(database_url)
+    with engine.connect() as connection:
+        tables = set(sqlalchemy.inspect(connection).get_table_names())
+        revision = connection.scalar(sqlalchemy.text(f"select version_num from {VERSION_TABLE}"))
+    engine.dispose()
+    assert {"ezgraph_runs", "ezgraph_steps", VERSION_TABLE} <= tables
+    assert revision == SCHEMA_REVISION
+
+
+def test_a_database_made_before_migrations_is_adopted_with_its_rows(
+    make_runtime: Callable[..., Runtime], sqlite_url: str
+) -> None:
+    engine = sqlalchemy.create_engine(sqlite_url)
+    metadata.create_all(engine)  # the schema as ezgraph made it before migrations existed
+    engine.dispose()
+    runtime = make_runtime("tests.graphs.chain", database_url=sqlite_url)
+    run_id = GraphOrchestrator(runtime=runtime).submit("a")
+    drain(runtime)
+    store = Store(sqlite_url)
+    assert store._revision() == SCHEMA_REVISION
+    assert store.load_run(run_id) is not None
