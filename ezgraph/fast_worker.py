@@ -113,13 +113,13 @@ class FastWorker(SimpleWorker):
     def work(  # type: ignore[override]
         self,
         burst: bool = False,
-        logging_level: str = "INFO",
+        logging_level: str | None = "INFO",
         with_scheduler: bool = True,
         max_jobs: int | None = None,
         **kwargs: Any,
     ) -> bool:
         """Serve the queues until stopped (or, in burst mode, until they are empty)."""
-        logging.getLogger("rq.worker").setLevel(logging_level)
+        logging.getLogger("rq.worker").setLevel(logging_level or "INFO")  # rq CLI may pass None
         install_runtime(self.runtime)
         self.register_birth()  # type: ignore[no-untyped-call]
         self.connection.sadd(f"{self.prefix}:workers", self.name)

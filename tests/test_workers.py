@@ -81,3 +81,34 @@ def test_ezgraph_worker_refuses_an_unknown_node(make_runtime: Callable[..., Runt
     done = ezgraph_cli("worker", "nope", "--burst", env=subprocess_env(runtime.settings))
     assert done.returncode == 2
     assert done.stderr.strip() == "error: unknown node 'nope' (graph nodes: a, b)"
+
+
+def test_rq_worker_with_the_fast_worker_class_runs_a_chain(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    runtime = make_runtime("tests.graphs.chain")
+    run_id = GraphOrchestrator(runtime=runtime).submit("a")
+    settings = runtime.settings
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rq.cli",
+            "worker",
+            "a",
+            "b",
+            "--url",
+            settings.redis_url or "",
+            "-w",
+            "ezgraph.fast_worker.FastWorker",
+            "--burst",
+        ],
+        env=subprocess_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    stored = runtime.store.load_run(run_id)
+    assert stored is not None and stored.status == "finished"
