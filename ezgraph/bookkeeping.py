@@ -132,10 +132,6 @@ class RunBook:
             name: connection.register_script(source) for name, source in _SOURCES.items()
         }
 
-    def script(self, name: str) -> Script:
-        """A registered script (the fast worker calls ``fast`` and ``requeue_claimed``)."""
-        return self._scripts[name]
-
     def run_key(self, run_id: str) -> str:
         """The run's header key."""
         return f"{self.prefix}:run:{run_id}"
@@ -145,7 +141,8 @@ class RunBook:
         base = self.run_key(run_id)
         return [base, *(f"{base}:{part}" for part in ("steps", "state", "join", "jobs"))]
 
-    def _call(self, name: str, run_id: str, *args: Any) -> Any:
+    def call(self, name: str, run_id: str, *args: Any) -> Any:
+        """Run script ``name`` with the prelude's arguments (prefix, run id, now) and ``args``."""
         head = [self.prefix, run_id, utcnow_iso(), repr(time.time())]
         return self._scripts[name](args=[*head, *args])
 
@@ -164,7 +161,7 @@ class RunBook:
         ``joins`` gives the arrivals a join waits for when some predecessors cannot run from
         this start node (they count as skipped from the outset).
         """
-        created = self._call(
+        created = self.call(
             "submit",
             run_id,
             start,
@@ -211,7 +208,7 @@ class RunBook:
 
         ``args`` are :meth:`completion_args`.
         """
-        return _outcome(self._call("complete", run_id, *args))
+        return outcome_of(self.call("complete", run_id, *args))
 
     def fail(
         self,
@@ -229,7 +226,7 @@ class RunBook:
 
         ``error`` is the run's one-line error; ``step_error`` the step's own (with traceback).
         """
-        reply = self._call(
+        reply = self.call(
             "fail",
             run_id,
             step,
@@ -241,15 +238,15 @@ class RunBook:
             input_json,
             step_error or error,
         )
-        return _outcome(reply)
+        return outcome_of(reply)
 
     def ensure(self, run_id: str, jobs: Iterable[PreparedJob]) -> int:
         """Create the jobs of steps found ready without one; returns how many were created."""
-        return int(self._call("ensure", run_id, *jobs_argv(jobs)))
+        return int(self.call("ensure", run_id, *jobs_argv(jobs)))
 
     def resume(self, run_id: str) -> Resumed:
         """Set a failed run running again and requeue the jobs of its steps to run again."""
-        reply = self._call("resume", run_id)
+        reply = self.call("resume", run_id)
         return Resumed(as_text(reply[0]) or "", tuple(as_text(r) or "" for r in reply[1:]))
 
     def read(self, run_id: str) -> LiveRun | None:
@@ -319,15 +316,11 @@ class RunBook:
     def mark_saved(self, run_ids: Sequence[str], ttl: int) -> None:
         """Runs are in SQL: drop them from the unsaved set and let their keys expire."""
         if run_ids:
-            self._call("saved", "", ttl, *run_ids)
+            self.call("saved", "", ttl, *run_ids)
 
 
 def outcome_of(reply: Sequence[Any]) -> Outcome:
-    """Parse a completion reply."""
-    return _outcome(reply)
-
-
-def _outcome(reply: Sequence[Any]) -> Outcome:
+    """Parse a script's ``{outcome, run ended, missing steps...}`` reply."""
     status = as_text(reply[0]) or ""
     return Outcome(status, bool(int(reply[1])), tuple(as_text(r) or "" for r in reply[2:]))
 

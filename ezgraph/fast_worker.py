@@ -181,9 +181,14 @@ class FastWorker(SimpleWorker):
         self._calls += 1
         exec_prefix = f"{self._exec_prefix}{self._calls}-"
         args: list[Any] = [
-            self.prefix, "", utcnow_iso(), repr(time.time()), self.name, self._claim_ttl(),
-            exec_prefix, batch, len(queues), *queues, len(finished),
-        ]  # fmt: skip
+            self.name,
+            self._claim_ttl(),
+            exec_prefix,
+            batch,
+            len(queues),
+            *queues,
+            len(finished),
+        ]
         for done in finished:
             job, completion = done.job, done.completion
             completion_args = completion.args if completion else ()
@@ -192,7 +197,7 @@ class FastWorker(SimpleWorker):
                 repr(job.started), completion.run_id if completion else "",
                 len(completion_args), *completion_args,
             ]  # fmt: skip
-        reply = self.runtime.book.script("fast")(args=args)
+        reply = self.runtime.book.call("fast", "", *args)
         for done, raw in zip(finished, reply[0], strict=True):
             if done.completion is None:
                 continue
@@ -353,9 +358,7 @@ class FastWorker(SimpleWorker):
 
     def _give_back_claims(self) -> None:
         """On a clean exit, put back anything still claimed (nothing, normally)."""
-        self.runtime.book.script("requeue_claimed")(
-            args=[self.prefix, "", utcnow_iso(), repr(time.time()), self.name]
-        )
+        self.runtime.book.call("requeue_claimed", "", self.name)
 
 
 class Duties(threading.Thread):
@@ -411,8 +414,7 @@ class Duties(threading.Thread):
     def enqueue_due_retries(self) -> int:
         """Move retries whose delay has passed back to their queues (RQ's scheduler's job)."""
         queues = [q.name for q in self.worker.queues]
-        head = [self.runtime.settings.key_prefix, "", utcnow_iso(), repr(time.time())]
-        return int(self.runtime.book.script("due")(args=[*head, *queues]))
+        return int(self.runtime.book.call("due", "", *queues))
 
     def stop(self) -> None:
         """End the loop and wait for it."""
@@ -430,9 +432,7 @@ def reap_dead_workers(runtime: Runtime) -> list[str]:
         name = raw.decode() if isinstance(raw, bytes) else str(raw)
         if connection.exists(f"{prefix}:alive:{name}"):
             continue
-        ids = runtime.book.script("requeue_claimed")(
-            args=[prefix, "", utcnow_iso(), repr(time.time()), name]
-        )
+        ids = runtime.book.call("requeue_claimed", "", name)
         if ids:
             logger.warning("worker %s is gone: requeued %d steps", name, len(ids))
         requeued.extend(i.decode() for i in ids)

@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from .bookkeeping import as_text, utcnow_iso
+from .bookkeeping import as_text
 from .records import parse_rq_date
 from .runtime import Runtime
 
@@ -135,6 +135,4 @@ def _claimed_anywhere(runtime: Runtime, job_id: str) -> bool:
 
 
 def _requeue(runtime: Runtime, run_id: str, job_id: str, queue: str, expected: str) -> bool:
-    script = runtime.book.script("requeue_job")
-    head = [runtime.settings.key_prefix, run_id, utcnow_iso(), repr(time.time())]
-    return bool(script(args=[*head, job_id, queue, expected]))
+    return bool(runtime.book.call("requeue_job", run_id, job_id, queue, expected))
