@@ -103,6 +103,7 @@ class FastWorker(SimpleWorker):
         self._current: ClaimedJob | None = None
         self._held: list[ClaimedJob] = []
         self._finished: list[Finished] = []
+        self.runs_ended = threading.Event()  # set when this worker ended a run not yet in SQL
         self.steps_done = 0
         self.claim_batch = max(1, claim_batch or self.runtime.settings.claim_batch)
         self._calls = 0
@@ -212,6 +213,8 @@ class FastWorker(SimpleWorker):
                 outcome.run_ended,
                 save=False,
             )
+            if outcome.run_ended:
+                self.runs_ended.set()
             self.steps_done += 1
         jobs: list[ClaimedJob] = []
         fields = reply[1:]
@@ -386,7 +389,10 @@ class Duties(threading.Thread):
                     self.watch()
                     if self.with_scheduler:
                         self.enqueue_due_retries()
-                self.save_ended()
+                    self.save_ended()  # every second: runs others left behind, a database back
+                elif self.worker.runs_ended.is_set():
+                    self.worker.runs_ended.clear()
+                    self.save_ended()
             except Exception:
                 logger.exception("worker duties pass failed")
 
