@@ -355,10 +355,6 @@ class FastWorker(SimpleWorker):
             signal.signal(signal.SIGINT, request_stop)
             signal.signal(signal.SIGTERM, request_stop)
 
-    def stop_after_current_step(self) -> None:
-        """Stop after the current step (what SIGTERM does)."""
-        self._stop.set()
-
     def _give_back_claims(self) -> None:
         """On a clean exit, put back anything still claimed (nothing, normally)."""
         self.runtime.book.call("requeue_claimed", "", self.name)

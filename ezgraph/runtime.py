@@ -68,10 +68,6 @@ class Runtime:
             graph = self._graphs[package] = load_graph(package)
         return graph
 
-    def use_graph(self, graph: Graph) -> None:
-        """Serve ``graph`` for its package instead of importing it (tests, embedded callers)."""
-        self._graphs[graph.package] = graph
-
     def override(self, node: str, function: StepFunction, package: str | None = None) -> None:
         """Run ``function`` for ``node`` in this process instead of the graph's function."""
         self._functions[(package or self.settings.modules, node)] = function

@@ -17,7 +17,7 @@ from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime
 from ezgraph.watchdog import watch_runs
 
-from .conftest import ROOT, drain, subprocess_env
+from .conftest import ROOT, drain, subprocess_env, wait_for
 
 
 def start_worker(runtime: Runtime, *args: str) -> subprocess.Popen[str]:
@@ -29,15 +29,6 @@ def start_worker(runtime: Runtime, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime
 from ezgraph.settings import Settings
 
-from .conftest import ROOT, subprocess_env
+from .conftest import ROOT, subprocess_env, wait_for
 
 
 def start_worker(settings: Settings) -> subprocess.Popen[str]:
@@ -38,14 +38,6 @@ def stop(worker: subprocess.Popen[str]) -> str:
     worker.send_signal(signal.SIGTERM)
     _, errors = worker.communicate(timeout=30)
     return errors
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.mark.slow
