@@ -31,6 +31,7 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.executions import Execution
 from rq.job import Job
@@ -50,6 +51,20 @@ logger = logging.getLogger(__name__)
 ALIVE_TTL = 5  # seconds without a heartbeat before a worker counts as dead
 HEARTBEAT_EVERY = 1.0
 IDLE_WAIT = 1  # seconds an idle worker blocks on its queues' bells before looking again
+# Ended runs go to SQL many per transaction (one run alone costs ~5x its share of a 100-run
+# batch), written by whichever worker holds the write lock, all that are waiting. A worker that
+# ended runs and is busy asks its duties thread to write every SAVE_EVERY seconds or SAVE_BATCH
+# runs: the thread writes while the step loop waits on Redis. An idle worker writes them itself,
+# at once but at most every IDLE_SAVE_GAP seconds: a background write would contend for the GIL
+# with the next step, which showed as idle-latency outliers. Until then, or while another
+# worker writes, it waits for work with Redis's shortest useful blocking timeout, BATCH_WAIT
+# (Redis checks those timeouts 10 times a second by default).
+SAVE_EVERY = 0.2
+SAVE_BATCH = 100
+IDLE_SAVE_GAP = 0.02
+BATCH_WAIT = 0.1
+WRITE_RETRY = 0.02  # seconds before the duties thread asks again for a held write lock
+SWEEP_AGE = 2.0  # the once-a-second sweep writes the runs left unsaved this long (seconds)
 # Jobs are claimed up to EZGRAPH_CLAIM_BATCH per call. A claim is crash-safe, but the whole
 # claimed batch of a worker that dies runs again elsewhere, and a claimed job counts as running
 # (a failure of its run does not cancel it); after a step slower than 50 ms, one at a time.
@@ -103,7 +118,8 @@ class FastWorker(SimpleWorker):
         self._current: ClaimedJob | None = None
         self._held: list[ClaimedJob] = []
         self._finished: list[Finished] = []
-        self.runs_ended = threading.Event()  # set when this worker ended a run not yet in SQL
+        self._ended = 0  # runs this worker ended since it last wrote (or handed over) a batch
+        self._last_save = 0.0
         self.steps_done = 0
         self.claim_batch = max(1, claim_batch or self.runtime.settings.claim_batch)
         self._calls = 0
@@ -153,6 +169,17 @@ class FastWorker(SimpleWorker):
                     )
                     claimed = self._fast_call([] if stopping else queue_names, batch)
                     if claimed:
+                        if self._save_due(busy=True):  # in the background, between steps
+                            duties.write_soon()
+                            self._saved()
+                        continue
+                    if self._ended:
+                        # Idle: write here, now, unless this worker wrote a moment ago or
+                        # another one is writing; then wait a little, listening for work.
+                        if self._save_due(busy=False) and save_ended(self.runtime, self.name):
+                            self._saved()
+                        else:
+                            self.connection.blpop(bells, timeout=BATCH_WAIT)
                         continue
                     if burst and with_scheduler and duties.enqueue_due_retries():
                         continue
@@ -172,7 +199,7 @@ class FastWorker(SimpleWorker):
             self.connection.delete(f"{self.prefix}:alive:{self.name}")
             self.register_death()  # type: ignore[no-untyped-call]
             install_runtime(None)
-            duties.save_ended(final=True)
+            save_ended(self.runtime, self.name, final=True)
         return worked
 
     def _fast_call(self, queues: Sequence[str], batch: int) -> list[ClaimedJob]:
@@ -214,7 +241,7 @@ class FastWorker(SimpleWorker):
                 save=False,
             )
             if outcome.run_ended:
-                self.runs_ended.set()
+                self._ended += 1
             self.steps_done += 1
         jobs: list[ClaimedJob] = []
         fields = reply[1:]
@@ -236,6 +263,19 @@ class FastWorker(SimpleWorker):
         self._current = jobs[0] if jobs else None
         self._held = list(jobs)
         return jobs
+
+    def _save_due(self, busy: bool) -> bool:
+        """Whether to write the ended runs now (see SAVE_EVERY)."""
+        if not self._ended:
+            return False
+        waited = time.monotonic() - self._last_save
+        if busy:
+            return self._ended >= SAVE_BATCH or waited >= SAVE_EVERY
+        return waited >= IDLE_SAVE_GAP
+
+    def _saved(self) -> None:
+        self._ended = 0
+        self._last_save = time.monotonic()
 
     def _record_finished(self) -> None:
         """Record the steps that succeeded before the one failing now, in the order they ran."""
@@ -362,7 +402,8 @@ class FastWorker(SimpleWorker):
 
 class Duties(threading.Thread):
     """A worker's background duties, each second: heartbeat, give back dead workers' claims,
-    move due retries to their queues, and write ended runs to SQL in batches."""
+    move due retries to their queues, and write the ended runs nobody wrote to SQL (their
+    worker died, or the database was down) in batches."""
 
     def __init__(self, worker: FastWorker, with_scheduler: bool = True) -> None:
         super().__init__(name=f"ezgraph-duties-{worker.name}", daemon=True)
@@ -371,40 +412,39 @@ class Duties(threading.Thread):
         self.with_scheduler = with_scheduler
         self.stopped = threading.Event()
         self.connection: Redis = worker.connection
+        self._wake = threading.Event()
+        self._write = False  # the worker asked for a write of ended runs
+
+    def write_soon(self) -> None:
+        """Write the ended runs to SQL in this thread, now (the worker is busy)."""
+        self._write = True
+        self._wake.set()
 
     def run(self) -> None:
         """Loop until :meth:`stop`; a failing pass is logged, never fatal."""
-        last_sweep = 0.0
-        while not self.stopped.wait(0.1):
+        last_pass = time.monotonic()
+        while not self.stopped.is_set():
+            next_pass = last_pass + HEARTBEAT_EVERY - time.monotonic()
+            # While another worker holds the write lock, ask again shortly.
+            self._wake.wait(min(WRITE_RETRY, next_pass) if self._write else max(0.0, next_pass))
+            self._wake.clear()
+            if self.stopped.is_set():
+                break
             try:
-                now = time.monotonic()
-                if now - last_sweep >= HEARTBEAT_EVERY:
-                    last_sweep = now
-                    self.worker._beat()
-                    reap_dead_workers(self.runtime)
-                    self.watch()
-                    if self.with_scheduler:
-                        self.enqueue_due_retries()
-                    self.save_ended()  # every second: runs others left behind, a database back
-                elif self.worker.runs_ended.is_set():
-                    self.worker.runs_ended.clear()
-                    self.save_ended()
+                if self._write and save_ended(self.runtime, self.worker.name):
+                    self._write = False
+                if time.monotonic() - last_pass < HEARTBEAT_EVERY:
+                    continue
+                last_pass = time.monotonic()
+                self.worker._beat()
+                reap_dead_workers(self.runtime)
+                self.watch()
+                if self.with_scheduler:
+                    self.enqueue_due_retries()
+                # Runs a dead worker left, or written while the database was down.
+                save_ended(self.runtime, self.worker.name, older_than=SWEEP_AGE)
             except Exception:
                 logger.exception("worker duties pass failed")
-
-    def save_ended(self, final: bool = False) -> None:
-        """Write every ended run to SQL, many per transaction; one worker at a time.
-
-        The lock only saves duplicate work (writing a run twice is an upsert), so it is short
-        lived: a worker that died holding it delays the others by two seconds at most.
-        """
-        lock = f"{self.runtime.settings.key_prefix}:lock:persist"
-        if final or self.connection.set(lock, self.worker.name, nx=True, px=2_000):
-            try:
-                self.runtime.save_unsaved()
-            finally:
-                if not final:
-                    self.connection.delete(lock)
 
     def watch(self) -> None:
         """One watchdog pass over live runs (one worker at a time)."""
@@ -421,8 +461,34 @@ class Duties(threading.Thread):
     def stop(self) -> None:
         """End the loop and wait for it."""
         self.stopped.set()
+        self._wake.set()
         if self.is_alive():
             self.join(timeout=5)
+
+
+def save_ended(runtime: Runtime, holder: str, final: bool = False, older_than: float = 0.0) -> bool:
+    """Write every ended run waiting in Redis (for over ``older_than`` seconds) to SQL, 100 per
+    transaction, one worker at a time (a SQLite database takes one writer at a time); False
+    when another worker holds the lock.
+
+    A run that cannot be written (database down) stays in Redis's unsaved set, and the sweep
+    writes it later. The lock only spares duplicate work (writing a run twice is an upsert), so
+    it is short lived: a worker that died holding it delays the others by two seconds at most.
+    A stopping worker writes without it.
+    """
+    lock = f"{runtime.settings.key_prefix}:lock:persist"
+    if not final and not runtime.connection.set(lock, holder, nx=True, px=2_000):
+        return False
+    try:
+        runtime.save_unsaved(older_than=older_than)
+    except RedisError:
+        raise
+    except Exception:
+        logger.exception("writing ended runs to SQL failed; they wait in Redis")
+    finally:
+        if not final:
+            runtime.connection.delete(lock)
+    return True
 
 
 def reap_dead_workers(runtime: Runtime) -> list[str]:

@@ -7,6 +7,7 @@ persisted but not yet marked saved in Redis is never duplicated.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -23,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -33,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.expression import Executable
 
 from .errors import ConnectionFailed
 from .records import RunRecord, StepRecord
@@ -181,7 +184,7 @@ class Store:
             _upsert(connection, runs_table, run_rows, ["run_id"])
             # A resumed run may have fewer mapped instances than before: replace its steps whole.
             run_ids = [run.run_id for run in runs]
-            connection.execute(delete(steps_table).where(steps_table.c.run_id.in_(run_ids)))
+            connection.execute(_delete_steps, {"run_ids": run_ids})
             if step_rows:
                 connection.execute(steps_table.insert(), step_rows)
 
@@ -263,15 +266,27 @@ def _database_errors(url: str) -> Iterator[None]:
         raise ConnectionFailed(f"database {redact_url(url)} failed: {detail}") from error
 
 
+@functools.cache
+def _upsert_statement(dialect: str, table: Table, keys: tuple[str, ...]) -> Executable:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` for ``table``, built once per process (building
+    it anew for each batch cost more than a one-run batch's writes)."""
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    updates = {c.name: insert.excluded[c.name] for c in table.columns if c.name not in keys}
+    return insert.on_conflict_do_update(index_elements=list(keys), set_=updates)
+
+
+_delete_steps = delete(steps_table).where(
+    steps_table.c.run_id.in_(bindparam("run_ids", expanding=True))
+)
+
+
 def _upsert(
     connection: Connection, table: Table, rows: list[dict[str, Any]], keys: list[str]
 ) -> None:
     """Insert ``rows``, replacing those whose ``keys`` exist; executemany, compiled once."""
     dialect = connection.dialect.name
     if dialect in ("postgresql", "sqlite"):
-        insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-        updates = {c.name: insert.excluded[c.name] for c in table.columns if c.name not in keys}
-        connection.execute(insert.on_conflict_do_update(index_elements=keys, set_=updates), rows)
+        connection.execute(_upsert_statement(dialect, table, tuple(keys)), rows)
     else:  # other databases: delete then insert, still inside the caller's transaction
         for row in rows:
             match = [table.c[key] == row[key] for key in keys]
