@@ -7,10 +7,11 @@ one daemon thread per process:
   running, so the watchdog tells a dead worker (no heartbeat: the step is requeued) from a long
   step. A step pays no extra Redis round trip for it.
 - **hand-over to SQL**: runs that ended in this process are written in batches (many runs per
-  transaction) every 0.2 s, and once more when the process exits normally (``rq worker
-  --burst`` ending). A forked work-horse leaves with ``os._exit`` right after its job, so there
-  the step writes its run at once instead (see ``ezgraph.step.run_step``). A run whose process
-  was killed before writing it waits in Redis for any ezgraph worker or ``ezgraph persist``.
+  transaction) every 0.2 s, or as soon as the worker has run no step for 20 ms (it is idle),
+  and once more when the process exits normally (``rq worker --burst`` ending). A forked
+  work-horse leaves with ``os._exit`` right after its job, so there the step writes its run at
+  once instead (see ``ezgraph.step.run_step``). A run whose process was killed before writing
+  it waits in Redis for any ezgraph worker or ``ezgraph persist``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ logger = logging.getLogger(__name__)
 
 BEAT_EVERY = 1.0  # seconds between step heartbeats
 BEAT_TTL = 5  # seconds a heartbeat lasts: the watchdog acts on a started step without one
-FLUSH_EVERY = 0.2  # seconds between batched writes of ended runs
+FLUSH_EVERY = 0.2  # seconds between batched writes of ended runs...
+IDLE_FLUSH = 0.02  # ...or sooner, once no step has run for this long
+TICK = 0.02  # seconds between the thread's looks
 
 
 class Companion(threading.Thread):
@@ -40,6 +43,8 @@ class Companion(threading.Thread):
         super().__init__(name="ezgraph-companion", daemon=True)
         self.runtime = runtime
         self.key: str | None = None
+        self._last_step = 0.0  # when the last step ended (monotonic)
+        self._first_ended = 0.0  # when the oldest run waiting to be written ended
         self._ended: list[str] = []
         self._lock = threading.Lock()
 
@@ -51,10 +56,13 @@ class Companion(threading.Thread):
             yield
         finally:
             self.key = None
+            self._last_step = time.monotonic()
 
     def save_later(self, run_id: str) -> None:
         """Write the ended run ``run_id`` to SQL in the next batch."""
         with self._lock:
+            if not self._ended:
+                self._first_ended = time.monotonic()
             self._ended.append(run_id)
 
     def flush(self) -> None:
@@ -68,13 +76,16 @@ class Companion(threading.Thread):
         """Beat and flush until the process ends; a failing pass is logged, never fatal."""
         last_beat = 0.0
         while True:
-            time.sleep(FLUSH_EVERY)
+            time.sleep(TICK)
             try:
                 key = self.key
-                if key is not None and time.monotonic() - last_beat >= BEAT_EVERY:
-                    last_beat = time.monotonic()
+                now = time.monotonic()
+                if key is not None and now - last_beat >= BEAT_EVERY:
+                    last_beat = now
                     self.runtime.connection.set(key, 1, ex=BEAT_TTL)
-                self.flush()
+                idle = key is None and now - self._last_step >= IDLE_FLUSH
+                if self._ended and (idle or now - self._first_ended >= FLUSH_EVERY):
+                    self.flush()
             except (RedisError, OSError) as error:
                 logger.warning("companion pass failed: %s", error)
 
