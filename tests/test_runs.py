@@ -110,3 +110,25 @@ def test_persisted_runs_can_be_queried_with_the_typed_models(
         steps = session.scalars(select(StepRow).where(StepRow.run_id == run_id)).all()
     assert run is not None and run.status == "finished" and run.start_node == "a"
     assert sorted(step.step for step in steps) == ["a", "b"]
+
+
+def test_text_survives_redis_and_sql_unchanged(
+    make_runtime: Callable[..., Runtime], database_url: str
+) -> None:
+    # Runs are read back from Redis as one JSON document per run (Lua's cjson): the state must
+    # come out exactly as it went in, whatever its characters.
+    text = 'ação "quoted" \\ back/slash\nnew line \t tab \u2603 \U0001f600 </script>'
+    runtime = make_runtime("tests.graphs.chain", database_url=database_url)
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("a", {"trail": [], "text": text, "empty": "", "nested": {}})
+
+    live = runtime.read_run(run_id)
+    assert live is not None and live.input["text"] == text
+
+    drain(runtime)
+
+    expected = {"trail": ["a", "b"], "text": text, "empty": "", "nested": {}, "a": True, "b": True}
+    assert orchestrator.status(run_id)["result"] == expected
+    stored = runtime.store.load_run(run_id)
+    assert stored is not None and stored.result == expected
+    assert runtime.book.read_many(["no-such-run", run_id])[0] is None
