@@ -11,7 +11,7 @@ import functools
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -33,7 +33,6 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.expression import Executable
 
@@ -270,9 +269,19 @@ def _database_errors(url: str) -> Iterator[None]:
 def _upsert_statement(dialect: str, table: Table, keys: tuple[str, ...]) -> Executable:
     """``INSERT ... ON CONFLICT (keys) DO UPDATE`` for ``table``, built once per process (building
     it anew for each batch cost more than a one-run batch's writes)."""
-    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    updates = {c.name: insert.excluded[c.name] for c in table.columns if c.name not in keys}
-    return insert.on_conflict_do_update(index_elements=list(keys), set_=updates)
+    # Imported here: each dialect costs a worker 1-2 MiB it needs only with that database.
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        statement: Any = postgresql.insert(table)
+    else:
+        from sqlalchemy.dialects import sqlite
+
+        statement = sqlite.insert(table)
+    updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
+    return cast(
+        Executable, statement.on_conflict_do_update(index_elements=list(keys), set_=updates)
+    )
 
 
 _delete_steps = delete(steps_table).where(
