@@ -55,7 +55,6 @@ _SOURCES = {
         "due",
         "saved",
         "resume",
-        "read",
     )
 }
 
@@ -256,19 +255,24 @@ class RunBook:
 
     def read_many(self, run_ids: Sequence[str]) -> list[LiveRun | None]:
         """Several runs in one round trip (None for a run Redis no longer holds)."""
-        if not run_ids:
-            return []
+        pipe = self.connection.pipeline(transaction=False)
+        for run_id in run_ids:
+            base = self.run_key(run_id)
+            pipe.hgetall(base)
+            pipe.hgetall(f"{base}:steps")
+            pipe.hgetall(f"{base}:state")
+        replies = pipe.execute()
         runs: list[LiveRun | None] = []
-        for run_id, document in zip(run_ids, self.call("read", "", *run_ids), strict=True):
-            if not document:
+        for n, run_id in enumerate(run_ids):
+            header, raw_steps, states = (_decode(r) for r in replies[3 * n : 3 * n + 3])
+            if not header:
                 runs.append(None)
                 continue
-            run = json.loads(document)
             steps: dict[str, dict[str, str]] = {}
-            for name, value in run["steps"].items():
+            for name, value in raw_steps.items():
                 step, _, field = name.rpartition(".")
                 steps.setdefault(step, {})[field] = value
-            runs.append(LiveRun(run_id, run["header"], steps, run["state"]))
+            runs.append(LiveRun(run_id, header, steps, states))
         return runs
 
     def gather(self, run_id: str, predecessors: Sequence[str], states: Sequence[str]) -> Gathered:
@@ -326,3 +330,7 @@ def as_text(value: Any) -> str | None:
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode(mapping: dict[Any, Any]) -> dict[str, str]:
+    return {as_text(k) or "": as_text(v) or "" for k, v in mapping.items()}

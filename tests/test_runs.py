@@ -115,8 +115,8 @@ def test_persisted_runs_can_be_queried_with_the_typed_models(
 def test_text_survives_redis_and_sql_unchanged(
     make_runtime: Callable[..., Runtime], database_url: str
 ) -> None:
-    # Runs are read back from Redis as one JSON document per run (Lua's cjson): the state must
-    # come out exactly as it went in, whatever its characters.
+    # A run's state goes through Lua, Redis hashes and SQL JSON columns: it must come out exactly
+    # as it went in, whatever its characters.
     text = 'ação "quoted" \\ back/slash\nnew line \t tab \u2603 \U0001f600 </script>'
     runtime = make_runtime("tests.graphs.chain", database_url=database_url)
     orchestrator = GraphOrchestrator(runtime=runtime)
