@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 GRACE = 2.0  # seconds a step may look lost before it is acted on
 MAX_RECOVERIES = 3  # times a step whose process died is run again before its run fails
+READ_CHUNK = 50  # runs read from Redis at a time (whole runs: a worker's memory peak)
 
 
 @dataclass
@@ -54,13 +55,15 @@ def watch_runs(runtime: Runtime, grace: float = GRACE, limit: int = 500) -> Watc
     if not run_ids:
         return report
     waiting: list[tuple[str, str, str, int]] = []  # run, step, job id, recoveries so far
-    for run_id, live in zip(run_ids, book.read_many(run_ids), strict=True):
-        if live is None:
-            continue
-        for step, fields in live.steps.items():
-            if fields.get("status") == "queued" and fields.get("job"):
-                recovered = int(fields.get("recovered") or 0)
-                waiting.append((run_id, step, fields["job"], recovered))
+    for first in range(0, len(run_ids), READ_CHUNK):
+        chunk = run_ids[first : first + READ_CHUNK]
+        for run_id, live in zip(chunk, book.read_many(chunk), strict=True):
+            if live is None:
+                continue
+            for step, fields in live.steps.items():
+                if fields.get("status") == "queued" and fields.get("job"):
+                    recovered = int(fields.get("recovered") or 0)
+                    waiting.append((run_id, step, fields["job"], recovered))
     if not waiting:
         return report
     pipe = connection.pipeline(transaction=False)
