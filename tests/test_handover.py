@@ -1,0 +1,70 @@
+"""Hand-over of ended runs to SQL by ezgraph workers: one writer at a time, nothing left behind."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from redis import Redis
+from rq import Queue
+
+from ezgraph.fast_worker import Duties, FastWorker, save_ended
+from ezgraph.orchestrator import GraphOrchestrator
+from ezgraph.runtime import Runtime, StepInput
+from ezgraph.step import execute_step
+
+from .conftest import wait_for
+
+PACKAGE = "tests.graphs.chain"
+
+
+def nobody_writes(run_id: str) -> None:
+    """The run's worker died before writing it."""
+
+
+def end_runs_unwritten(runtime: Runtime, count: int) -> list[str]:
+    """Runs of a -> b that ended in Redis and were not written to SQL."""
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_ids = [orchestrator.submit("a", {"trail": []}, n=i) for i in range(count)]
+    for run_id in run_ids:
+        state: dict[str, object] = {"trail": []}
+        for node in ("a", "b"):
+            state = execute_step(
+                runtime, None, run_id, node, PACKAGE, StepInput(state=state), save=nobody_writes
+            )
+    assert sorted(runtime.book.unsaved()) == sorted(run_ids)
+    return run_ids
+
+
+def test_a_held_write_lock_makes_a_worker_wait_and_write_everything_once_free(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    runtime = make_runtime(PACKAGE)
+    run_ids = end_runs_unwritten(runtime, 3)
+    lock = f"{runtime.settings.key_prefix}:lock:persist"
+    redis_conn.set(lock, "another-worker", px=60_000)
+
+    assert save_ended(runtime, "this-worker") is False  # another worker is writing
+    assert runtime.store.count_runs() == 0
+
+    worker = FastWorker(
+        [Queue(n, connection=redis_conn) for n in ("a", "b")],
+        connection=redis_conn,
+        runtime=runtime,
+    )
+    duties = Duties(worker, with_scheduler=False)
+    duties.start()
+    try:
+        duties.write_soon()  # what a busy worker asks for
+        time.sleep(0.2)  # it asks for the lock every 20 ms meanwhile
+        assert runtime.store.count_runs() == 0
+        redis_conn.delete(lock)
+        # Within a second: sooner than the once-a-second sweep, which leaves runs younger than
+        # 2 s to the worker that ended them.
+        wait_for(lambda: runtime.store.count_runs() == 3, 1.0, "the runs to be written")
+    finally:
+        duties.stop()
+    assert runtime.book.unsaved() == []
+    assert redis_conn.exists(lock) == 0  # released after writing
+    stored = [runtime.store.load_run(r) for r in run_ids]
+    assert all(run is not None and run.status == "finished" for run in stored)
