@@ -13,7 +13,6 @@ plain RQ in the same run, Redis commands per step, worker RSS, and the p50/p99 l
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Sequence
 
@@ -23,16 +22,12 @@ from .harness import (
     GRAPHS,
     Measurement,
     System,
-    check_quiet,
-    connect,
     format_latency,
     format_rows,
-    format_table,
     group_reps,
-    load_average,
     median_of,
 )
-from .run_baselines import run_systems
+from .run_baselines import measure_available, run_systems
 
 
 def ratio_table(measurements: Sequence[Measurement]) -> str:
@@ -70,33 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     candidates: list[System] = [PlainRQ(), Ezgraph("stock"), Ezgraph("fast")]
     if not args.no_celery:
         candidates.append(CeleryChain())
-    systems = []
-    for system in candidates:
-        if system.available():
-            systems.append(system)
-        else:
-            print(
-                f"skipping {system.name}: not installed (pip install -e '.[bench]')",
-                file=sys.stderr,
-            )
-
     started = time.monotonic()
-    check_quiet(connect())
-    load_before = load_average()
-    measurements, latencies = run_systems(
-        systems,
-        args.graphs,
-        args.runs,
-        args.reps,
-        args.latency_n,
-        args.workers,
-        quiet_wait=1.0 if args.quick else 10.0,
+    measurements, latencies = measure_available(
+        candidates, args, quiet_wait=1.0 if args.quick else 10.0
     )
-    print(
-        f"\nruns={args.runs} reps={args.reps} workers={args.workers} (medians); "
-        f"load average before {load_before}, after {load_average()}"
-    )
-    print(format_table(measurements))
     print()
     print(ratio_table(measurements))
     if latencies:

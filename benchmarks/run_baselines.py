@@ -76,6 +76,39 @@ def run_systems(
     return measurements, latencies
 
 
+def measure_available(
+    candidates: Sequence[System], args: argparse.Namespace, quiet_wait: float
+) -> tuple[list[Measurement], list[tuple[str, float, float]]]:
+    """Measure the installed ``candidates`` (``args``: runs, reps, latency_n, workers, graphs)
+    and print the table of medians; returns the measurements and idle latencies."""
+    systems: list[System] = []
+    for system in candidates:
+        if system.available():
+            systems.append(system)
+        else:
+            print(
+                f"skipping {system.name}: not installed (pip install -e '.[bench]')",
+                file=sys.stderr,
+            )
+    check_quiet(connect())
+    load_before = load_average()
+    measurements, latencies = run_systems(
+        systems,
+        args.graphs,
+        args.runs,
+        args.reps,
+        args.latency_n,
+        args.workers,
+        quiet_wait=quiet_wait,
+    )
+    print(
+        f"\nruns={args.runs} reps={args.reps} workers={args.workers} (medians); "
+        f"load average before {load_before}, after {load_average()}"
+    )
+    print(format_table(measurements))
+    return measurements, latencies
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run_baselines", description=__doc__.splitlines()[0]
@@ -99,30 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.runs, args.reps, args.latency_n = 100, 1, 30
         args.quiet_wait = min(args.quiet_wait, 1.0)
 
-    systems: list[System] = []
-    for system in (PlainRQ(), CeleryChain()):
-        if system.available():
-            systems.append(system)
-        else:
-            print(f"skipping {system.name}: not installed", file=sys.stderr)
-
     t0 = time.monotonic()
-    check_quiet(connect())
-    load_before = load_average()
-    measurements, latencies = run_systems(
-        systems,
-        args.graphs,
-        args.runs,
-        args.reps,
-        args.latency_n,
-        args.workers,
-        quiet_wait=args.quiet_wait,
-    )
-    print(
-        f"\nruns={args.runs} reps={args.reps} workers={args.workers} (medians); "
-        f"load average before {load_before}, after {load_average()}"
-    )
-    print(format_table(measurements))
+    _, latencies = measure_available([PlainRQ(), CeleryChain()], args, args.quiet_wait)
     if latencies:
         print(f"\nidle latency, chain2, n={args.latency_n}")
         print(format_latency(latencies))
