@@ -48,8 +48,8 @@ from .harness import (
     GRAPHS,
     CommandMeter,
     Measurement,
+    WorkerSystem,
     check_alive,
-    connect,
     flush_bench_db,
     latency,
     make_measurement,
@@ -58,7 +58,6 @@ from .harness import (
     redis_url,
     spawn,
     steps_per_run,
-    stop_all,
     topological_layers,
     wait_done,
     wait_ready,
@@ -76,27 +75,25 @@ def _sink_first_nodes(graph: str) -> list[str]:
     return [node for layer in reversed(topological_layers(GRAPHS[graph])) for node in layer]
 
 
-class PlainRQ:
+def _measure(
+    system: WorkerSystem, graph: str, runs: int, procs: list[Popen[bytes]], meter: CommandMeter
+) -> Measurement:
+    """Wait for the last run, let its bookkeeping settle, and read the window and the meter."""
+    rss = wait_done(system.conn, runs, procs, meter, _done_timeout(graph, runs))
+    time.sleep(SETTLE_SECONDS)
+    commands = meter.stop(runs)
+    seconds = read_window(system.conn)
+    return make_measurement(system.name, graph, runs, seconds, commands, rss, meter.problems)
+
+
+class PlainRQ(WorkerSystem):
     """RQ ``SimpleWorker`` subprocesses; each task enqueues its successors by hand."""
 
     name = "plain-rq"
 
     def __init__(self, url: str | None = None, log_level: str = "WARNING") -> None:
-        self.url = url or redis_url()
+        super().__init__(url)
         self.log_level = log_level  # ``rq worker`` defaults to INFO: two log lines per job
-        self._procs: list[Popen[bytes]] = []
-
-    def available(self) -> bool:
-        return True
-
-    def setup(self) -> None:
-        self.conn = connect(self.url)
-        flush_bench_db(self.conn)
-
-    def teardown(self) -> None:
-        stop_all(self._procs)
-        self._procs = []
-        flush_bench_db(self.conn)
 
     def _start_workers(self, graph: str, workers: int) -> list[Popen[bytes]]:
         from .tasks_rq import queue_name
@@ -111,10 +108,6 @@ class PlainRQ:
         wait_ready(self.conn, workers, procs)
         return procs
 
-    def _stop_workers(self, procs: list[Popen[bytes]]) -> None:
-        stop_all(procs)
-        self._procs = [p for p in self._procs if p not in procs]
-
     def run(self, graph: str, runs: int, workers: int = 2) -> Measurement:
         from .tasks_rq import enqueue_run
 
@@ -127,14 +120,10 @@ class PlainRQ:
                 enqueue_run(self.conn, graph, run)
             self.conn.rpush(GO_KEY, *["go"] * workers)
             meter.count_own()
-            rss = wait_done(self.conn, runs, procs, meter, _done_timeout(graph, runs))
-            time.sleep(SETTLE_SECONDS)
-            commands = meter.stop(runs)
-            seconds = read_window(self.conn)
+            return _measure(self, graph, runs, procs, meter)
         finally:
             self._stop_workers(procs)
             flush_bench_db(self.conn)
-        return make_measurement(self.name, graph, runs, seconds, commands, rss, meter.problems)
 
     def latency(self, n: int) -> tuple[float, float]:
         from .tasks_rq import enqueue_run
@@ -158,15 +147,14 @@ class PlainRQ:
             flush_bench_db(self.conn)
 
 
-class CeleryChain:
+class CeleryChain(WorkerSystem):
     """One Celery worker, prefork pool of ``workers`` processes; chains and chords."""
 
     name = "celery"
 
     def __init__(self, url: str | None = None, log_level: str = "WARNING") -> None:
-        self.url = url or redis_url()
+        super().__init__(url)
         self.log_level = log_level
-        self._procs: list[Popen[bytes]] = []
 
     def available(self) -> bool:
         return importlib.util.find_spec("celery") is not None
@@ -174,13 +162,7 @@ class CeleryChain:
     def setup(self) -> None:
         if self.url != redis_url():
             raise ValueError("CeleryChain reads its URL from BENCH_REDIS_URL at import time")
-        self.conn = connect(self.url)
-        flush_bench_db(self.conn)
-
-    def teardown(self) -> None:
-        stop_all(self._procs)
-        self._procs = []
-        flush_bench_db(self.conn)
+        super().setup()
 
     def _start_worker(self, graph: str, workers: int) -> Popen[bytes]:
         from .tasks_celery import queue_name
@@ -198,8 +180,7 @@ class CeleryChain:
     def _stop_workers(self, procs: list[Popen[bytes]]) -> None:
         from .tasks_celery import forget_pending_results
 
-        stop_all(procs)
-        self._procs = [p for p in self._procs if p not in procs]
+        super()._stop_workers(procs)
         forget_pending_results()
 
     def run(self, graph: str, runs: int, workers: int = 2) -> Measurement:
@@ -213,14 +194,10 @@ class CeleryChain:
             for run in range(runs):
                 enqueue_run(graph, run)
             procs = [self._start_worker(graph, workers)]
-            rss = wait_done(self.conn, runs, procs, meter, _done_timeout(graph, runs))
-            time.sleep(SETTLE_SECONDS)
-            commands = meter.stop(runs)
-            seconds = read_window(self.conn)
+            return _measure(self, graph, runs, procs, meter)
         finally:
             self._stop_workers(procs)
             flush_bench_db(self.conn)
-        return make_measurement(self.name, graph, runs, seconds, commands, rss, meter.problems)
 
     def latency(self, n: int) -> tuple[float, float]:
         from .tasks_celery import declare_queues, enqueue_run

@@ -28,17 +28,15 @@ from .harness import (
     START_KEY,
     CommandMeter,
     Measurement,
+    WorkerSystem,
     check_alive,
-    connect,
     flush_bench_db,
     latency,
     make_measurement,
     max_rss_mb,
     python_args,
-    redis_url,
     spawn,
     steps_per_run,
-    stop_all,
     wait_done,
     wait_ready,
 )
@@ -60,26 +58,16 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-class Ezgraph:
+class Ezgraph(WorkerSystem):
     """ezgraph with ``kind`` workers: ``fast`` (``ezgraph worker``) or ``stock`` (SimpleWorker)."""
 
     def __init__(self, kind: str = "fast", url: str | None = None) -> None:
+        super().__init__(url)
         self.kind = kind
         self.name = f"ezgraph-{kind}"
-        self.url = url or redis_url()
-        self._procs: list[Popen[bytes]] = []
-
-    def available(self) -> bool:
-        return True
-
-    def setup(self) -> None:
-        self.conn = connect(self.url)
-        flush_bench_db(self.conn)
 
     def teardown(self) -> None:
-        stop_all(self._procs)
-        self._procs = []
-        flush_bench_db(self.conn)
+        super().teardown()
         dispose_engines()
 
     def _settings(self, graph: str, folder: str) -> Settings:
@@ -133,8 +121,7 @@ class Ezgraph:
                 commands = meter.stop(runs)
                 started = float(self.conn.zscore(START_KEY, "t") or ended)
             finally:
-                stop_all(procs)
-                self._procs = [p for p in self._procs if p not in procs]
+                self._stop_workers(procs)
                 flush_bench_db(self.conn)
                 dispose_engines()
         return make_measurement(
@@ -167,7 +154,6 @@ class Ezgraph:
 
                 return latency(submit_and_wait, n, LATENCY_WARMUP)
             finally:
-                stop_all(procs)
-                self._procs = [p for p in self._procs if p not in procs]
+                self._stop_workers(procs)
                 flush_bench_db(self.conn)
                 dispose_engines()

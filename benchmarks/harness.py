@@ -628,3 +628,30 @@ class System(Protocol):
     def latency(self, n: int) -> tuple[float, float]: ...
 
     def teardown(self) -> None: ...
+
+
+class WorkerSystem:
+    """What the benchmarked systems share: a connection to the benchmark's Redis db and the worker
+    processes they started, stopped and forgotten on teardown."""
+
+    name = ""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or redis_url()
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def available(self) -> bool:
+        return True
+
+    def setup(self) -> None:
+        self.conn = connect(self.url)
+        flush_bench_db(self.conn)
+
+    def teardown(self) -> None:
+        stop_all(self._procs)
+        self._procs = []
+        flush_bench_db(self.conn)
+
+    def _stop_workers(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        stop_all(procs)
+        self._procs = [p for p in self._procs if p not in procs]
