@@ -1,0 +1,64 @@
+"""The benchmark's window marks, sent without waiting for replies, against a real Redis."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+from redis import Redis
+
+from benchmarks import harness
+
+
+def _mark_start_in_child(url: str) -> None:
+    harness.mark_start(Redis.from_url(url))
+
+
+def _wait_done(conn: Redis, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while conn.llen(harness.DONE_KEY) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert conn.llen(harness.DONE_KEY) == count
+
+
+@pytest.fixture
+def own_marks() -> Iterator[None]:
+    """This process's marks start afresh and are closed after the test."""
+    harness._marks.pop(os.getpid(), None)
+    yield
+    marks = harness._marks.pop(os.getpid(), None)
+    if marks is not None:
+        marks.connection.disconnect()
+
+
+@pytest.mark.usefixtures("own_marks")
+def test_marks_keep_the_window_and_the_count(redis_conn: Redis, redis_url: str) -> None:
+    """The earliest start of any process and the latest end are kept, a process writes only its
+    first start, every end counts, and replies read in bulk keep the connection usable."""
+    child = multiprocessing.get_context("spawn").Process(
+        target=_mark_start_in_child, args=(redis_url,)
+    )
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    earliest = redis_conn.zscore(harness.START_KEY, "t")
+    assert earliest is not None
+
+    harness.mark_start(redis_conn)  # later than the child's: ZADD LT keeps the child's
+    harness.mark_end(redis_conn, 0)
+    _wait_done(redis_conn, 1)  # one connection, in order: the start mark was applied before
+    assert redis_conn.zscore(harness.START_KEY, "t") == earliest
+
+    redis_conn.delete(harness.START_KEY)
+    harness.mark_start(redis_conn)  # this process marked its start already: nothing is sent
+    runs = 3 * harness._Marks.DRAIN_EVERY  # past several bulk reads of the replies
+    before_ends = time.time()
+    for run in range(1, runs):
+        harness.mark_end(redis_conn, run)
+    _wait_done(redis_conn, runs)
+    assert redis_conn.exists(harness.START_KEY) == 0
+    end = redis_conn.zscore(harness.END_KEY, "t")
+    assert end is not None and before_ends <= end <= time.time()
