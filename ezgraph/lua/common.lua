@@ -15,6 +15,18 @@ end
 bind_run(ARGV[2])
 local TERMINAL = {finished = true, failed = true, skipped = true, canceled = true}
 
+-- Changes to the run's pending count (steps created and not yet ended), summed in Lua and
+-- written by one HINCRBY (apply_pending) before anything reads the count or the run changes.
+local pending_delta = 0
+
+-- Write the summed changes; returns the run's pending count.
+local function apply_pending()
+  local delta = pending_delta
+  pending_delta = 0
+  if delta == 0 then return tonumber(redis.call('HGET', run_key, 'pending')) end
+  return redis.call('HINCRBY', run_key, 'pending', delta)
+end
+
 -- Prebuilt RQ jobs, read from ARGV starting at position i: count, then per job
 -- step, job id, queue, number of hash fields, the fields. Returns the table and the next position.
 local function read_jobs(i)
@@ -40,7 +52,7 @@ local function create_job(step, job)
   redis.call('LTRIM', P .. ':bell:' .. job.queue, -8, -1)
   redis.call('HSET', jobs_key, job.id, job.queue)
   redis.call('HSET', steps_key, step .. '.status', 'queued', step .. '.job', job.id)
-  redis.call('HINCRBY', run_key, 'pending', 1)
+  pending_delta = pending_delta + 1
   return true
 end
 
@@ -54,7 +66,7 @@ local function make_walker(graph, jobs, missing)
     local job = jobs[node]
     if job then create_job(node, job) else
       redis.call('HSET', steps_key, node .. '.status', 'ready')
-      redis.call('HINCRBY', run_key, 'pending', 1)
+      pending_delta = pending_delta + 1
       table.insert(missing, node)
     end
   end
@@ -80,9 +92,9 @@ end
 
 -- End the run when nothing of it is pending; returns 1 when this call ended it.
 local function end_run_if_idle()
-  if tonumber(redis.call('HGET', run_key, 'pending')) > 0 then return 0 end
-  if redis.call('HEXISTS', run_key, 'ended_at') == 1 then return 0 end
-  local status = redis.call('HGET', run_key, 'status')
+  if apply_pending() > 0 then return 0 end
+  local status, ended_at = unpack(redis.call('HMGET', run_key, 'status', 'ended_at'))
+  if ended_at then return 0 end
   if status == 'queued' or status == 'running' then
     redis.call('HSET', run_key, 'status', 'finished')
   end
@@ -119,18 +131,18 @@ end
 -- worker, attempt, then the prebuilt jobs. Returns {outcome, run ended (0/1), missing steps...}.
 local function complete_step(i)
   local STEP, NODE, INDEX = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local status = redis.call('HGET', run_key, 'status')
+  local status, graph_json = unpack(redis.call('HMGET', run_key, 'status', 'graph'))
   if not status then return {'gone', 0} end
   if TERMINAL[redis.call('HGET', steps_key, STEP .. '.status')] then return {'duplicate', 0} end
   redis.call('HSET', steps_key, STEP .. '.status', 'finished', STEP .. '.output', ARGV[i + 3],
     STEP .. '.started_at', ARGV[i + 8], STEP .. '.ended_at', NOW_ISO, STEP .. '.worker', ARGV[i + 9],
     STEP .. '.attempts', ARGV[i + 10])
   if ARGV[i + 4] ~= '' then redis.call('HSET', state_key, STEP, ARGV[i + 4]) end
-  redis.call('HINCRBY', run_key, 'pending', -1)
+  pending_delta = pending_delta - 1
   local missing = {}
   if status == 'queued' or status == 'running' then
     if status == 'queued' then redis.call('HSET', run_key, 'status', 'running') end
-    local graph = cjson.decode(redis.call('HGET', run_key, 'graph'))
+    local graph = cjson.decode(graph_json)
     local jobs = read_jobs(i + 11)
     local walker = make_walker(graph, jobs, missing)
     if INDEX ~= '' then

@@ -6,7 +6,8 @@ local created = 0
 for step, job in pairs(jobs) do
   if redis.call('HGET', steps_key, step .. '.status') == 'ready' then
     if create_job(step, job) then created = created + 1 end
-    redis.call('HINCRBY', run_key, 'pending', -1)
+    pending_delta = pending_delta - 1
   end
 end
+apply_pending()
 return created

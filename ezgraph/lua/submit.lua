@@ -11,4 +11,5 @@ for join, left in pairs(cjson.decode(ARGV[9])) do
 end
 redis.call('ZADD', P .. ':runs:live', NOW, RUN)
 create_job(ARGV[5], jobs[ARGV[5]])
+apply_pending()
 return 1
