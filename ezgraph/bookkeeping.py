@@ -10,6 +10,8 @@ Keys, all under the settings' key prefix (default ``ezgraph``):
 - ``<p>:run:<id>:state`` hash: the state a step passed on, kept where a join or the result needs it.
 - ``<p>:run:<id>:join`` hash: join arrivals (``left:<node>``, ``any:<node>``) and map counters.
 - ``<p>:run:<id>:jobs`` hash: RQ job id -> queue, for every step job of the run.
+- ``<p>:run:<id>:stopped`` pub/sub channel: a message when the run stops (its status becomes
+  failed or canceled) and when it ends, for :meth:`GraphOrchestrator.wait` to wake on.
 - ``<p>:runs:live`` / ``<p>:runs:unsaved`` sorted sets: runs in flight / ended and not yet in SQL.
 
 The scripts live in ``ezgraph/lua``; each is the shared prelude ``common.lua`` plus its body.
@@ -135,6 +137,10 @@ class RunBook:
     def run_key(self, run_id: str) -> str:
         """The run's header key."""
         return f"{self.prefix}:run:{run_id}"
+
+    def stopped_channel(self, run_id: str) -> str:
+        """The channel a message is published on when the run stops or ends."""
+        return f"{self.run_key(run_id)}:stopped"
 
     def run_keys(self, run_id: str) -> list[str]:
         """Every key of one run."""

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -14,6 +15,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from redis import Redis
+from redis.client import PubSub
 from redis.exceptions import RedisError
 from rq.command import PUBSUB_CHANNEL_TEMPLATE, send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
@@ -23,6 +25,8 @@ from .graph import Graph
 from .records import RunRecord, RunStatus
 from .runtime import Runtime, StepInput
 from .settings import Settings
+
+WAIT_RECHECK = 0.5  # seconds: wait() reads the status this often even without a message
 
 
 class GraphOrchestrator:
@@ -38,6 +42,8 @@ class GraphOrchestrator:
             runtime = Runtime(settings or Settings.from_env(), connection)
         self.runtime = runtime
         self.settings = runtime.settings
+        self._pubsub: PubSub | None = None  # kept between waits (see _subscription)
+        self._pubsub_lock = threading.Lock()
 
     @property
     def graph(self) -> Graph:
@@ -100,15 +106,58 @@ class GraphOrchestrator:
             raise RunNotFound(f"no run with id {run_id!r}")
         return record
 
-    def wait(self, run_id: str, timeout: float = 60.0, poll: float = 0.005) -> dict[str, Any]:
-        """Block until the run reaches a terminal state (or ``timeout``); return its status."""
+    def wait(self, run_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Block until the run reaches a terminal state (or ``timeout``); return its status.
+
+        It wakes on the message the run's scripts publish when it stops or ends, so it returns
+        as soon as that happens, and reads the status every :data:`WAIT_RECHECK` seconds too.
+        """
         deadline = time.monotonic() + timeout
-        while True:
-            current = self.status(run_id)
-            if RunStatus(current["status"]).terminal or time.monotonic() >= deadline:
-                return current
-            time.sleep(poll)
-            poll = min(poll * 1.5, 0.2)
+        _check_run_id(run_id)
+        channel = self.runtime.book.stopped_channel(run_id)
+        with _redis_errors(self.runtime), self._subscription(channel) as pubsub:
+            while True:
+                current = self.status(run_id)
+                left = deadline - time.monotonic()
+                if RunStatus(current["status"]).terminal or left <= 0:
+                    return current
+                pubsub.get_message(timeout=min(left, WAIT_RECHECK))
+
+    def _new_pubsub(self) -> PubSub:
+        pubsub: PubSub = self.runtime.connection.pubsub()  # type: ignore[no-untyped-call]
+        return pubsub
+
+    @contextmanager
+    def _subscription(self, channel: str) -> Iterator[PubSub]:
+        """A pub/sub connection subscribed to ``channel`` (confirmed by Redis, so nothing
+        published after this returns is missed). One connection is kept for the orchestrator's
+        waits; a wait while another runs in a thread gets a connection of its own."""
+        own = self._pubsub_lock.acquire(blocking=False)
+        if own and self._pubsub is None:
+            self._pubsub = self._new_pubsub()
+        pubsub = self._pubsub if own and self._pubsub else self._new_pubsub()
+        try:
+            pubsub.subscribe(channel)
+            wanted = (channel, channel.encode())
+            deadline = time.monotonic() + WAIT_RECHECK
+            while (left := deadline - time.monotonic()) > 0:
+                message = pubsub.get_message(timeout=left)
+                if message and message["type"] == "subscribe" and message["channel"] in wanted:
+                    break
+            yield pubsub
+        except BaseException:
+            pubsub.close()  # its state is unknown: the next wait starts afresh
+            if own:
+                self._pubsub = None
+            raise
+        else:
+            if own:
+                pubsub.unsubscribe(channel)  # type: ignore[no-untyped-call]
+            else:
+                pubsub.close()
+        finally:
+            if own:
+                self._pubsub_lock.release()
 
     def cancel(self, run_id: str, stop_wait: float = 2.0) -> dict[str, Any]:
         """Cancel a run and return its status after.

@@ -101,6 +101,7 @@ local function end_run_if_idle()
   redis.call('HSET', run_key, 'ended_at', NOW_ISO)
   redis.call('ZREM', P .. ':runs:live', RUN)
   redis.call('ZADD', P .. ':runs:unsaved', NOW, RUN)
+  redis.call('PUBLISH', run_key .. ':stopped', 'ended')
   return 1
 end
 
@@ -109,6 +110,7 @@ local function abort_run(status, error_text)
   local current = redis.call('HGET', run_key, 'status')
   if current ~= 'queued' and current ~= 'running' then return end
   redis.call('HSET', run_key, 'status', status, 'error', error_text)
+  redis.call('PUBLISH', run_key .. ':stopped', status)
   local jobs = redis.call('HGETALL', jobs_key)
   local prefix_len = string.len(RUN) + 2
   for i = 1, #jobs, 2 do
