@@ -125,7 +125,7 @@ class PlainRQ(WorkerSystem):
             self._stop_workers(procs)
             flush_bench_db(self.conn)
 
-    def latency(self, n: int) -> tuple[float, float]:
+    def latency(self, n: int) -> list[tuple[str, float, float]]:
         from .tasks_rq import enqueue_run
 
         flush_bench_db(self.conn)
@@ -141,7 +141,7 @@ class PlainRQ(WorkerSystem):
                     check_alive(procs)
                     raise TimeoutError("run did not finish within 30s")
 
-            return latency(submit_and_wait, n, LATENCY_WARMUP)
+            return [(self.name, *latency(submit_and_wait, n, LATENCY_WARMUP))]
         finally:
             self._stop_workers(procs)
             flush_bench_db(self.conn)
@@ -199,7 +199,7 @@ class CeleryChain(WorkerSystem):
             self._stop_workers(procs)
             flush_bench_db(self.conn)
 
-    def latency(self, n: int) -> tuple[float, float]:
+    def latency(self, n: int) -> list[tuple[str, float, float]]:
         from .tasks_celery import declare_queues, enqueue_run
 
         flush_bench_db(self.conn)
@@ -216,7 +216,7 @@ class CeleryChain(WorkerSystem):
                     check_alive(procs)
                     raise TimeoutError("run did not finish within 30s")
 
-            return latency(submit_and_wait, n, LATENCY_WARMUP)
+            return [(self.name, *latency(submit_and_wait, n, LATENCY_WARMUP))]
         finally:
             self._stop_workers(procs)
             flush_bench_db(self.conn)

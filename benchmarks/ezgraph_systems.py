@@ -128,8 +128,10 @@ class Ezgraph(WorkerSystem):
             self.name, graph, runs, ended - started, commands, rss, meter.problems
         )
 
-    def latency(self, n: int) -> tuple[float, float]:
-        """Submit-to-result of single 2-node runs on idle workers (the result read from Redis)."""
+    def latency(self, n: int) -> list[tuple[str, float, float]]:
+        """Submit-to-result of single 2-node runs on idle workers: the result read from Redis
+        once the sink marked its end (as for the baselines), then through the public API,
+        ``GraphOrchestrator.wait`` (its status read twice and a pub/sub subscription)."""
         flush_bench_db(self.conn)
         procs: list[Popen[bytes]] = []
         counter = iter(range(1 << 30))
@@ -154,7 +156,15 @@ class Ezgraph(WorkerSystem):
                     while not self.conn.hexists(key, "ended_at"):
                         time.sleep(0.0001)
 
-                return latency(submit_and_wait, n, LATENCY_WARMUP)
+                def submit_and_wait_api() -> None:
+                    run_id = orchestrator.submit("a", graph="chain2", run=next(counter))
+                    if orchestrator.wait(run_id, timeout=30)["status"] != "finished":
+                        check_alive(procs)
+                        raise TimeoutError("run did not finish within 30s")
+
+                marks = latency(submit_and_wait, n, LATENCY_WARMUP)
+                api = latency(submit_and_wait_api, n, LATENCY_WARMUP)
+                return [(self.name, *marks), (f"{self.name} via wait()", *api)]
             finally:
                 self._stop_workers(procs)
                 flush_bench_db(self.conn)

@@ -68,8 +68,7 @@ def run_systems(
             for system in systems:
                 if quiet_wait > 0:
                     wait_quiet(conn, quiet_wait)
-                p50, p99 = system.latency(latency_n)
-                latencies.append((system.name, p50, p99))
+                latencies.extend(system.latency(latency_n))
     finally:
         for system in started:
             system.teardown()
