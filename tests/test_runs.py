@@ -132,3 +132,24 @@ def test_text_survives_redis_and_sql_unchanged(
     stored = runtime.store.load_run(run_id)
     assert stored is not None and stored.result == expected
     assert runtime.book.read_many(["no-such-run", run_id])[0] is None
+
+
+def test_runs_go_on_after_redis_forgets_the_scripts_and_drops_connections(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    """Scripts are sent by their digest on a pooled connection: after SCRIPT FLUSH (as after a
+    Redis restart) they are loaded again, and a connection Redis dropped is replaced."""
+    runtime = make_runtime("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    first = orchestrator.submit("a")
+    redis_conn.script_flush()
+    second = orchestrator.submit("a")
+    db = redis_conn.connection_pool.connection_kwargs.get("db", 0)
+    own = redis_conn.client_id()
+    for client in redis_conn.client_list():
+        if int(client["db"]) == db and int(client["id"]) != own:
+            redis_conn.client_kill_filter(_id=client["id"])
+    redis_conn.script_flush()
+    drain(runtime)
+    assert orchestrator.status(first)["status"] == "finished"
+    assert orchestrator.status(second)["status"] == "finished"
