@@ -12,15 +12,15 @@ from redis import Redis
 
 from benchmarks import harness
 
+from .conftest import wait_for
+
 
 def _mark_start_in_child(url: str) -> None:
     harness.mark_start(Redis.from_url(url))
 
 
 def _wait_done(conn: Redis, count: int) -> None:
-    deadline = time.monotonic() + 5
-    while conn.llen(harness.DONE_KEY) < count and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: conn.llen(harness.DONE_KEY) >= count, 5, f"{count} end marks")
     assert conn.llen(harness.DONE_KEY) == count
 
 

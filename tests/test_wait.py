@@ -14,7 +14,7 @@ from ezgraph import orchestrator as orchestrator_module
 from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime
 
-from .conftest import drain
+from .conftest import drain, wait_for
 
 WAIT_TIMEOUT = 60.0  # far longer than any step here: only the message returns wait() early
 WOKEN_WITHIN = 20.0  # seconds after the run ends; generous, the message takes milliseconds
@@ -33,16 +33,22 @@ class Waiter(threading.Thread):
         self.status = self.orchestrator.wait(self.run_id, timeout=WAIT_TIMEOUT)
         self.returned_at = time.monotonic()
 
-    def subscribed(self) -> None:
-        """Block until the waiter's subscription is live, as a stop must come after it."""
-        channel = self.orchestrator.runtime.book.stopped_channel(self.run_id).encode()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            counts = dict(self.orchestrator.runtime.connection.pubsub_numsub(channel))
-            if counts.get(channel):
-                return
-            time.sleep(0.01)
-        raise AssertionError("wait() never subscribed")
+
+def wait_through(orchestrator: GraphOrchestrator, run_id: str, stop: Callable[[], Any]) -> str:
+    """Start ``orchestrator.wait(run_id)`` in a thread, ``stop`` the run once the wait has
+    subscribed, and return the status the wait returned, checking it woke on the message."""
+    waiter = Waiter(orchestrator, run_id)
+    waiter.start()
+    channel = orchestrator.runtime.book.stopped_channel(run_id).encode()
+    connection = orchestrator.runtime.connection
+    wait_for(
+        lambda: bool(dict(connection.pubsub_numsub(channel)).get(channel)), 10, "the subscription"
+    )
+    stop()
+    stopped = time.monotonic()
+    waiter.join(WAIT_TIMEOUT + 10)
+    assert waiter.returned_at - stopped < WOKEN_WITHIN
+    return str(waiter.status["status"])
 
 
 @pytest.fixture(autouse=True)
@@ -54,28 +60,15 @@ def test_wait_returns_when_the_run_ends(make_runtime: Callable[..., Runtime]) ->
     runtime = make_runtime("tests.graphs.chain")
     orchestrator = GraphOrchestrator(runtime=runtime)
     run_id = orchestrator.submit("a")
-    waiter = Waiter(orchestrator, run_id)
-    waiter.start()
-    waiter.subscribed()
-    drain(runtime)
-    ended = time.monotonic()
-    waiter.join(WAIT_TIMEOUT + 10)
-    assert waiter.status["status"] == "finished"
-    assert waiter.returned_at - ended < WOKEN_WITHIN
+    assert wait_through(orchestrator, run_id, lambda: drain(runtime)) == "finished"
 
 
 def test_wait_returns_when_the_run_is_canceled(make_runtime: Callable[..., Runtime]) -> None:
     runtime = make_runtime("tests.graphs.chain")
     orchestrator = GraphOrchestrator(runtime=runtime)
     run_id = orchestrator.submit("a")
-    waiter = Waiter(GraphOrchestrator(runtime=runtime), run_id)
-    waiter.start()
-    waiter.subscribed()
-    orchestrator.cancel(run_id)
-    canceled = time.monotonic()
-    waiter.join(WAIT_TIMEOUT + 10)
-    assert waiter.status["status"] == "canceled"
-    assert waiter.returned_at - canceled < WOKEN_WITHIN
+    waiting = GraphOrchestrator(runtime=runtime)
+    assert wait_through(waiting, run_id, lambda: orchestrator.cancel(run_id)) == "canceled"
 
 
 def test_waits_one_after_another_reuse_the_connection(
@@ -88,11 +81,4 @@ def test_waits_one_after_another_reuse_the_connection(
     drain(runtime)
     assert orchestrator.wait(first, timeout=5)["status"] == "finished"
     second = orchestrator.submit("a")
-    waiter = Waiter(orchestrator, second)
-    waiter.start()
-    waiter.subscribed()
-    drain(runtime)
-    ended = time.monotonic()
-    waiter.join(WAIT_TIMEOUT + 10)
-    assert waiter.status["status"] == "finished"
-    assert waiter.returned_at - ended < WOKEN_WITHIN
+    assert wait_through(orchestrator, second, lambda: drain(runtime)) == "finished"
