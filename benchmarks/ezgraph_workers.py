@@ -22,7 +22,8 @@ from .harness import GO_KEY, READY_KEY
 def main(kind: str) -> None:
     """Build the worker, say ready, wait for go, work until terminated."""
     runtime = Runtime(Settings.from_env())
-    queues = [Queue(node, connection=runtime.connection) for node in runtime.graph().nodes]
+    # Sink first, as plain RQ's workers listen (and as ezgraph worker does by default).
+    queues = [Queue(node, connection=runtime.connection) for node in runtime.graph().sink_first()]
     worker: SimpleWorker
     if kind == "fast":
         worker = FastWorker(queues, connection=runtime.connection, runtime=runtime)

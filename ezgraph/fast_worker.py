@@ -515,9 +515,10 @@ def serve(
     with_scheduler: bool = True,
     claim_batch: int | None = None,
 ) -> bool:
-    """Run a fast worker on ``nodes`` (default: every node of the graph)."""
+    """Run a fast worker on ``nodes``, in that order of priority (default: every node of the
+    graph, sink first: later steps of runs under way before the first steps of new runs)."""
     graph = runtime.graph()
-    queues = [Queue(node, connection=runtime.connection) for node in (nodes or graph.nodes)]
+    queues = [Queue(node, connection=runtime.connection) for node in (nodes or graph.sink_first())]
     worker = FastWorker(
         queues, connection=runtime.connection, runtime=runtime, claim_batch=claim_batch
     )

@@ -48,6 +48,25 @@ class Graph:
         """Every node, in the order GRAPH_CONNECTIONS declares them."""
         return tuple(self.connections)
 
+    def sink_first(self) -> tuple[str, ...]:
+        """Every node, those furthest from a source first (declared order among equals).
+
+        The queue order of a worker serving several nodes: it takes the later steps of runs
+        already under way before it starts new runs, as a stack of stages drains downstream
+        first, so runs end at a steady pace instead of all at the end of a burst.
+        """
+        waiting = {node: len(self.predecessors(node)) for node in self.nodes}
+        depth = dict.fromkeys(self.nodes, 0)  # the longest path from a source
+        ready = [node for node, count in waiting.items() if count == 0]
+        while ready:
+            node = ready.pop()
+            for successor in self.connections[node]:
+                depth[successor] = max(depth[successor], depth[node] + 1)
+                waiting[successor] -= 1
+                if waiting[successor] == 0:
+                    ready.append(successor)
+        return tuple(sorted(self.nodes, key=lambda node: -depth[node]))
+
     def successors(self, node: str) -> tuple[str, ...]:
         """The nodes that run after ``node``."""
         return self.connections[node]

@@ -72,3 +72,13 @@ def test_descendants_and_policy_defaults() -> None:
     assert graph.policy("b", 180, 0, ()).retries == 2
     assert graph.policy("b", 180, 0, ()).timeout == 5
     assert graph.policy("c", 180, 1, (3,)).retry_intervals == (3,)
+
+
+def test_sink_first_orders_nodes_by_their_longest_path_from_a_source() -> None:
+    # "skip" is declared early and is one step from the source; "join" waits on a longer branch.
+    graph = build_graph(
+        {"start": ["skip", "left", "right"], "skip": [], "left": ["deep"], "deep": ["join"],
+         "right": ["join"], "join": []},
+        check_functions=False,
+    )  # fmt: skip
+    assert graph.sink_first() == ("join", "deep", "skip", "left", "right", "start")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from redis import Redis
 
+from ezgraph.fast_worker import serve
 from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime
 
@@ -74,6 +75,22 @@ def test_ezgraph_worker_burst_serves_every_node_by_default(
     stored = runtime.store.load_run(run_id)
     assert stored is not None and stored.status == "finished"
     assert [s.step for s in stored.steps] == ["a", "b", "c", "d"]
+
+
+def test_ezgraph_worker_takes_later_steps_of_started_runs_before_new_runs(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    runtime = make_runtime("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_ids = [orchestrator.submit("a") for _ in range(3)]
+    serve(runtime, burst=True, with_scheduler=False, log_level="WARNING", claim_batch=1)
+    started = []
+    for n, run_id in enumerate(run_ids):
+        stored = runtime.store.load_run(run_id)
+        assert stored is not None and stored.status == "finished"
+        started += [(step.started_at, f"{step.step}{n}") for step in stored.steps]
+    # Sink first: each run's b runs before the next run's a (declared order: a0 a1 a2 b0 b1 b2).
+    assert [name for _, name in sorted(started)] == ["a0", "b0", "a1", "b1", "a2", "b2"]
 
 
 def test_ezgraph_worker_refuses_an_unknown_node(make_runtime: Callable[..., Runtime]) -> None:
