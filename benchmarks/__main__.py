@@ -6,13 +6,15 @@ against the same Redis, in one run.
     python -m benchmarks --scaling    # also ezgraph-fast on chain2 with 1, 2 and 4 workers
 
 Graphs: chain2 (a -> b), chain5, fanin (1 -> 8 -> 1). It prints steps/s, runs/s, the ratio to
-plain RQ in the same run, Redis commands per step, worker RSS, and the p50/p99 latency of single
-2-node runs on idle workers. ezgraph's runs count as done only once persisted to SQL.
+plain RQ in the same run, Redis commands per step, worker and Redis CPU per step, worker RSS,
+and the p50/p99 latency of single 2-node runs on idle workers. ezgraph's runs count as done
+only once persisted to SQL.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Sequence
 
@@ -31,20 +33,48 @@ from .run_baselines import measure_available, run_systems
 
 
 def ratio_table(measurements: Sequence[Measurement]) -> str:
-    """Median steps/s of each system over plain RQ's, per graph."""
+    """Median steps/s of each system over plain RQ's, per graph, and the same comparison in
+    CPU per step (workers + Redis), which the machine's drift moves less than the wall clock."""
     medians = {key: median_of(reps) for key, reps in group_reps(measurements).items()}
     rows = []
     for (system, graph), med in medians.items():
         base = medians.get(("plain-rq", graph))
         ratio = f"{med.steps_per_s / base.steps_per_s:.2f}x" if base else "-"
+        cost = med.worker_cpu_us + med.redis_cpu_us
+        cpu_ratio = "-"
+        if base and not math.isnan(cost) and not math.isnan(base_cost := _cpu(base)):
+            cpu_ratio = f"{cost / base_cost:.2f}x"
         chain = medians.get((system, "chain2"))
-        per_step = (
-            f"{chain.steps_per_s / med.steps_per_s:.2f}" if chain and graph == "fanin" else ""
+        per_step = ""
+        if chain and graph == "fanin":
+            per_step = f"{chain.steps_per_s / med.steps_per_s:.2f} wall"
+            if not math.isnan(cost) and not math.isnan(chain_cost := _cpu(chain)):
+                per_step += f", {cost / chain_cost:.2f} CPU"
+        rows.append(
+            [
+                f"{system}/{graph}",
+                f"{med.steps_per_s:.0f}",
+                ratio,
+                "-" if math.isnan(cost) else f"{cost:.0f}",
+                cpu_ratio,
+                per_step,
+            ]
         )
-        rows.append([f"{system}/{graph}", f"{med.steps_per_s:.0f}", ratio, per_step])
     return format_rows(
-        ["system/graph", "steps/s", "vs plain RQ", "fanin step cost / chain2 step"], rows
+        [
+            "system/graph",
+            "steps/s",
+            "vs plain RQ",
+            "CPU us/step",
+            "CPU/step vs plain RQ",
+            "fanin step cost / chain2 step",
+        ],
+        rows,
     )
+
+
+def _cpu(measurement: Measurement) -> float:
+    return measurement.worker_cpu_us + measurement.redis_cpu_us
 
 
 def main(argv: Sequence[str] | None = None) -> int:

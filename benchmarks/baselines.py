@@ -47,6 +47,7 @@ from .harness import (
     GO_KEY,
     GRAPHS,
     CommandMeter,
+    CpuMeter,
     Measurement,
     WorkerSystem,
     check_alive,
@@ -76,14 +77,23 @@ def _sink_first_nodes(graph: str) -> list[str]:
 
 
 def _measure(
-    system: WorkerSystem, graph: str, runs: int, procs: list[Popen[bytes]], meter: CommandMeter
+    system: WorkerSystem,
+    graph: str,
+    runs: int,
+    procs: list[Popen[bytes]],
+    meter: CommandMeter,
+    cpu: CpuMeter | None = None,
 ) -> Measurement:
-    """Wait for the last run, let its bookkeeping settle, and read the window and the meter."""
+    """Wait for the last run, let its bookkeeping settle, and read the window and the meters."""
     rss = wait_done(system.conn, runs, procs, meter, _done_timeout(graph, runs))
     time.sleep(SETTLE_SECONDS)
+    used = None
+    if cpu is not None:
+        used = cpu.stop()
+        meter.count_own()  # its INFO cpu
     commands = meter.stop(runs)
     seconds = read_window(system.conn)
-    return make_measurement(system.name, graph, runs, seconds, commands, rss, meter.problems)
+    return make_measurement(system.name, graph, runs, seconds, commands, rss, meter.problems, used)
 
 
 class PlainRQ(WorkerSystem):
@@ -118,9 +128,10 @@ class PlainRQ(WorkerSystem):
             meter = CommandMeter(self.conn)
             for run in range(runs):
                 enqueue_run(self.conn, graph, run)
+            cpu = CpuMeter(self.conn, procs)
             self.conn.rpush(GO_KEY, *["go"] * workers)
-            meter.count_own()
-            return _measure(self, graph, runs, procs, meter)
+            meter.count_own(2)  # INFO cpu and the go signal
+            return _measure(self, graph, runs, procs, meter, cpu)
         finally:
             self._stop_workers(procs)
             flush_bench_db(self.conn)

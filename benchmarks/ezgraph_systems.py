@@ -27,6 +27,7 @@ from .harness import (
     GRAPHS,
     START_KEY,
     CommandMeter,
+    CpuMeter,
     Measurement,
     WorkerSystem,
     check_alive,
@@ -103,8 +104,9 @@ class Ezgraph(WorkerSystem):
                 start = orchestrator.graph.nodes[0]
                 for run in range(runs):
                     orchestrator.submit(start, graph=graph, run=run)
+                cpu = CpuMeter(self.conn, procs)
                 self.conn.rpush(GO_KEY, *["go"] * workers)
-                meter.count_own()
+                meter.count_own(2)  # INFO cpu and the go signal
                 timeout = 60.0 + runs * steps_per_run(GRAPHS[graph]) / 20.0
                 rss = wait_done(self.conn, runs, procs, meter, timeout)
                 persisted = 0
@@ -117,6 +119,8 @@ class Ezgraph(WorkerSystem):
                     if persisted < runs:
                         time.sleep(0.005)
                 ended = time.time()
+                used = cpu.stop()
+                meter.count_own()  # its INFO cpu
                 rss = max(rss, max_rss_mb(procs))
                 commands = meter.stop(runs)
                 started = float(self.conn.zscore(START_KEY, "t") or ended)
@@ -125,7 +129,7 @@ class Ezgraph(WorkerSystem):
                 flush_bench_db(self.conn)
                 dispose_engines()
         return make_measurement(
-            self.name, graph, runs, ended - started, commands, rss, meter.problems
+            self.name, graph, runs, ended - started, commands, rss, meter.problems, used
         )
 
     def latency(self, n: int) -> list[tuple[str, float, float]]:

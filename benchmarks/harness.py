@@ -35,6 +35,12 @@ Redis command accounting
     foreign traffic (and a ``CONFIG RESETSTAT``, which yields NaN); the runner waits for Redis
     to go quiet before each measurement (:func:`wait_quiet`), and the table reports the
     *minimum* commands/step over the repetitions, since foreign traffic can only add to it.
+
+CPU accounting
+    :class:`CpuMeter` reads the worker processes' CPU time (every thread and child process,
+    from /proc) and Redis's (``INFO cpu``) from the go signal to the end of the window. Per step,
+    it is what the system costs on this machine, and it moves less with the machine's drift
+    than steps/s does. Celery's workers start inside the window (no barrier), so it has none.
 """
 
 from __future__ import annotations
@@ -366,6 +372,46 @@ def max_rss_mb(procs: Iterable[subprocess.Popen[bytes]]) -> float:
     return max((rss_mb(pid) for proc in procs for pid in process_tree(proc.pid)), default=0.0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used, all its threads (0.0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def workers_cpu_seconds(procs: Iterable[subprocess.Popen[bytes]]) -> float:
+    """CPU seconds used by every process in the trees rooted at ``procs``."""
+    return sum(cpu_seconds(pid) for proc in procs for pid in process_tree(proc.pid))
+
+
+def redis_cpu_seconds(conn: Redis) -> float:
+    """CPU seconds the Redis server has used (``INFO cpu``, user + system)."""
+    info = conn.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+class CpuMeter:
+    """CPU the worker processes (all their threads and child processes) and the Redis server
+    use between construction and :meth:`stop`: what the steps cost, whatever the machine's
+    speed did to the wall clock meanwhile. Redis's figure is server-wide (the harness's own
+    polling is in it: one LLEN every 20 ms)."""
+
+    def __init__(self, conn: Redis, procs: Sequence[subprocess.Popen[bytes]]) -> None:
+        self.conn = conn
+        self.procs = list(procs)
+        self.workers = workers_cpu_seconds(self.procs)
+        self.redis = redis_cpu_seconds(conn)
+
+    def stop(self) -> tuple[float, float]:
+        """``(worker CPU s, Redis CPU s)`` since construction; read before the workers exit."""
+        return (
+            workers_cpu_seconds(self.procs) - self.workers,
+            redis_cpu_seconds(self.conn) - self.redis,
+        )
+
+
 def log_dir() -> Path:
     """Where worker stdout/stderr goes (kept for post-mortems, overwritten every run)."""
     path = Path(os.environ.get("BENCH_LOG_DIR", "/tmp/ezgraph-bench-logs"))
@@ -492,6 +538,8 @@ class Measurement:
     commands_per_step: float
     worker_rss_mb: float
     notes: tuple[str, ...] = ()  # signs of foreign Redis traffic (CommandMeter.problems)
+    worker_cpu_us: float = math.nan  # worker CPU per step (CpuMeter); NaN when not measured
+    redis_cpu_us: float = math.nan  # Redis CPU per step
 
 
 def make_measurement(
@@ -502,9 +550,11 @@ def make_measurement(
     commands: float,
     worker_rss_mb: float,
     notes: Sequence[str] = (),
+    cpu: tuple[float, float] | None = None,
 ) -> Measurement:
-    """Fill in the derived fields of a :class:`Measurement`."""
+    """Fill in the derived fields of a :class:`Measurement` (``cpu``: :meth:`CpuMeter.stop`)."""
     steps = runs * steps_per_run(GRAPHS[graph])
+    worker_cpu, redis_cpu = cpu if cpu is not None else (math.nan, math.nan)
     return Measurement(
         system=system,
         graph=graph,
@@ -516,6 +566,8 @@ def make_measurement(
         commands_per_step=commands / steps,
         worker_rss_mb=worker_rss_mb,
         notes=tuple(notes),
+        worker_cpu_us=worker_cpu / steps * 1e6,
+        redis_cpu_us=redis_cpu / steps * 1e6,
     )
 
 
@@ -548,6 +600,8 @@ def median_of(reps: Sequence[Measurement]) -> Measurement:
         commands_per_step=values["commands_per_step"],
         worker_rss_mb=values["worker_rss_mb"],
         notes=tuple(dict.fromkeys(note for m in reps for note in m.notes)),
+        worker_cpu_us=values["worker_cpu_us"],
+        redis_cpu_us=values["redis_cpu_us"],
     )
 
 
@@ -599,6 +653,8 @@ def format_table(measurements: Iterable[Measurement]) -> str:
         "(min-max)",
         "runs/s",
         "min cmds/step",
+        "worker CPU us/step",
+        "Redis CPU us/step",
         "rss MiB",
     ]
     rows = []
@@ -619,10 +675,16 @@ def format_table(measurements: Iterable[Measurement]) -> str:
                 f"({lo:.0f}-{hi:.0f})",
                 f"{med.runs_per_s:.1f}",
                 f"{min_commands_per_step(reps):.1f}",
+                _us(med.worker_cpu_us),
+                _us(med.redis_cpu_us),
                 f"{med.worker_rss_mb:.1f}",
             ]
         )
     return format_rows(header, rows)
+
+
+def _us(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.0f}"
 
 
 def format_latency(rows: Iterable[tuple[str, float, float]]) -> str:

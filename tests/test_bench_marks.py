@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -62,3 +65,36 @@ def test_marks_keep_the_window_and_the_count(redis_conn: Redis, redis_url: str) 
     assert redis_conn.exists(harness.START_KEY) == 0
     end = redis_conn.zscore(harness.END_KEY, "t")
     assert end is not None and before_ends <= end <= time.time()
+
+
+def test_cpu_meter_counts_a_busy_worker_and_the_median_keeps_cpu(redis_conn: Redis) -> None:
+    """A worker process burning CPU shows up in the meter (its threads included), Redis's own
+    CPU is read from INFO, and per-step figures survive the median of repetitions."""
+    code = (
+        "import threading, time\n"
+        "def spin():\n"
+        "    end = time.process_time() + 0.3\n"
+        "    while time.process_time() < end: pass\n"
+        "thread = threading.Thread(target=spin); thread.start(); thread.join()\n"
+        "time.sleep(30)\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        meter = harness.CpuMeter(redis_conn, [worker])
+        wait_for(lambda: harness.workers_cpu_seconds([worker]) - meter.workers >= 0.25, 10, "CPU")
+        redis_conn.ping()
+        worker_s, redis_s = meter.stop()
+    finally:
+        worker.kill()
+        worker.wait()
+    assert worker_s >= 0.25
+    assert redis_s >= 0.0
+    reps = [
+        harness.make_measurement("x", "chain2", 100, 1.0, 4000.0, 40.0, (), (w, 0.01))
+        for w in (0.2, 0.4, 0.3)
+    ]
+    median = harness.median_of(reps)
+    assert median.worker_cpu_us == pytest.approx(0.3 / 200 * 1e6)
+    assert median.redis_cpu_us == pytest.approx(0.01 / 200 * 1e6)
+    assert math.isnan(harness.make_measurement("x", "chain2", 100, 1.0, 1.0, 1.0).worker_cpu_us)
+    assert "1500" in harness.format_table(reps)
