@@ -6,6 +6,7 @@ The same :class:`RunRecord` is what ``status()`` returns (as a dict) and what th
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +41,11 @@ class StepStatus(enum.StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     CANCELED = "canceled"
+
+
+class EncodedJSON(str):
+    """A value as JSON text, written to SQL as it is: runs hold their values as JSON in Redis,
+    so the hand-over to SQL need not parse them only for the store to serialize them again."""
 
 
 @dataclass(frozen=True)
@@ -107,38 +113,45 @@ class RunRecord:
         }
 
 
-def record_from_live(live: LiveRun, job_statuses: dict[str, str] | None = None) -> RunRecord:
+def record_from_live(
+    live: LiveRun, job_statuses: dict[str, str] | None = None, encoded: bool = False
+) -> RunRecord:
     """Build a :class:`RunRecord` from Redis bookkeeping.
 
     ``job_statuses`` (step -> RQ job status) lets a queued step show as running while RQ runs it.
+    ``encoded``: the input, outputs and result stay JSON text (:class:`EncodedJSON`), for the
+    store; otherwise they are parsed.
     """
     header = live.header
-    graph = json.loads(header["graph"])
+    graph = _graph(header["graph"])
     order: list[str] = list(graph["succ"])
     steps: list[StepRecord] = []
     for node in order:
         fields = live.steps.get(node)
         if fields:
-            steps.append(_step(node, node, None, fields, job_statuses))
+            steps.append(_step(node, node, None, fields, job_statuses, encoded))
         count = int(fields.get("map", 0)) if fields else 0
         for i in range(count):
             name = f"{node}-{i}"
-            steps.append(_step(name, node, i, live.steps.get(name, {}), job_statuses))
+            steps.append(_step(name, node, i, live.steps.get(name, {}), job_statuses, encoded))
     status = header["status"]
     if status == RunStatus.QUEUED and any(s.status != StepStatus.QUEUED for s in steps):
         status = RunStatus.RUNNING
-    result = None
+    result: Any = None
     if status == RunStatus.FINISHED:
-        result = {}
-        for node in order:
-            if not graph["succ"][node] and node in live.states:
-                result.update(json.loads(live.states[node]))
+        kept = [live.states[n] for n in order if not graph["succ"][n] and n in live.states]
+        if encoded and len(kept) == 1:
+            result = EncodedJSON(kept[0])
+        else:
+            result = {}
+            for state in kept:
+                result.update(json.loads(state))
     return RunRecord(
         run_id=live.run_id,
         package=header.get("package", ""),
         start=header.get("start", ""),
         status=status,
-        input=json.loads(header.get("input") or "null"),
+        input=_json(header.get("input") or "null", encoded),
         result=result,
         error=header.get("error") or None,
         created_at=parse_rq_date(header.get("created_at")),
@@ -147,20 +160,38 @@ def record_from_live(live: LiveRun, job_statuses: dict[str, str] | None = None) 
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _graph(text: str) -> dict[str, Any]:
+    """A run's graph shape, parsed once per distinct graph (every run of a graph has it).
+    Callers must not change it."""
+    graph: dict[str, Any] = json.loads(text)
+    return graph
+
+
+def _json(text: str, encoded: bool) -> Any:
+    return EncodedJSON(text) if encoded else json.loads(text)
+
+
 def _step(
-    name: str, node: str, index: int | None, fields: dict[str, str], jobs: dict[str, str] | None
+    name: str,
+    node: str,
+    index: int | None,
+    fields: dict[str, str],
+    jobs: dict[str, str] | None,
+    encoded: bool = False,
 ) -> StepRecord:
     status = fields.get("status", StepStatus.QUEUED.value)
     if status == StepStatus.QUEUED and jobs and jobs.get(name) == "started":
         status = StepStatus.RUNNING.value
+    step_input, output = fields.get("input"), fields.get("output")
     return StepRecord(
         step=name,
         node=node,
         index=index,
         status=status,
         attempts=int(fields.get("attempts") or 0),
-        input=json.loads(fields["input"]) if fields.get("input") else None,
-        output=json.loads(fields["output"]) if fields.get("output") else None,
+        input=_json(step_input, encoded) if step_input else None,
+        output=_json(output, encoded) if output else None,
         error=fields.get("error") or None,
         started_at=parse_rq_date(fields.get("started_at")),
         ended_at=parse_rq_date(fields.get("ended_at")),

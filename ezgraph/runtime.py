@@ -153,7 +153,7 @@ class Runtime:
             if live is None:
                 gone.append(run_id)  # expired from Redis: nothing left to write
             elif live.header.get("ended_at"):
-                records.append(record_from_live(live))
+                records.append(record_from_live(live, encoded=True))
         self.book.mark_saved(gone, self.settings.run_ttl)
         if not records:
             return []

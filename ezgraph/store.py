@@ -8,6 +8,7 @@ persisted but not yet marked saved in Redis is never duplicated.
 from __future__ import annotations
 
 import functools
+import json
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -37,7 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.expression import Executable
 
 from .errors import ConnectionFailed
-from .records import RunRecord, StepRecord
+from .records import EncodedJSON, RunRecord, StepRecord
 from .settings import redact_url
 
 # SQLAlchemy Core tables: workers write through these without importing the ORM (a few MiB of
@@ -105,11 +106,17 @@ def engine_for(url: str) -> Engine:
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(url, pool_pre_ping=True, json_serializer=_json_text)
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_pragmas)
             _engines[url] = engine
         return engine
+
+
+def _json_text(value: Any) -> str:
+    """The JSON columns' serializer: values the hand-over read from Redis are JSON text
+    already (:class:`EncodedJSON`) and go in as they are; anything else is serialized."""
+    return str(value) if isinstance(value, EncodedJSON) else json.dumps(value)
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import sqlalchemy
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -50,3 +51,34 @@ def test_a_database_made_before_migrations_is_adopted_with_its_rows(
     store = Store(sqlite_url)
     assert store._revision() == SCHEMA_REVISION
     assert store.load_run(run_id) is not None
+
+
+@pytest.mark.parametrize(
+    ("package", "start", "fields"),
+    [
+        ("tests.graphs.chain", "a", {"pergunta": "quantos pedidos tivemos hoje? ção ✓"}),
+        ("tests.graphs.routed", "r", {"route": ["x", "y", "z"], "nested": {"n": [1, 2.5, None]}}),
+    ],
+)
+def test_sql_holds_the_values_redis_held(
+    make_runtime: Callable[..., Runtime],
+    database_url: str,
+    package: str,
+    start: str,
+    fields: dict[str, object],
+) -> None:
+    """The hand-over writes the JSON text Redis holds as it is: read back from SQL, the input,
+    the result (one sink, or several merged) and every step's output equal the live record."""
+    runtime = make_runtime(package, database_url=database_url)
+    run_id = GraphOrchestrator(runtime=runtime).submit(start, fields)
+    drain(runtime)
+    live = runtime.read_run(run_id)  # still in Redis after the write, parsed from it
+    stored = runtime.store.load_run(run_id)
+    assert live is not None and stored is not None
+    assert stored.status == live.status == "finished"
+    assert stored.input == live.input == fields
+    assert isinstance(stored.result, dict) and stored.result == live.result
+    sinks = runtime.graph(package).sinks()
+    assert all(stored.result[sink] is True for sink in sinks)  # every sink's state is in it
+    assert [(s.step, s.output) for s in stored.steps] == [(s.step, s.output) for s in live.steps]
+    assert all(isinstance(s.output, dict) for s in stored.steps if s.status == "finished")
