@@ -97,13 +97,14 @@ class Runtime:
         if step_input.index is not None:
             kwargs.update(index=step_input.index, item=step_input.item, key=step_input.key)
         # The hash RQ's Job.create(...).to_dict() would write, built directly: this runs for
-        # every successor of every step, and Job objects are slow to build.
+        # every successor of every step, and Job objects are slow to build. (zlib's fastest
+        # level: the pickles are small, and RQ decompresses any level.)
         now_iso = utcnow_iso()
         data = (STEP_FUNCTION, None, (), kwargs)
         fields: list[Any] = [
             "created_at", now_iso,
             "enqueued_at", now_iso,
-            "data", zlib.compress(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)),
+            "data", zlib.compress(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL), 1),
             "origin", node,
             "description", f"{step} ({graph.functions[node]}) run {run_id}",
             "timeout", policy.timeout,

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis import Redis
 from rq import Queue, Worker
 from rq.job import Job
+from rq.utils import str_to_date
 
+from ezgraph.bookkeeping import RQ_DATE_FORMAT, utcnow_iso
 from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime
 
@@ -92,3 +96,19 @@ def test_rq_dashboard_reads_queues_jobs_and_a_busy_fast_worker(
         worker.wait(30)
     finished = client.get(f"/rq/0/data/job/{run_id}-a.json").get_json()  # type: ignore[attr-defined]
     assert finished["status"] == "finished"
+
+
+def test_dates_are_stamped_in_rqs_format_and_read_back_by_rq() -> None:
+    """The cached whole-second prefix gives RQ's exact format, parsed by RQ to the same instant."""
+    stamps = []
+    for _ in range(3):  # across a second boundary at least once
+        before = datetime.now(UTC)
+        stamp = utcnow_iso()
+        after = datetime.now(UTC)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+        parsed = str_to_date(stamp)
+        assert before - timedelta(milliseconds=1) <= parsed <= after + timedelta(milliseconds=1)
+        assert stamp == parsed.strftime(RQ_DATE_FORMAT)
+        stamps.append(stamp)
+        time.sleep(0.51)
+    assert stamps == sorted(stamps)
