@@ -316,7 +316,7 @@ class FastWorker(SimpleWorker):
         """Run a claimed job; returns what the next fast call finishes (None after a failure)."""
         data = claimed.data
         try:
-            func_name, _instance, args, kwargs = pickle.loads(zlib.decompress(data))
+            func_name, _instance, args, kwargs = pickle.loads(job_data(data))
         except Exception:
             func_name, args, kwargs = "", (), {}
         if func_name != STEP_FUNCTION or args:
@@ -505,6 +505,15 @@ def reap_dead_workers(runtime: Runtime) -> list[str]:
             logger.warning("worker %s is gone: requeued %d steps", name, len(ids))
         requeued.extend(i.decode() for i in ids)
     return requeued
+
+
+def job_data(data: bytes) -> bytes:
+    """A job's pickled call, compressed or not: RQ compresses it, ezgraph leaves small ones
+    as they are, and RQ's own ``Job.restore`` reads both the same way."""
+    try:
+        return zlib.decompress(data)
+    except zlib.error:
+        return data
 
 
 def serve(

@@ -29,6 +29,9 @@ from .store import Store
 logger = logging.getLogger(__name__)
 
 STEP_FUNCTION = "ezgraph.step.run_step"
+# Job data up to this many bytes is stored uncompressed: compressing a small pickle took ~5 us
+# (zlib's set-up) and saves nothing, and RQ reads uncompressed data as well (Job.restore).
+COMPRESS_OVER = 1024
 
 
 @dataclass(frozen=True)
@@ -97,14 +100,15 @@ class Runtime:
         if step_input.index is not None:
             kwargs.update(index=step_input.index, item=step_input.item, key=step_input.key)
         # The hash RQ's Job.create(...).to_dict() would write, built directly: this runs for
-        # every successor of every step, and Job objects are slow to build. (zlib's fastest
-        # level: the pickles are small, and RQ decompresses any level.)
+        # every successor of every step, and Job objects are slow to build.
         now_iso = utcnow_iso()
-        data = (STEP_FUNCTION, None, (), kwargs)
+        data = pickle.dumps((STEP_FUNCTION, None, (), kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        if len(data) > COMPRESS_OVER:
+            data = zlib.compress(data)
         fields: list[Any] = [
             "created_at", now_iso,
             "enqueued_at", now_iso,
-            "data", zlib.compress(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL), 1),
+            "data", data,
             "origin", node,
             "description", f"{step} ({graph.functions[node]}) run {run_id}",
             "timeout", policy.timeout,

@@ -7,18 +7,20 @@ import re
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis import Redis
-from rq import Queue, Worker
+from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 from rq.utils import str_to_date
 
 from ezgraph.bookkeeping import RQ_DATE_FORMAT, utcnow_iso
 from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import Runtime
+from ezgraph.runtime import COMPRESS_OVER, Runtime
+from ezgraph.step import install_runtime
 
 from .conftest import ROOT, drain, subprocess_env
 
@@ -112,3 +114,32 @@ def test_dates_are_stamped_in_rqs_format_and_read_back_by_rq() -> None:
         stamps.append(stamp)
         time.sleep(0.51)
     assert stamps == sorted(stamps)
+
+
+@pytest.mark.parametrize("worker", ["fast", "stock"])
+def test_small_job_data_is_stored_as_is_and_large_compressed_and_both_read_by_rq(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis, worker: str
+) -> None:
+    runtime = make_runtime("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    small = orchestrator.submit("a", note="short")
+    large = orchestrator.submit("a", note="x" * (COMPRESS_OVER * 4))
+    stored = {run: redis_conn.hget(f"rq:job:{run}-a", "data") or b"" for run in (small, large)}
+    assert stored[small].startswith(b"\x80")  # a bare pickle
+    assert len(stored[large]) < COMPRESS_OVER and zlib.decompress(stored[large])
+    for run in (small, large):  # RQ reads both (Job.restore falls back to uncompressed)
+        assert Job.fetch(f"{run}-a", connection=redis_conn).kwargs["run_id"] == run
+    if worker == "fast":
+        drain(runtime)
+    else:  # a stock SimpleWorker in this process, running the steps with this runtime
+        install_runtime(runtime)
+        try:
+            queues = [Queue(node, connection=redis_conn) for node in ("b", "a")]
+            SimpleWorker(queues, connection=redis_conn).work(burst=True, with_scheduler=False)
+        finally:
+            install_runtime(None)
+        runtime.save_unsaved()
+    for run, note in ((small, "short"), (large, "x" * (COMPRESS_OVER * 4))):
+        record = runtime.store.load_run(run)
+        assert record is not None and record.status == "finished"
+        assert record.result["note"] == note and record.result["trail"] == ["a", "b"]
