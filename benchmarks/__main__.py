@@ -40,16 +40,14 @@ def ratio_table(measurements: Sequence[Measurement]) -> str:
     for (system, graph), med in medians.items():
         base = medians.get(("plain-rq", graph))
         ratio = f"{med.steps_per_s / base.steps_per_s:.2f}x" if base else "-"
-        cost = med.worker_cpu_us + med.redis_cpu_us
-        cpu_ratio = "-"
-        if base and not math.isnan(cost) and not math.isnan(base_cost := _cpu(base)):
-            cpu_ratio = f"{cost / base_cost:.2f}x"
+        cost = _cpu(med)
+        cpu_ratio = _times(cost / _cpu(base)) if base else "-"
         chain = medians.get((system, "chain2"))
         per_step = ""
         if chain and graph == "fanin":
             per_step = f"{chain.steps_per_s / med.steps_per_s:.2f} wall"
-            if not math.isnan(cost) and not math.isnan(chain_cost := _cpu(chain)):
-                per_step += f", {cost / chain_cost:.2f} CPU"
+            if not math.isnan(cpu_vs_chain := cost / _cpu(chain)):
+                per_step += f", {cpu_vs_chain:.2f} CPU"
         rows.append(
             [
                 f"{system}/{graph}",
@@ -74,7 +72,12 @@ def ratio_table(measurements: Sequence[Measurement]) -> str:
 
 
 def _cpu(measurement: Measurement) -> float:
+    """Worker + Redis CPU per step (NaN when not measured)."""
     return measurement.worker_cpu_us + measurement.redis_cpu_us
+
+
+def _times(ratio: float) -> str:
+    return "-" if math.isnan(ratio) else f"{ratio:.2f}x"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

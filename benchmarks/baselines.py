@@ -87,10 +87,7 @@ def _measure(
     """Wait for the last run, let its bookkeeping settle, and read the window and the meters."""
     rss = wait_done(system.conn, runs, procs, meter, _done_timeout(graph, runs))
     time.sleep(SETTLE_SECONDS)
-    used = None
-    if cpu is not None:
-        used = cpu.stop()
-        meter.count_own()  # its INFO cpu
+    used = cpu.stop() if cpu is not None else None
     commands = meter.stop(runs)
     seconds = read_window(system.conn)
     return make_measurement(system.name, graph, runs, seconds, commands, rss, meter.problems, used)
@@ -128,9 +125,9 @@ class PlainRQ(WorkerSystem):
             meter = CommandMeter(self.conn)
             for run in range(runs):
                 enqueue_run(self.conn, graph, run)
-            cpu = CpuMeter(self.conn, procs)
+            cpu = CpuMeter(self.conn, procs, meter)
             self.conn.rpush(GO_KEY, *["go"] * workers)
-            meter.count_own(2)  # INFO cpu and the go signal
+            meter.count_own()
             return _measure(self, graph, runs, procs, meter, cpu)
         finally:
             self._stop_workers(procs)

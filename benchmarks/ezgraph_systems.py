@@ -104,9 +104,9 @@ class Ezgraph(WorkerSystem):
                 start = orchestrator.graph.nodes[0]
                 for run in range(runs):
                     orchestrator.submit(start, graph=graph, run=run)
-                cpu = CpuMeter(self.conn, procs)
+                cpu = CpuMeter(self.conn, procs, meter)
                 self.conn.rpush(GO_KEY, *["go"] * workers)
-                meter.count_own(2)  # INFO cpu and the go signal
+                meter.count_own()
                 timeout = 60.0 + runs * steps_per_run(GRAPHS[graph]) / 20.0
                 rss = wait_done(self.conn, runs, procs, meter, timeout)
                 persisted = 0
@@ -120,7 +120,6 @@ class Ezgraph(WorkerSystem):
                         time.sleep(0.005)
                 ended = time.time()
                 used = cpu.stop()
-                meter.count_own()  # its INFO cpu
                 rss = max(rss, max_rss_mb(procs))
                 commands = meter.stop(runs)
                 started = float(self.conn.zscore(START_KEY, "t") or ended)

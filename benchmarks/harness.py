@@ -396,19 +396,31 @@ class CpuMeter:
     """CPU the worker processes (all their threads and child processes) and the Redis server
     use between construction and :meth:`stop`: what the steps cost, whatever the machine's
     speed did to the wall clock meanwhile. Redis's figure is server-wide (the harness's own
-    polling is in it: one LLEN every 20 ms)."""
+    polling is in it: one LLEN every 20 ms). Its own ``INFO cpu`` calls are reported to
+    ``commands``, so they are not charged to the system."""
 
-    def __init__(self, conn: Redis, procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    def __init__(
+        self,
+        conn: Redis,
+        procs: Sequence[subprocess.Popen[bytes]],
+        commands: CommandMeter | None = None,
+    ) -> None:
         self.conn = conn
         self.procs = list(procs)
+        self.commands = commands
         self.workers = workers_cpu_seconds(self.procs)
-        self.redis = redis_cpu_seconds(conn)
+        self.redis = self._redis_cpu()
+
+    def _redis_cpu(self) -> float:
+        if self.commands is not None:
+            self.commands.count_own()
+        return redis_cpu_seconds(self.conn)
 
     def stop(self) -> tuple[float, float]:
         """``(worker CPU s, Redis CPU s)`` since construction; read before the workers exit."""
         return (
             workers_cpu_seconds(self.procs) - self.workers,
-            redis_cpu_seconds(self.conn) - self.redis,
+            self._redis_cpu() - self.redis,
         )
 
 
