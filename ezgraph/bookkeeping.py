@@ -166,26 +166,40 @@ class RunBook:
         return self._evalsha(self._scripts[name], [*head, *args])
 
     def _evalsha(self, script: Script, argv: list[Any]) -> Any:
-        """EVALSHA sent and read on a pooled connection directly. redis-py's command layer
-        (retries, event hooks) costs 30-40 us of CPU per call here, once or more per step; it
-        takes over whenever something is unusual: the script not loaded (after a Redis restart
-        or SCRIPT FLUSH), or a connection that failed. Re-running a script after a lost reply is
+        """EVALSHA sent and read directly (:meth:`_raw`), once or more per step. redis-py takes
+        over whenever something is unusual: the script not loaded (after a Redis restart or
+        SCRIPT FLUSH), or a connection that failed. Re-running a script after a lost reply is
         safe, as with redis-py's own retries: each records an outcome once (``duplicate`` after).
+        """
+        try:
+            return self._raw([("EVALSHA", script.sha, 0, *argv)])[0]
+        except (NoScriptError, RedisConnectionError, RedisTimeoutError):
+            return script(args=argv)
+
+    def _raw(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """The replies of ``commands``, sent in one write on a pooled connection, past
+        redis-py's command and pipeline layers (30-40 us of CPU a call here). A connection
+        that failed, or that still owes replies after an error reply, is dropped, not reused.
         """
         pool = self.connection.connection_pool
         connection = pool.get_connection()
+        replies: list[Any] = []
         try:
             # hiredis packs what redis-py's serializer would, without its per-argument checks.
-            packed = hiredis.pack_command(("EVALSHA", script.sha, 0, *argv))
+            packed = b"".join(hiredis.pack_command(command) for command in commands)
             connection.send_packed_command([packed])  # type: ignore[no-untyped-call]
-            return connection.read_response()
-        except NoScriptError:
-            pass
-        except (RedisConnectionError, RedisTimeoutError):
+            for _ in commands:
+                replies.append(connection.read_response())
+            return replies
+        except (RedisConnectionError, RedisTimeoutError, OSError):
             connection.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        except RedisError:
+            if len(replies) + 1 < len(commands):  # replies after the failed one are unread
+                connection.disconnect()  # type: ignore[no-untyped-call]
+            raise
         finally:
             pool.release(connection)
-        return script(args=argv)
 
     def submit(
         self,
@@ -315,24 +329,16 @@ class RunBook:
         return runs
 
     def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Raw replies of read-only ``commands`` sent in one go on a pooled connection (for
-        the hand-over to SQL: redis-py's pipeline layer cost a third of reading a run). Any
-        error drops that connection, whose unread replies would corrupt it, and redis-py's
-        pipeline (with its retries) does the work instead."""
-        pool = self.connection.connection_pool
-        connection = pool.get_connection()
+        """Raw replies of read-only ``commands`` in one round trip (:meth:`_raw`; for the
+        hand-over to SQL, where redis-py's pipeline layer cost a third of reading a run). On
+        any error redis-py's pipeline, with its retries, does the work instead."""
         try:
-            packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
-            connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
-            return [connection.read_response() for _ in commands]
+            return self._raw(commands)
         except (RedisError, OSError):
-            connection.disconnect()  # type: ignore[no-untyped-call]
-        finally:
-            pool.release(connection)
-        pipe = self.connection.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-        return list(pipe.execute())
+            pipe = self.connection.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+            return list(pipe.execute())
 
     def gather(self, run_id: str, predecessors: Sequence[str], states: Sequence[str]) -> Gathered:
         """What a join needs: its predecessors' statuses and outputs, the kept ``states``, and

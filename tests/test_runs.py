@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import sqlalchemy
 from redis import Redis
+from redis.exceptions import ResponseError
 from rq.job import Job
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -153,3 +155,18 @@ def test_runs_go_on_after_redis_forgets_the_scripts_and_drops_connections(
     drain(runtime)
     assert orchestrator.status(first)["status"] == "finished"
     assert orchestrator.status(second)["status"] == "finished"
+
+
+def test_a_raw_call_that_fails_midway_leaves_no_reply_behind(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    """An error reply in the middle of a raw batch drops that connection: the replies still owed
+    on it never reach the next call."""
+    runtime = make_runtime("tests.graphs.chain")
+    run_id = GraphOrchestrator(runtime=runtime).submit("a", question="hoje?")
+    redis_conn.set("plain-string", "x")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        runtime.book._raw([("HGETALL", "plain-string"), ("ECHO", "stale"), ("ECHO", "stale")])
+    live = runtime.book.read_many([run_id])[0]
+    assert live is not None and live.header["start"] == "a"
+    assert runtime.book._raw([("ECHO", "fresh")]) == [b"fresh"]
