@@ -4,6 +4,8 @@ against the same Redis, in one run.
     python -m benchmarks              # 1000 runs per measurement, 3 interleaved repetitions
     python -m benchmarks --quick      # 100 runs, 1 repetition: keeps the benchmark working in CI
     python -m benchmarks --scaling    # also ezgraph-fast on chain2 with 1, 2 and 4 workers
+    python -m benchmarks --systems plain-rq ezgraph-stock --graphs chain2 --reps 15
+                                      # one comparison, with enough repetitions to see past noise
 
 Graphs: chain2 (a -> b), chain5, fanin (1 -> 8 -> 1). It prints steps/s, runs/s, the ratio to
 plain RQ in the same run, Redis commands per step, worker and Redis CPU per step, worker RSS,
@@ -31,15 +33,25 @@ from .harness import (
 )
 from .run_baselines import measure_available, run_systems
 
+SYSTEMS = ("plain-rq", "ezgraph-stock", "ezgraph-fast", "celery")
+
 
 def ratio_table(measurements: Sequence[Measurement]) -> str:
-    """Median steps/s of each system over plain RQ's, per graph, and the same comparison in
-    CPU per step (workers + Redis), which the machine's drift moves less than the wall clock."""
-    medians = {key: median_of(reps) for key, reps in group_reps(measurements).items()}
+    """Median steps/s of each system over plain RQ's, per graph; the range of that ratio over
+    the repetitions, each against plain RQ's run of the same repetition (they are interleaved);
+    and the comparison in CPU per step (workers + Redis), which the machine's drift moves less
+    than the wall clock."""
+    groups = group_reps(measurements)
+    medians = {key: median_of(reps) for key, reps in groups.items()}
     rows = []
     for (system, graph), med in medians.items():
         base = medians.get(("plain-rq", graph))
         ratio = f"{med.steps_per_s / base.steps_per_s:.2f}x" if base else "-"
+        reps, plain_reps = groups[(system, graph)], groups.get(("plain-rq", graph), [])
+        paired = []
+        if len(reps) == len(plain_reps):
+            paired = [r.steps_per_s / p.steps_per_s for r, p in zip(reps, plain_reps, strict=True)]
+        spread = f"{min(paired):.2f}-{max(paired):.2f}" if paired else "-"
         cost = _cpu(med)
         cpu_ratio = _times(cost / _cpu(base)) if base else "-"
         chain = medians.get((system, "chain2"))
@@ -53,6 +65,7 @@ def ratio_table(measurements: Sequence[Measurement]) -> str:
                 f"{system}/{graph}",
                 f"{med.steps_per_s:.0f}",
                 ratio,
+                spread,
                 "-" if math.isnan(cost) else f"{cost:.0f}",
                 cpu_ratio,
                 per_step,
@@ -63,6 +76,7 @@ def ratio_table(measurements: Sequence[Measurement]) -> str:
             "system/graph",
             "steps/s",
             "vs plain RQ",
+            "(reps)",
             "CPU us/step",
             "CPU/step vs plain RQ",
             "fanin step cost / chain2 step",
@@ -90,14 +104,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--graphs", nargs="+", default=list(GRAPHS), choices=list(GRAPHS))
     parser.add_argument("--quick", action="store_true", help="runs=100 reps=1 latency-n=30")
     parser.add_argument("--scaling", action="store_true", help="ezgraph-fast with 1, 2, 4 workers")
+    parser.add_argument(
+        "--systems",
+        nargs="+",
+        default=list(SYSTEMS),
+        choices=SYSTEMS,
+        help="systems to measure (default: all; ratios need plain-rq)",
+    )
     parser.add_argument("--no-celery", action="store_true", help="leave Celery out")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.reps, args.latency_n = 100, 1, 30
 
-    candidates: list[System] = [PlainRQ(), Ezgraph("stock"), Ezgraph("fast")]
-    if not args.no_celery:
-        candidates.append(CeleryChain())
+    every: list[System] = [PlainRQ(), Ezgraph("stock"), Ezgraph("fast"), CeleryChain()]
+    leave_out = {"celery"} if args.no_celery else set()
+    candidates = [s for s in every if s.name in args.systems and s.name not in leave_out]
+    if not candidates:
+        parser.error("no system left to measure")
     started = time.monotonic()
     measurements, latencies = measure_available(
         candidates, args, quiet_wait=1.0 if args.quick else 10.0

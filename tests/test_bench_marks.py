@@ -98,3 +98,23 @@ def test_cpu_meter_counts_a_busy_worker_and_the_median_keeps_cpu(redis_conn: Red
     assert median.redis_cpu_us == pytest.approx(0.01 / 200 * 1e6)
     assert math.isnan(harness.make_measurement("x", "chain2", 100, 1.0, 1.0, 1.0).worker_cpu_us)
     assert "1500" in harness.format_table(reps)
+
+
+def test_ratio_table_pairs_each_repetition_with_plain_rqs_and_systems_can_be_chosen() -> None:
+    """The range column divides each repetition by plain RQ's run of the same repetition (not
+    by plain RQ's median), and ``--systems`` refuses a name it does not know, as usage."""
+    from benchmarks.__main__ import main, ratio_table
+
+    def rep(system: str, seconds: float) -> harness.Measurement:
+        return harness.make_measurement(system, "chain2", 100, seconds, 4000.0, 40.0)
+
+    # plain: 200, 100, 400 steps/s; stock: 180, 110, 300 -> paired 0.90, 1.10, 0.75 (against
+    # plain's median they would be 0.90, 0.55, 1.50)
+    order = [("plain-rq", 1.0), ("ezgraph-stock", 200 / 180), ("plain-rq", 2.0)]
+    order += [("ezgraph-stock", 200 / 110), ("plain-rq", 0.5), ("ezgraph-stock", 200 / 300)]
+    table = ratio_table([rep(system, seconds) for system, seconds in order])
+    stock = next(line for line in table.splitlines() if line.startswith("ezgraph-stock/chain2"))
+    assert stock.split()[1:4] == ["180", "0.90x", "0.75-1.10"]
+    with pytest.raises(SystemExit) as refused:
+        main(["--systems", "plain-rq", "no-such-system"])
+    assert refused.value.code == 2
