@@ -431,8 +431,8 @@ class Duties(threading.Thread):
             if self.stopped.is_set():
                 break
             try:
-                if self._write and save_ended(self.runtime, self.worker.name):
-                    self._write = False
+                if self._write:
+                    self._write_ended()
                 if time.monotonic() - last_pass < HEARTBEAT_EVERY:
                     continue
                 last_pass = time.monotonic()
@@ -445,6 +445,18 @@ class Duties(threading.Thread):
                 save_ended(self.runtime, self.worker.name, older_than=SWEEP_AGE)
             except Exception:
                 logger.exception("worker duties pass failed")
+
+    def _write_ended(self) -> None:
+        """Write the ended runs the worker asked for. The request is taken before writing, so
+        one made during the write (runs that ended meanwhile) is honoured by another write
+        right after; it is kept when the write did not happen (the lock held, or an error)."""
+        self._write = False
+        written = False
+        try:
+            written = save_ended(self.runtime, self.worker.name)
+        finally:
+            if not written:
+                self._write = True
 
     def watch(self) -> None:
         """One watchdog pass over live runs (one worker at a time)."""

@@ -68,3 +68,37 @@ def test_a_held_write_lock_makes_a_worker_wait_and_write_everything_once_free(
     assert redis_conn.exists(lock) == 0  # released after writing
     stored = [runtime.store.load_run(r) for r in run_ids]
     assert all(run is not None and run.status == "finished" for run in stored)
+
+
+def test_a_write_asked_for_while_one_is_finishing_is_not_absorbed_by_it(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    """The busy worker asks again while the duties thread finishes a write (runs ended after
+    its last read of Redis): that request gets a write of its own, not the sweep's 2 s later."""
+    runtime = make_runtime(PACKAGE)
+    first = end_runs_unwritten(runtime, 2)
+    worker = FastWorker(
+        [Queue(n, connection=redis_conn) for n in ("a", "b")],
+        connection=redis_conn,
+        runtime=runtime,
+    )
+    duties = Duties(worker, with_scheduler=False)
+    late: list[str] = []
+    save_unsaved = runtime.save_unsaved
+
+    def write_then_more_end(older_than: float = 0.0, batch: int = 100) -> int:
+        written = save_unsaved(older_than=older_than, batch=batch)
+        if older_than == 0.0 and not late:  # the write the worker asked for, finishing
+            late.extend(end_runs_unwritten(runtime, 2))
+            duties.write_soon()
+        return written
+
+    runtime.save_unsaved = write_then_more_end  # type: ignore[method-assign]
+    duties.start()
+    try:
+        duties.write_soon()
+        wait_for(lambda: runtime.store.count_runs() == 4, 1.0, "the late runs to be written")
+    finally:
+        duties.stop()
+    assert runtime.book.unsaved() == []
+    assert all(runtime.store.load_run(r) is not None for r in [*first, *late])
