@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from subprocess import Popen
 
+from ezgraph.companion import writer_key
 from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime
 from ezgraph.settings import Settings
@@ -86,8 +87,21 @@ class Ezgraph(WorkerSystem):
             for i in range(workers):
                 args = python_args("-m", "benchmarks.ezgraph_workers", self.kind)
                 procs.append(spawn(args, f"{self.name}-{i}.log"))
+            if self.kind == "stock":
+                # As the README runs stock workers: one process writes every worker's ended
+                # runs to SQL (its CPU and memory are measured with the workers').
+                follow = python_args("-m", "ezgraph", "persist", "--follow")
+                procs.append(spawn(follow, f"{self.name}-persist.log"))
         self._procs.extend(procs)
         wait_ready(self.conn, workers, procs)
+        if self.kind == "stock":
+            key = writer_key(settings.key_prefix)
+            deadline = time.monotonic() + 30
+            while not self.conn.exists(key):
+                check_alive(procs)
+                if time.monotonic() > deadline:
+                    raise TimeoutError("ezgraph persist --follow did not start")
+                time.sleep(0.02)
         return procs
 
     def run(self, graph: str, runs: int, workers: int = 2) -> Measurement:

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
 
-from . import embedded
+from . import embedded, persister
 from .chaos import CHAOS_GRAPH, Chaos
 from .connection import redis_url
 from .errors import ConnectionFailed, EzgraphError, UsageError
@@ -269,17 +272,31 @@ def init_db(context: Context) -> None:
 
 
 @cli.command()
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep writing runs as they end, in batches, until stopped; stock workers leave the "
+    "writing to it meanwhile.",
+)
 @pass_context
-def persist(context: Context) -> None:
-    """Write every ended run still waiting in Redis to the database now."""
+def persist(context: Context, follow: bool) -> None:
+    """Write every ended run still waiting in Redis to the database now (or as they end)."""
     runtime = context.runtime
     try:
         runtime.store.create_schema()  # fails in one line when the database does not answer
     except ConnectionFailed as error:
         waiting = len(runtime.book.unsaved(limit=100_000))
         raise ConnectionFailed(f"{error} ({waiting} runs keep waiting in Redis)") from None
-    count = runtime.save_unsaved()
-    click.echo(f"{count} runs written")
+    if not follow:
+        count = runtime.save_unsaved()
+        click.echo(f"{count} runs written")
+        return
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signum, _frame: stopped.set())
+    click.echo("writing ended runs to the database as they end (Ctrl-C stops)")
+    persister.follow(runtime, stopped, f"persist-{os.getpid()}")
+    click.echo("stopped")
 
 
 @cli.command()

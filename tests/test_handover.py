@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 from redis import Redis
 from rq import Queue
 
+from ezgraph.companion import Companion, writer_key
 from ezgraph.fast_worker import Duties, FastWorker, save_ended
 from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime, StepInput
 from ezgraph.step import execute_step
 
-from .conftest import wait_for
+from .conftest import ROOT, subprocess_env, wait_for
 
 PACKAGE = "tests.graphs.chain"
 
@@ -102,3 +106,48 @@ def test_a_write_asked_for_while_one_is_finishing_is_not_absorbed_by_it(
         duties.stop()
     assert runtime.book.unsaved() == []
     assert all(runtime.store.load_run(r) is not None for r in [*first, *late])
+
+
+def flush_by_a_stock_worker(runtime: Runtime, run_ids: list[str]) -> None:
+    """What a stock worker's companion thread does with the runs its steps ended."""
+    companion = Companion(runtime)
+    for run_id in run_ids:
+        companion.save_later(run_id)
+    companion.flush()
+
+
+def test_stock_workers_leave_their_runs_to_a_following_writer(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    """While ``ezgraph persist --follow`` runs, a stock worker's companion leaves the runs it
+    ended in Redis for it; once it has stopped, the companion writes them itself again."""
+    runtime = make_runtime(PACKAGE)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "ezgraph", "persist", "--follow"],
+        env=subprocess_env(runtime.settings),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    key = writer_key(runtime.settings.key_prefix)
+    try:
+        wait_for(lambda: redis_conn.exists(key) == 1, 20, "the follower to announce itself")
+        follower.send_signal(signal.SIGSTOP)  # frozen: whatever gets written now is not its work
+        left = end_runs_unwritten(runtime, 3)
+        flush_by_a_stock_worker(runtime, left)
+        assert runtime.store.count_runs() == 0
+        assert sorted(runtime.book.unsaved()) == sorted(left)
+        follower.send_signal(signal.SIGCONT)
+        wait_for(lambda: runtime.store.count_runs() == 3, 2.0, "the follower to write them")
+    finally:
+        follower.send_signal(signal.SIGCONT)
+        follower.terminate()
+        output, _ = follower.communicate(timeout=20)
+    assert follower.returncode == 0, output
+    assert output.strip().splitlines()[-1] == "stopped"
+    assert redis_conn.exists(key) == 0  # withdrawn on a clean stop
+
+    flush_by_a_stock_worker(runtime, end_runs_unwritten(runtime, 2))
+    assert runtime.store.count_runs() == 5
+    assert runtime.book.unsaved() == []
