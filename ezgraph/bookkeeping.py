@@ -369,10 +369,16 @@ class RunBook:
     def unsaved(self, limit: int = 500, older_than: float = 0.0) -> list[str]:
         """Ended runs not yet in SQL, oldest first (those ended over ``older_than`` s ago)."""
         cutoff = time.time() - older_than
-        ids = self.connection.zrangebyscore(
-            f"{self.prefix}:runs:unsaved", "-inf", cutoff, start=0, num=limit
-        )
+        ids = self.connection.zrangebyscore(self._unsaved_key, "-inf", cutoff, start=0, num=limit)
         return [as_text(i) or "" for i in ids]
+
+    def unsaved_count(self) -> int:
+        """How many ended runs wait to be written to SQL."""
+        return int(self.connection.zcard(self._unsaved_key))
+
+    @property
+    def _unsaved_key(self) -> str:
+        return f"{self.prefix}:runs:unsaved"
 
     def live(self) -> list[str]:
         """Runs in flight, oldest first."""

@@ -285,7 +285,7 @@ def persist(context: Context, follow: bool) -> None:
     try:
         runtime.store.create_schema()  # fails in one line when the database does not answer
     except ConnectionFailed as error:
-        waiting = len(runtime.book.unsaved(limit=100_000))
+        waiting = runtime.book.unsaved_count()
         raise ConnectionFailed(f"{error} ({waiting} runs keep waiting in Redis)") from None
     if not follow:
         count = runtime.save_unsaved()

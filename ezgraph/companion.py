@@ -39,7 +39,8 @@ BEAT_TTL = 5  # seconds a heartbeat lasts: the watchdog acts on a started step w
 FLUSH_EVERY = 0.2  # seconds between batched writes of ended runs...
 IDLE_FLUSH = 0.02  # ...or sooner, once no step has run for this long
 TICK = 0.02  # seconds between the thread's looks
-WRITER_TTL = 3.0  # seconds a follower's announcement lasts (it renews it every second)
+WRITER_RENEW_EVERY = 1.0  # seconds between a follower's renewals of its announcement...
+WRITER_TTL = 3.0  # ...which lasts this long
 WRITER_LOOK_EVERY = 1.0  # seconds a look at the announcement is trusted
 
 

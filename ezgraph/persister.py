@@ -19,7 +19,7 @@ import time
 
 from redis.exceptions import RedisError
 
-from .companion import TICK, WRITER_LOOK_EVERY, WRITER_TTL, writer_key
+from .companion import TICK, WRITER_LOOK_EVERY, WRITER_RENEW_EVERY, WRITER_TTL, writer_key
 from .fast_worker import SAVE_BATCH, SAVE_EVERY, save_ended
 from .runtime import Runtime
 
@@ -31,8 +31,8 @@ RETRY_AFTER = 1.0  # seconds before writing again when a write left every run wa
 def follow(runtime: Runtime, stopped: threading.Event, name: str) -> None:
     """Write ended runs to SQL as they end, in batches, until ``stopped`` is set."""
     connection = runtime.connection
+    book = runtime.book
     key = writer_key(runtime.settings.key_prefix)
-    unsaved = f"{runtime.settings.key_prefix}:runs:unsaved"
     announced = 0.0
     waiting_since: float | None = None  # when runs were first seen waiting
     seen = 0  # runs waiting at the last look
@@ -40,20 +40,20 @@ def follow(runtime: Runtime, stopped: threading.Event, name: str) -> None:
         while not stopped.is_set():
             try:
                 now = time.monotonic()
-                if now - announced >= 1.0:
+                if now - announced >= WRITER_RENEW_EVERY:
                     connection.set(key, name, px=int(WRITER_TTL * 1000))
                     announced = now
-                waiting = int(connection.zcard(unsaved))
+                waiting = book.unsaved_count()
                 if not waiting:
                     waiting_since = None
                 else:
                     waiting_since = waiting_since if waiting_since is not None else now
                     quiet = waiting == seen  # nothing ended since the last look
                     if quiet or waiting >= SAVE_BATCH or now - waiting_since >= SAVE_EVERY:
-                        oldest = connection.zrange(unsaved, 0, 0)
+                        oldest = book.unsaved(limit=1)
                         save_ended(runtime, name)
                         waiting_since = None
-                        if connection.zrange(unsaved, 0, 0) == oldest:
+                        if book.unsaved(limit=1) == oldest:
                             # Nothing was written: the database is down (logged), or another
                             # process is writing. Look again later.
                             stopped.wait(RETRY_AFTER)
