@@ -39,6 +39,7 @@ from .harness import (
     python_args,
     spawn,
     steps_per_run,
+    wait_alive,
     wait_done,
     wait_ready,
 )
@@ -96,12 +97,7 @@ class Ezgraph(WorkerSystem):
         wait_ready(self.conn, workers, procs)
         if self.kind == "stock":
             key = writer_key(settings.key_prefix)
-            deadline = time.monotonic() + 30
-            while not self.conn.exists(key):
-                check_alive(procs)
-                if time.monotonic() > deadline:
-                    raise TimeoutError("ezgraph persist --follow did not start")
-                time.sleep(0.02)
+            wait_alive(lambda: bool(self.conn.exists(key)), procs, 30, "persist --follow")
         return procs
 
     def run(self, graph: str, runs: int, workers: int = 2) -> Measurement:

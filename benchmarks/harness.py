@@ -498,11 +498,21 @@ def wait_ready(
     conn: Redis, expected: int, procs: Sequence[subprocess.Popen[bytes]], timeout: float = 60.0
 ) -> None:
     """Block until ``expected`` workers have INCRed :data:`READY_KEY` (not metered)."""
+    wait_alive(lambda: int(conn.get(READY_KEY) or 0) >= expected, procs, timeout, "workers ready")
+
+
+def wait_alive(
+    condition: Callable[[], bool],
+    procs: Sequence[subprocess.Popen[bytes]],
+    timeout: float,
+    what: str,
+) -> None:
+    """Poll ``condition`` every 20 ms while ``procs`` live; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
-    while int(conn.get(READY_KEY) or 0) < expected:
+    while not condition():
         check_alive(procs)
         if time.monotonic() > deadline:
-            raise TimeoutError(f"workers not ready after {timeout}s; see {log_dir()}")
+            raise TimeoutError(f"no {what} after {timeout}s; see {log_dir()}")
         time.sleep(0.02)
 
 
