@@ -3,9 +3,10 @@
 Stock workers only call the step function, so ezgraph's own background duties there live in
 one daemon thread per process:
 
-- **heartbeat**: every second it refreshes ``<prefix>:beat:<job>`` for the step the process is
-  running, so the watchdog tells a dead worker (no heartbeat: the step is requeued) from a long
-  step. A step pays no extra Redis round trip for it.
+- **heartbeat**: it refreshes ``<prefix>:beat:<job>`` every second for a step that has run
+  for :data:`BEAT_AFTER` seconds, so the watchdog tells a dead worker (no heartbeat: the step
+  is requeued) from a long step. The watchdog leaves a step alone for its first two seconds,
+  so a shorter step never needs a beat. A step pays no extra Redis round trip for it.
 - **hand-over to SQL**: runs that ended in this process are written in batches (many runs per
   transaction) every 0.2 s, or as soon as the worker has run no step for 20 ms (it is idle),
   and once more when the process exits normally (``rq worker --burst`` ending). A forked
@@ -17,6 +18,10 @@ one daemon thread per process:
   :func:`writer_key` fresh), the thread leaves the writing to it: one process writing every
   worker's ended runs, in bigger batches and outside the workers, costs less CPU per step
   (README, Benchmarks).
+
+The thread looks every :data:`TICK` while runs wait to be written, else every
+:data:`SLOW_TICK`: a step that ends a run wakes it, so a busy worker's process is not
+interrupted 50 times a second for nothing.
 """
 
 from __future__ import annotations
@@ -34,11 +39,13 @@ from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
-BEAT_EVERY = 1.0  # seconds between step heartbeats
+BEAT_EVERY = 1.0  # seconds between step heartbeats...
+BEAT_AFTER = 0.5  # ...once a step has run this long (the watchdog's grace is 2 s)
 BEAT_TTL = 5  # seconds a heartbeat lasts: the watchdog acts on a started step without one
 FLUSH_EVERY = 0.2  # seconds between batched writes of ended runs...
 IDLE_FLUSH = 0.02  # ...or sooner, once no step has run for this long
-TICK = 0.02  # seconds between the thread's looks
+TICK = 0.02  # seconds between the thread's looks while ended runs wait to be written...
+SLOW_TICK = 0.25  # ...and otherwise
 WRITER_RENEW_EVERY = 1.0  # seconds between a follower's renewals of its announcement...
 WRITER_TTL = 3.0  # ...which lasts this long
 WRITER_LOOK_EVERY = 1.0  # seconds a look at the announcement is trusted
@@ -55,29 +62,37 @@ class Companion(threading.Thread):
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(name="ezgraph-companion", daemon=True)
         self.runtime = runtime
-        self.key: str | None = None
+        self._step: tuple[str, float] | None = None  # the running step's beat key, its start
         self._last_step = 0.0  # when the last step ended (monotonic)
         self._first_ended = 0.0  # when the oldest run waiting to be written ended
         self._ended: list[str] = []
         self._lock = threading.Lock()
         self._writer_seen = (-WRITER_LOOK_EVERY, False)  # (when looked, a follower writes)
+        self._wake = threading.Event()
 
     @contextmanager
     def running(self, job_id: str) -> Iterator[None]:
         """Beat for ``job_id`` while the block runs."""
-        self.key = f"{self.runtime.settings.key_prefix}:beat:{job_id}"
+        self._step = (f"{self.runtime.settings.key_prefix}:beat:{job_id}", time.monotonic())
         try:
             yield
         finally:
-            self.key = None
+            self._step = None
             self._last_step = time.monotonic()
 
     def save_later(self, run_id: str) -> None:
-        """Write the ended run ``run_id`` to SQL in the next batch."""
+        """Write the ended run ``run_id`` to SQL in the next batch, unless a follower was seen
+        writing within the last look's lifetime (the run waits in Redis's unsaved set for it)."""
+        looked, present = self._writer_seen
+        if present and time.monotonic() - looked < WRITER_LOOK_EVERY:
+            return
         with self._lock:
-            if not self._ended:
+            first = not self._ended
+            if first:
                 self._first_ended = time.monotonic()
             self._ended.append(run_id)
+        if first:
+            self._wake.set()
 
     def flush(self) -> None:
         """Write the ended runs collected so far, unless a follower writes them."""
@@ -99,16 +114,19 @@ class Companion(threading.Thread):
 
     def run(self) -> None:
         """Beat and flush until the process ends; a failing pass is logged, never fatal."""
-        last_beat = 0.0
+        beaten, last_beat = "", 0.0
         while True:
-            time.sleep(TICK)
+            self._wake.wait(TICK if self._ended else SLOW_TICK)
+            self._wake.clear()
             try:
-                key = self.key
+                step = self._step
                 now = time.monotonic()
-                if key is not None and now - last_beat >= BEAT_EVERY:
-                    last_beat = now
-                    self.runtime.connection.set(key, 1, ex=BEAT_TTL)
-                idle = key is None and now - self._last_step >= IDLE_FLUSH
+                if step is not None and now - step[1] >= BEAT_AFTER:
+                    key = step[0]
+                    if key != beaten or now - last_beat >= BEAT_EVERY:
+                        beaten, last_beat = key, now
+                        self.runtime.connection.set(key, 1, ex=BEAT_TTL)
+                idle = step is None and now - self._last_step >= IDLE_FLUSH
                 if self._ended and (idle or now - self._first_ended >= FLUSH_EVERY):
                     self.flush()
             except (RedisError, OSError) as error:

@@ -3,8 +3,9 @@
 Crash detection that does not wait for RQ's job timeout or its 600 s maintenance pass:
 
 - a step whose RQ job is ``started`` by a stock ``rq worker`` whose step heartbeat
-  (``<prefix>:beat:<job>``, refreshed every second by the step wrapper) expired — the worker or
-  its machine died — goes back to the front of its queue;
+  (``<prefix>:beat:<job>``, refreshed every second by the worker's companion thread once the
+  step has run half a second) is missing after the grace — the worker or its machine died —
+  goes back to the front of its queue;
 - a step whose RQ job is ``queued`` but sits in no queue (a stock worker listening on several
   queues pops with a bare LPOP/BLPOP, so a kill right after the pop loses the job) is pushed back;
 - a step whose RQ job ended ``failed``, ``stopped`` or ``canceled`` without the step wrapper

@@ -145,6 +145,40 @@ def test_a_dead_stock_rq_worker_s_step_runs_again_within_10_seconds(
 
 
 @pytest.mark.slow
+def test_a_live_stock_worker_s_long_step_beats_and_is_left_alone(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis, redis_url: str
+) -> None:
+    """A step longer than the watchdog's grace on a live stock worker: the worker's companion
+    thread beats for it, so the watchdog does not take it for a lost step and run it again."""
+    runtime = make_runtime("tests.graphs.slowchain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    ledger = "test:ledger"
+    run_id = orchestrator.submit("a", ledger_url=redis_url, ledger_key=ledger, sleep=3.5)
+    stock = subprocess.Popen(
+        [sys.executable, "-m", "rq.cli", "worker", "a", "--url", redis_url, "--burst",
+         "-w", "rq.worker.SimpleWorker"],
+        env=subprocess_env(runtime.settings),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: redis_conn.llen(ledger) == 1, 30, "the stock worker to start step a")
+        started = time.monotonic()
+        redis_conn.zadd("ezgraph:runs:live", {run_id: time.time() - 10})  # older than the grace
+        time.sleep(2.5)  # past the watchdog's grace: without a beat, the step looks lost
+        assert redis_conn.exists(f"ezgraph:beat:{run_id}-a") == 1
+        assert watch_runs(runtime).requeued == []
+        assert time.monotonic() - started < 3.5, "the step ended before the watchdog looked"
+        assert stock.wait(30) == 0
+    finally:
+        if stock.poll() is None:
+            kill_tree(stock.pid)
+    assert redis_conn.lrange(ledger, 0, -1) == [f"{run_id}:a".encode()]
+    assert orchestrator.status(run_id)["nodes"]["a"] == "finished"
+
+
+@pytest.mark.slow
 def test_a_killed_work_horse_s_step_runs_again(
     make_runtime: Callable[..., Runtime], redis_conn: Redis, redis_url: str
 ) -> None:
