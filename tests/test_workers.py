@@ -7,10 +7,12 @@ import sys
 from collections.abc import Callable
 
 from redis import Redis
+from rq import Queue
 
-from ezgraph.fast_worker import serve
+from ezgraph.fast_worker import FastWorker, serve
 from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import Runtime
+from ezgraph.runtime import Runtime, StepInput
+from ezgraph.step import execute_step
 
 from .conftest import ROOT, ezgraph_cli, subprocess_env
 
@@ -129,3 +131,30 @@ def test_rq_worker_with_the_fast_worker_class_runs_a_chain(
     assert done.returncode == 0, done.stderr
     stored = runtime.store.load_run(run_id)
     assert stored is not None and stored.status == "finished"
+
+
+def test_a_successor_rings_its_queue_only_while_an_ezgraph_worker_waits_on_it(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    """An idle ezgraph worker blocks on its queues' bells and wakes when a job arrives; a queue
+    nobody waits on (its workers are busy, or stock workers) costs no bell per job."""
+    runtime = make_runtime("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    bell = "ezgraph:bell:b"
+
+    def run_a() -> str:
+        run_id = orchestrator.submit("a")
+        execute_step(runtime, None, run_id, "a", "tests.graphs.chain", StepInput(state={}))
+        return run_id
+
+    first = run_a()
+    assert redis_conn.llen(bell) == 0  # no ezgraph worker waits on b
+    worker = FastWorker([Queue("b", connection=redis_conn)], connection=redis_conn, runtime=runtime)
+    assert [job.id for job in worker._fast_call(["b"], 8)] == [f"{first}-b"]
+    run_a()
+    assert redis_conn.llen(bell) == 0  # the worker is busy: it claims again when done
+    assert worker._fast_call(["b"], 8) != []
+    assert worker._fast_call(["b"], 8) == []  # nothing left: the worker waits on b's bell
+    third = run_a()
+    assert redis_conn.blpop([bell], timeout=1) is not None
+    assert [job.id for job in worker._fast_call(["b"], 8)] == [f"{third}-b"]

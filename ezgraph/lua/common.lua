@@ -40,16 +40,28 @@ local function read_jobs(i)
   return jobs, i
 end
 
+-- Wake an idle ezgraph worker of `queue`. A worker that found its queues empty marked them
+-- idle in the same call (fast.lua) and blocks on their bells; a queue nobody waits on rings
+-- nothing. At most BELLS bells wait in a queue's list.
+local BELLS = 8
+local IDLE_MARK_MS = 3000  -- over twice the fast worker's longest wait on bells (IDLE_WAIT)
+local function ring(queue)
+  if redis.call('EXISTS', P .. ':idle:' .. queue) == 0 then return end
+  if redis.call('RPUSH', P .. ':bell:' .. queue, 1) > BELLS then
+    redis.call('LTRIM', P .. ':bell:' .. queue, -BELLS, -1)
+  end
+end
+
 -- Create an RQ job unless its id exists (the atomic create that makes successors once-only).
 local function create_job(step, job)
   local key = 'rq:job:' .. job.id
   if redis.call('EXISTS', key) == 1 then return false end
   redis.call('HSET', key, unpack(ARGV, job.first, job.last))
-  redis.call('RPUSH', 'rq:queue:' .. job.queue, job.id)
-  redis.call('SADD', 'rq:queues', 'rq:queue:' .. job.queue)
-  -- Wake an idle ezgraph worker of this queue (it blocks on the bells of its queues).
-  redis.call('RPUSH', P .. ':bell:' .. job.queue, 1)
-  redis.call('LTRIM', P .. ':bell:' .. job.queue, -8, -1)
+  if redis.call('RPUSH', 'rq:queue:' .. job.queue, job.id) == 1 then
+    -- A new queue list: list it for rq info and the dashboard (a longer one is listed already).
+    redis.call('SADD', 'rq:queues', 'rq:queue:' .. job.queue)
+  end
+  ring(job.queue)
   redis.call('HSET', jobs_key, job.id, job.queue)
   redis.call('HSET', steps_key, step .. '.status', 'queued', step .. '.job', job.id)
   pending_delta = pending_delta + 1
@@ -96,9 +108,10 @@ local function end_run_if_idle()
   local status, ended_at = unpack(redis.call('HMGET', run_key, 'status', 'ended_at'))
   if ended_at then return 0 end
   if status == 'queued' or status == 'running' then
-    redis.call('HSET', run_key, 'status', 'finished')
+    redis.call('HSET', run_key, 'status', 'finished', 'ended_at', NOW_ISO)
+  else
+    redis.call('HSET', run_key, 'ended_at', NOW_ISO)
   end
-  redis.call('HSET', run_key, 'ended_at', NOW_ISO)
   redis.call('ZREM', P .. ':runs:live', RUN)
   redis.call('ZADD', P .. ':runs:unsaved', NOW, RUN)
   redis.call('PUBLISH', run_key .. ':stopped', 'ended')
@@ -179,7 +192,13 @@ local function complete_step(i)
       end
     end
   end
-  local ended = end_run_if_idle()
+  local ended = 0
+  if pending_delta < 0 then
+    ended = end_run_if_idle()
+  elseif pending_delta > 0 then
+    -- This step was pending until now and as many steps began as ended: the run goes on.
+    apply_pending()
+  end
   local reply = {'ok', ended}
   for _, step in ipairs(missing) do table.insert(reply, step) end
   return reply

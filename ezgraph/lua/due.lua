@@ -10,8 +10,7 @@ for q = 5, #ARGV do
     if redis.call('EXISTS', 'rq:job:' .. id) == 1 then
       redis.call('HSET', 'rq:job:' .. id, 'status', 'queued', 'enqueued_at', NOW_ISO)
       redis.call('RPUSH', 'rq:queue:' .. queue, id)
-      redis.call('RPUSH', P .. ':bell:' .. queue, 1)
-      redis.call('LTRIM', P .. ':bell:' .. queue, -8, -1)
+      ring(queue)
       moved = moved + 1
     end
   end

@@ -84,7 +84,14 @@ for q = 1, nqueues do
     end
   end
 end
-if count == 0 and finished > 0 then
-  redis.call('HSET', worker_key, 'state', 'idle', 'current_job', '')
+if count == 0 then
+  -- Nothing to claim: this worker now waits on its queues' bells; ring() rings for them only
+  -- while this mark lives (longer than the worker's wait, renewed at its next empty claim).
+  for q = 1, nqueues do
+    redis.call('SET', P .. ':idle:' .. ARGV[9 + q], 1, 'PX', IDLE_MARK_MS)
+  end
+  if finished > 0 then
+    redis.call('HSET', worker_key, 'state', 'idle', 'current_job', '')
+  end
 end
 return reply

@@ -20,8 +20,7 @@ while id do
     redis.call('HSET', job_key, 'status', 'queued')
     redis.call('HDEL', job_key, 'worker_name')
     redis.call('LPUSH', 'rq:queue:' .. queue, id)
-    redis.call('RPUSH', P .. ':bell:' .. queue, 1)
-    redis.call('LTRIM', P .. ':bell:' .. queue, -8, -1)
+    ring(queue)
     table.insert(requeued, id)
   end
   id = redis.call('RPOP', claimed_key)

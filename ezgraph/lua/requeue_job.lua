@@ -19,7 +19,6 @@ redis.call('HDEL', job_key, 'exc_info', 'ended_at')
 redis.call('HSET', job_key, 'status', 'queued')
 redis.call('HDEL', job_key, 'worker_name', 'started_at')
 redis.call('LPUSH', 'rq:queue:' .. queue, id)
-redis.call('RPUSH', P .. ':bell:' .. queue, 1)
-redis.call('LTRIM', P .. ':bell:' .. queue, -8, -1)
+ring(queue)
 redis.call('HINCRBY', steps_key, string.sub(id, string.len(RUN) + 2) .. '.recovered', 1)
 return 1

@@ -55,8 +55,7 @@ for _, s in ipairs(again) do
   redis.call('RPUSH', 'rq:queue:' .. s.queue, s.id)
   redis.call('SADD', 'rq:queues', 'rq:queue:' .. s.queue)
   -- Wake an idle ezgraph worker of this queue, as create_job does.
-  redis.call('RPUSH', P .. ':bell:' .. s.queue, 1)
-  redis.call('LTRIM', P .. ':bell:' .. s.queue, -8, -1)
+  ring(s.queue)
   redis.call('HSET', steps_key, s.step .. '.status', 'queued')
   redis.call('HDEL', steps_key, s.step .. '.error', s.step .. '.ended_at', s.step .. '.inflight')
   redis.call('HINCRBY', run_key, 'pending', 1)
