@@ -139,8 +139,8 @@ def test_text_survives_redis_and_sql_unchanged(
 def test_runs_go_on_after_redis_forgets_the_scripts_and_drops_connections(
     make_runtime: Callable[..., Runtime], redis_conn: Redis
 ) -> None:
-    """Scripts are sent by their digest on a pooled connection: after SCRIPT FLUSH (as after a
-    Redis restart) they are loaded again, and a connection Redis dropped is replaced."""
+    """Scripts are sent by their digest on the thread's own connection: after SCRIPT FLUSH (as
+    after a Redis restart) they are loaded again, and a connection Redis dropped is reopened."""
     runtime = make_runtime("tests.graphs.chain")
     orchestrator = GraphOrchestrator(runtime=runtime)
     first = orchestrator.submit("a")
