@@ -31,6 +31,17 @@ def start_worker(runtime: Runtime, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def start_stock_worker(runtime: Runtime, redis_url: str, *args: str) -> subprocess.Popen[bytes]:
+    """A stock ``rq worker`` with ``args`` (queues and options), in the runtime's environment."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "rq.cli", "worker", "--url", redis_url, *args],
+        env=subprocess_env(runtime.settings),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 @pytest.mark.slow
 def test_steps_claimed_by_a_sigkilled_worker_are_requeued_by_a_survivor(
     make_runtime: Callable[..., Runtime], redis_conn: Redis, redis_url: str
@@ -90,14 +101,7 @@ def test_a_dead_stock_rq_worker_s_step_runs_again_within_10_seconds(
     orchestrator = GraphOrchestrator(runtime=runtime)
     ledger = "test:ledger"
     run_id = orchestrator.submit("a", ledger_url=redis_url, ledger_key=ledger, sleep=2.0)
-    env = subprocess_env(runtime.settings)
-    stock = subprocess.Popen(
-        [sys.executable, "-m", "rq.cli", "worker", "a", "--url", redis_url, "-w", worker_class],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    stock = start_stock_worker(runtime, redis_url, "a", "-w", worker_class)
     rescuer = start_worker(runtime, "b", "c")  # serves the rest; its duties run the watchdog
     try:
         wait_for(lambda: redis_conn.llen(ledger) == 1, 30, "the stock worker to start step a")
@@ -105,23 +109,7 @@ def test_a_dead_stock_rq_worker_s_step_runs_again_within_10_seconds(
         stock.wait(10)
         killed_at = time.monotonic()
         # Only the rescuer is left, and it does not serve queue a: a new stock worker does.
-        replacement = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rq.cli",
-                "worker",
-                "a",
-                "--url",
-                redis_url,
-                "-w",
-                "rq.worker.SimpleWorker",
-            ],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        replacement = start_stock_worker(runtime, redis_url, "a", "-w", "rq.worker.SimpleWorker")
         try:
             recovery = wait_for(lambda: redis_conn.llen(ledger) >= 2, 30, "step a to run again")
             wait_for(
@@ -154,14 +142,7 @@ def test_a_live_stock_worker_s_long_step_beats_and_is_left_alone(
     orchestrator = GraphOrchestrator(runtime=runtime)
     ledger = "test:ledger"
     run_id = orchestrator.submit("a", ledger_url=redis_url, ledger_key=ledger, sleep=3.5)
-    stock = subprocess.Popen(
-        [sys.executable, "-m", "rq.cli", "worker", "a", "--url", redis_url, "--burst",
-         "-w", "rq.worker.SimpleWorker"],
-        env=subprocess_env(runtime.settings),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    stock = start_stock_worker(runtime, redis_url, "a", "--burst", "-w", "rq.worker.SimpleWorker")
     try:
         wait_for(lambda: redis_conn.llen(ledger) == 1, 30, "the stock worker to start step a")
         started = time.monotonic()
@@ -187,14 +168,7 @@ def test_a_killed_work_horse_s_step_runs_again(
     orchestrator = GraphOrchestrator(runtime=runtime)
     ledger = "test:ledger"
     run_id = orchestrator.submit("a", ledger_url=redis_url, ledger_key=ledger, sleep=2.0)
-    env = subprocess_env(runtime.settings)
-    stock = subprocess.Popen(
-        [sys.executable, "-m", "rq.cli", "worker", "a", "--url", redis_url],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    stock = start_stock_worker(runtime, redis_url, "a")
     rescuer = start_worker(runtime, "b", "c")
     try:
         wait_for(lambda: redis_conn.llen(ledger) == 1, 30, "the work-horse to start step a")
