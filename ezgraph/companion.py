@@ -83,8 +83,7 @@ class Companion(threading.Thread):
     def save_later(self, run_id: str) -> None:
         """Write the ended run ``run_id`` to SQL in the next batch, unless a follower was seen
         writing within the last look's lifetime (the run waits in Redis's unsaved set for it)."""
-        looked, present = self._writer_seen
-        if present and time.monotonic() - looked < WRITER_LOOK_EVERY:
+        if self._last_look() is True:
             return
         with self._lock:
             first = not self._ended
@@ -104,13 +103,17 @@ class Companion(threading.Thread):
     def follower_writes(self) -> bool:
         """Whether an ``ezgraph persist --follow`` is writing ended runs (looked up at most
         once every :data:`WRITER_LOOK_EVERY` seconds)."""
-        looked, present = self._writer_seen
-        now = time.monotonic()
-        if now - looked >= WRITER_LOOK_EVERY:
+        present = self._last_look()
+        if present is None:
             key = writer_key(self.runtime.settings.key_prefix)
             present = bool(self.runtime.connection.exists(key))
-            self._writer_seen = (now, present)
+            self._writer_seen = (time.monotonic(), present)
         return present
+
+    def _last_look(self) -> bool | None:
+        """What the last look at the announcement saw, or None when it is too old to trust."""
+        looked, present = self._writer_seen
+        return present if time.monotonic() - looked < WRITER_LOOK_EVERY else None
 
     def run(self) -> None:
         """Beat and flush until the process ends; a failing pass is logged, never fatal."""
