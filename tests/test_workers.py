@@ -158,3 +158,36 @@ def test_a_successor_rings_its_queue_only_while_an_ezgraph_worker_waits_on_it(
     third = run_a()
     assert redis_conn.blpop([bell], timeout=1) is not None
     assert [job.id for job in worker._fast_call(["b"], 8)] == [f"{third}-b"]
+
+
+def test_a_successor_its_own_worker_claims_in_the_same_call_wakes_nobody(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    """The call that finishes a step claims after creating its successors: a successor that
+    worker takes itself rings no bell, one left in the queue wakes an idle worker."""
+    runtime = make_runtime("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    bell = "ezgraph:bell:b"
+    idle = FastWorker([Queue("b", connection=redis_conn)], connection=redis_conn, runtime=runtime)
+
+    def finish_a(queues: list[str]) -> list[str]:
+        """A worker of ``queues`` claims and runs a new run's step a, then makes its next call."""
+        worker = FastWorker(
+            [Queue(name, connection=redis_conn) for name in queues],
+            connection=redis_conn,
+            runtime=runtime,
+        )
+        orchestrator.submit("a")
+        (claimed,) = worker._fast_call(["a"], 8)
+        finished = worker._perform(claimed)
+        assert finished is not None
+        worker._finished.append(finished)
+        return [job.id for job in worker._fast_call(queues, 8)]
+
+    assert idle._fast_call(["b"], 8) == []  # idle: waits on b's bell
+    redis_conn.delete(bell)
+    claimed = finish_a(["a", "b"])
+    assert [job_id.rsplit("-", 1)[1] for job_id in claimed] == ["b"]
+    assert redis_conn.llen(bell) == 0
+    assert finish_a(["a"]) == []  # b waits in its queue for the idle worker
+    assert redis_conn.llen(bell) == 1

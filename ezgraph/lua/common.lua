@@ -45,10 +45,25 @@ end
 -- nothing. At most BELLS bells wait in a queue's list.
 local BELLS = 8
 local IDLE_MARK_MS = 3000  -- over twice the fast worker's longest wait on bells (IDLE_WAIT)
-local function ring(queue)
+local function ring_now(queue)
   if redis.call('EXISTS', P .. ':idle:' .. queue) == 0 then return end
   if redis.call('RPUSH', P .. ':bell:' .. queue, 1) > BELLS then
     redis.call('LTRIM', P .. ':bell:' .. queue, -BELLS, -1)
+  end
+end
+-- A script that claims jobs after creating them (fast.lua) holds its bells until it has
+-- claimed (ring_held): a job the caller took itself wakes nobody.
+local held_bells = nil
+local function ring(queue)
+  if held_bells then held_bells[queue] = true else ring_now(queue) end
+end
+local function hold_bells() held_bells = {} end
+-- Ring the held bells of queues that still hold jobs.
+local function ring_held()
+  local queues = held_bells or {}
+  held_bells = nil
+  for queue in pairs(queues) do
+    if redis.call('LLEN', 'rq:queue:' .. queue) > 0 then ring_now(queue) end
   end
 end
 

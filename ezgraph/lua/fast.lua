@@ -14,6 +14,7 @@ local nqueues = tonumber(ARGV[9])
 local claimed_key = P .. ':claimed:' .. W
 local worker_key = 'rq:worker:' .. W
 local completions = {}
+hold_bells()
 
 local i = 10 + nqueues
 local finished = tonumber(ARGV[i]); i = i + 1
@@ -84,6 +85,7 @@ for q = 1, nqueues do
     end
   end
 end
+ring_held()
 if count == 0 then
   -- Nothing to claim: this worker now waits on its queues' bells; ring() rings for them only
   -- while this mark lives (longer than the worker's wait, renewed at its next empty claim).
