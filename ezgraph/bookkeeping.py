@@ -382,9 +382,12 @@ class RunBook:
             mapped=mapped,
         )
 
-    def unsaved(self, limit: int = 500, older_than: float = 0.0) -> list[str]:
-        """Ended runs not yet in SQL, oldest first (those ended over ``older_than`` s ago)."""
-        cutoff = time.time() - older_than
+    def unsaved(
+        self, limit: int = 500, older_than: float = 0.0, before: float | None = None
+    ) -> list[str]:
+        """Ended runs not yet in SQL, oldest first: those that ended over ``older_than``
+        seconds ago, or before the epoch time ``before`` when it is given."""
+        cutoff = time.time() - older_than if before is None else before
         ids = self.connection.zrangebyscore(self._unsaved_key, "-inf", cutoff, start=0, num=limit)
         return [as_text(i) or "" for i in ids]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -173,13 +174,19 @@ class Runtime:
         return saved
 
     def save_unsaved(self, older_than: float = 0.0, batch: int = 100) -> int:
-        """Persist every ended run still waiting in Redis; returns how many were written."""
+        """Persist the ended runs waiting in Redis when called (for over ``older_than``
+        seconds), ``batch`` per transaction; returns how many were written.
+
+        Runs that end meanwhile wait for the next call: a writer that chased them would write
+        a few at a time while workers keep ending runs, a transaction each.
+        """
         total = 0
+        cutoff = time.time() - older_than
         while True:
-            ids = self.book.unsaved(limit=batch, older_than=older_than)
+            ids = self.book.unsaved(limit=batch, before=cutoff)
             if not ids:
                 return total
             saved = self.save_runs(ids)
             total += len(saved)
-            if len(saved) < len(ids):
+            if len(saved) < len(ids) or len(ids) < batch:
                 return total

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from redis import Redis
 from rq import Queue
@@ -27,16 +27,22 @@ def nobody_writes(run_id: str) -> None:
 
 
 def end_runs_unwritten(runtime: Runtime, count: int) -> list[str]:
-    """Runs of a -> b that ended in Redis and were not written to SQL."""
+    """Runs of a -> b that ended in Redis and were not written to SQL (the only ones waiting)."""
+    run_ids = end_runs_unwritten_more(runtime, count)
+    assert sorted(runtime.book.unsaved()) == sorted(run_ids)
+    return run_ids
+
+
+def end_runs_unwritten_more(runtime: Runtime, count: int) -> list[str]:
+    """``count`` more runs of a -> b that ended in Redis and were not written to SQL."""
     orchestrator = GraphOrchestrator(runtime=runtime)
-    run_ids = [orchestrator.submit("a", {"trail": []}, n=i) for i in range(count)]
+    run_ids = [orchestrator.submit("a", {"trail": []}) for _ in range(count)]
     for run_id in run_ids:
         state: dict[str, object] = {"trail": []}
         for node in ("a", "b"):
             state = execute_step(
                 runtime, None, run_id, node, PACKAGE, StepInput(state=state), save=nobody_writes
             )
-    assert sorted(runtime.book.unsaved()) == sorted(run_ids)
     return run_ids
 
 
@@ -151,3 +157,30 @@ def test_stock_workers_leave_their_runs_to_a_following_writer(
     flush_by_a_stock_worker(runtime, end_runs_unwritten(runtime, 2))
     assert runtime.store.count_runs() == 5
     assert runtime.book.unsaved() == []
+
+
+def test_a_write_takes_the_runs_waiting_when_it_starts_in_full_batches(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    """``save_unsaved`` writes what was waiting, ``batch`` runs per transaction; runs that end
+    while it writes wait for the next write instead of being chased a few at a time."""
+    runtime = make_runtime(PACKAGE)
+    waiting = end_runs_unwritten(runtime, 5)
+    transactions: list[list[str]] = []
+    late: list[str] = []
+    save_runs = runtime.save_runs
+
+    def save_while_more_end(run_ids: Sequence[str]) -> list[str]:
+        transactions.append(list(run_ids))
+        if not late:
+            late.extend(end_runs_unwritten_more(runtime, 1))
+        return save_runs(run_ids)
+
+    runtime.save_runs = save_while_more_end  # type: ignore[method-assign]
+    assert runtime.save_unsaved(batch=2) == 5
+    assert [len(ids) for ids in transactions] == [2, 2, 1]
+    assert sorted(run_id for ids in transactions for run_id in ids) == sorted(waiting)
+    assert runtime.book.unsaved() == late
+    assert runtime.save_unsaved(batch=2) == 1
+    assert runtime.book.unsaved() == []
+    assert runtime.store.count_runs() == 6
