@@ -44,7 +44,6 @@ end
 -- idle in the same call (fast.lua) and blocks on their bells; a queue nobody waits on rings
 -- nothing. At most BELLS bells wait in a queue's list.
 local BELLS = 8
-local IDLE_MARK_MS = 3000  -- over twice the fast worker's longest wait on bells (IDLE_WAIT)
 local function ring_now(queue)
   if redis.call('EXISTS', P .. ':idle:' .. queue) == 0 then return end
   if redis.call('RPUSH', P .. ':bell:' .. queue, 1) > BELLS then

@@ -2,7 +2,8 @@
 -- (complete_step) and create their ready successors, then claim the next jobs into this
 -- worker's claimed list (never a bare pop), atomically.
 -- ARGV after the prelude (ARGV[2] unused): 5 worker name, 6 heartbeat TTL of claimed jobs,
--- 7 execution id prefix, 8 how many jobs to claim at most, 9 number of queues Q, 10.. queues,
+-- 7 execution id prefix, 8 how many jobs to claim at most, 9 how long an empty claim marks the
+-- queues idle (ms, see ring in common.lua), 10 number of queues Q, 11.. queues,
 -- then F, the number of finished jobs, and per finished job: job id, queue, result_ttl,
 -- pickled return value (base64) or '', execution id, execution start (epoch), run id,
 -- number C of complete_step arguments, those C arguments.
@@ -10,13 +11,14 @@
 -- is 7 fields: id, queue, data, timeout, retries_left, meta, result_ttl.
 local W = ARGV[5]
 local CLAIM_TTL, EXEC_PREFIX, MAX_CLAIMS = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
-local nqueues = tonumber(ARGV[9])
+local IDLE_MARK_MS = tonumber(ARGV[9])
+local nqueues = tonumber(ARGV[10])
 local claimed_key = P .. ':claimed:' .. W
 local worker_key = 'rq:worker:' .. W
 local completions = {}
 hold_bells()
 
-local i = 10 + nqueues
+local i = 11 + nqueues
 local finished = tonumber(ARGV[i]); i = i + 1
 for _ = 1, finished do
   local id, queue, ttl, value = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
@@ -59,7 +61,7 @@ end
 local reply = {completions}
 local count = 0
 for q = 1, nqueues do
-  local queue = ARGV[9 + q]
+  local queue = ARGV[10 + q]
   while count < MAX_CLAIMS do
     local id = redis.call('LMOVE', 'rq:queue:' .. queue, claimed_key, 'LEFT', 'RIGHT')
     if not id then break end
@@ -90,7 +92,7 @@ if count == 0 then
   -- Nothing to claim: this worker now waits on its queues' bells; ring() rings for them only
   -- while this mark lives (longer than the worker's wait, renewed at its next empty claim).
   for q = 1, nqueues do
-    redis.call('SET', P .. ':idle:' .. ARGV[9 + q], 1, 'PX', IDLE_MARK_MS)
+    redis.call('SET', P .. ':idle:' .. ARGV[10 + q], 1, 'PX', IDLE_MARK_MS)
   end
   if finished > 0 then
     redis.call('HSET', worker_key, 'state', 'idle', 'current_job', '')
