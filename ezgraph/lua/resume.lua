@@ -52,9 +52,11 @@ for _, s in ipairs(again) do
   redis.call('HSET', key, 'status', 'queued', 'started_at', '', 'ended_at', '',
     'enqueued_at', NOW_ISO)
   redis.call('HDEL', key, 'exc_info')
-  redis.call('RPUSH', 'rq:queue:' .. s.queue, s.id)
-  redis.call('SADD', 'rq:queues', 'rq:queue:' .. s.queue)
-  -- Wake an idle ezgraph worker of this queue, as create_job does.
+  -- Listed for rq info and the dashboard when the queue list is new, and an idle ezgraph
+  -- worker of the queue woken, as create_job does.
+  if redis.call('RPUSH', 'rq:queue:' .. s.queue, s.id) == 1 then
+    redis.call('SADD', 'rq:queues', 'rq:queue:' .. s.queue)
+  end
   ring(s.queue)
   redis.call('HSET', steps_key, s.step .. '.status', 'queued')
   redis.call('HDEL', steps_key, s.step .. '.error', s.step .. '.ended_at', s.step .. '.inflight')
