@@ -44,8 +44,9 @@ end
 -- idle in the same call (fast.lua) and blocks on their bells; a queue nobody waits on rings
 -- nothing. At most BELLS bells wait in a queue's list.
 local BELLS = 8
-local function ring_now(queue)
+local function ring_now(queue, if_jobs_left)
   if redis.call('EXISTS', P .. ':idle:' .. queue) == 0 then return end
+  if if_jobs_left and redis.call('LLEN', 'rq:queue:' .. queue) == 0 then return end
   if redis.call('RPUSH', P .. ':bell:' .. queue, 1) > BELLS then
     redis.call('LTRIM', P .. ':bell:' .. queue, -BELLS, -1)
   end
@@ -61,9 +62,7 @@ local function hold_bells() held_bells = {} end
 local function ring_held()
   local queues = held_bells or {}
   held_bells = nil
-  for queue in pairs(queues) do
-    if redis.call('LLEN', 'rq:queue:' .. queue) > 0 then ring_now(queue) end
-  end
+  for queue in pairs(queues) do ring_now(queue, true) end
 end
 
 -- Create an RQ job unless its id exists (the atomic create that makes successors once-only).
