@@ -480,7 +480,13 @@ class Duties(threading.Thread):
             self.join(timeout=5)
 
 
-def save_ended(runtime: Runtime, holder: str, final: bool = False, older_than: float = 0.0) -> bool:
+def save_ended(
+    runtime: Runtime,
+    holder: str,
+    final: bool = False,
+    older_than: float = 0.0,
+    until_empty: bool = True,
+) -> bool:
     """Write every ended run waiting in Redis (for over ``older_than`` seconds) to SQL, 100 per
     transaction, one worker at a time (a SQLite database takes one writer at a time); False
     when another worker holds the lock.
@@ -488,13 +494,13 @@ def save_ended(runtime: Runtime, holder: str, final: bool = False, older_than: f
     A run that cannot be written (database down) stays in Redis's unsaved set, and the sweep
     writes it later. The lock only spares duplicate work (writing a run twice is an upsert), so
     it is short lived: a worker that died holding it delays the others by two seconds at most.
-    A stopping worker writes without it.
+    A stopping worker writes without it. ``until_empty``: see :meth:`Runtime.save_unsaved`.
     """
     lock = f"{runtime.settings.key_prefix}:lock:persist"
     if not final and not runtime.connection.set(lock, holder, nx=True, px=2_000):
         return False
     try:
-        runtime.save_unsaved(older_than=older_than)
+        runtime.save_unsaved(older_than=older_than, until_empty=until_empty)
     except RedisError:
         raise
     except Exception:

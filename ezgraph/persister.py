@@ -4,7 +4,8 @@ Beside stock ``rq worker`` processes it takes the hand-over to SQL out of them: 
 (it renews :func:`~ezgraph.companion.writer_key` every second) their companion threads leave
 the runs they end in Redis's unsaved set, and it writes them in batches, as ezgraph's own
 workers do: at once when nothing more has ended since its last look (20 ms), else every 0.2 s
-or 100 runs, under the same short write lock (:func:`~ezgraph.fast_worker.save_ended`).
+or 100 runs, under the same short write lock (:func:`~ezgraph.fast_worker.save_ended`). Each
+write takes the runs waiting when it starts; those that end meanwhile go in the next one.
 
 On a clean stop it withdraws its announcement, waits out the workers' last look at it, and
 writes what is left. Runs it did not get to (it was killed) wait in Redis for the next
@@ -51,7 +52,7 @@ def follow(runtime: Runtime, stopped: threading.Event, name: str) -> None:
                     quiet = waiting == seen  # nothing ended since the last look
                     if quiet or waiting >= SAVE_BATCH or now - waiting_since >= SAVE_EVERY:
                         oldest = book.unsaved(limit=1)
-                        save_ended(runtime, name)
+                        save_ended(runtime, name, until_empty=False)
                         waiting_since = None
                         if book.unsaved(limit=1) == oldest:
                             # Nothing was written: the database is down (logged), or another

@@ -173,20 +173,25 @@ class Runtime:
         self.book.mark_saved(saved, self.settings.run_ttl)
         return saved
 
-    def save_unsaved(self, older_than: float = 0.0, batch: int = 100) -> int:
-        """Persist the ended runs waiting in Redis when called (for over ``older_than``
-        seconds), ``batch`` per transaction; returns how many were written.
+    def save_unsaved(
+        self, older_than: float = 0.0, batch: int = 100, until_empty: bool = True
+    ) -> int:
+        """Persist the ended runs waiting in Redis (for over ``older_than`` seconds), ``batch``
+        per transaction, until none is left; returns how many were written.
 
-        Runs that end meanwhile wait for the next call: a writer that chased them would write
-        a few at a time while workers keep ending runs, a transaction each.
+        ``until_empty=False`` writes only the runs waiting when called: runs that end meanwhile
+        wait for the next call instead of being chased a few per transaction. The follower
+        (``persist --follow``) writes so, in a quarter less CPU per run; an ezgraph worker's
+        background writer keeps writing until empty, which measured 12% more throughput for
+        the worker (benchmarks/NOTES.md).
         """
         total = 0
-        cutoff = time.time() - older_than
+        cutoff = None if until_empty else time.time() - older_than
         while True:
-            ids = self.book.unsaved(limit=batch, before=cutoff)
+            ids = self.book.unsaved(limit=batch, older_than=older_than, before=cutoff)
             if not ids:
                 return total
             saved = self.save_runs(ids)
             total += len(saved)
-            if len(saved) < len(ids) or len(ids) < batch:
+            if len(saved) < len(ids) or (cutoff is not None and len(ids) < batch):
                 return total

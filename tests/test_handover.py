@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+import pytest
 from redis import Redis
 from rq import Queue
 
@@ -96,8 +97,10 @@ def test_a_write_asked_for_while_one_is_finishing_is_not_absorbed_by_it(
     late: list[str] = []
     save_unsaved = runtime.save_unsaved
 
-    def write_then_more_end(older_than: float = 0.0, batch: int = 100) -> int:
-        written = save_unsaved(older_than=older_than, batch=batch)
+    def write_then_more_end(
+        older_than: float = 0.0, batch: int = 100, until_empty: bool = True
+    ) -> int:
+        written = save_unsaved(older_than=older_than, batch=batch, until_empty=until_empty)
         if older_than == 0.0 and not late:  # the write the worker asked for, finishing
             late.extend(end_runs_unwritten(runtime, 2))
             duties.write_soon()
@@ -159,11 +162,13 @@ def test_stock_workers_leave_their_runs_to_a_following_writer(
     assert runtime.book.unsaved() == []
 
 
-def test_a_write_takes_the_runs_waiting_when_it_starts_in_full_batches(
-    make_runtime: Callable[..., Runtime],
+@pytest.mark.parametrize("until_empty", [False, True])
+def test_a_write_takes_the_runs_waiting_when_it_starts_or_goes_on_until_none_is_left(
+    make_runtime: Callable[..., Runtime], until_empty: bool
 ) -> None:
-    """``save_unsaved`` writes what was waiting, ``batch`` runs per transaction; runs that end
-    while it writes wait for the next write instead of being chased a few at a time."""
+    """``save_unsaved`` writes ``batch`` runs per transaction. The follower's writes
+    (``until_empty=False``) take what was waiting: a run that ends meanwhile waits for the next
+    write. A worker's writes go on until no run is left, that one included."""
     runtime = make_runtime(PACKAGE)
     waiting = end_runs_unwritten(runtime, 5)
     transactions: list[list[str]] = []
@@ -177,10 +182,16 @@ def test_a_write_takes_the_runs_waiting_when_it_starts_in_full_batches(
         return save_runs(run_ids)
 
     runtime.save_runs = save_while_more_end  # type: ignore[method-assign]
-    assert runtime.save_unsaved(batch=2) == 5
-    assert [len(ids) for ids in transactions] == [2, 2, 1]
-    assert sorted(run_id for ids in transactions for run_id in ids) == sorted(waiting)
-    assert runtime.book.unsaved() == late
-    assert runtime.save_unsaved(batch=2) == 1
-    assert runtime.book.unsaved() == []
+    written = runtime.save_unsaved(batch=2, until_empty=until_empty)
+    if until_empty:
+        assert written == 6
+        assert [len(ids) for ids in transactions] == [2, 2, 2]
+        assert runtime.book.unsaved() == []
+    else:
+        assert written == 5
+        assert [len(ids) for ids in transactions] == [2, 2, 1]
+        assert sorted(run_id for ids in transactions for run_id in ids) == sorted(waiting)
+        assert runtime.book.unsaved() == late
+        assert runtime.save_unsaved(batch=2, until_empty=False) == 1
+        assert runtime.book.unsaved() == []
     assert runtime.store.count_runs() == 6
