@@ -382,12 +382,12 @@ class RunBook:
             mapped=mapped,
         )
 
-    def unsaved(
-        self, limit: int = 500, older_than: float = 0.0, before: float | None = None
-    ) -> list[str]:
-        """Ended runs not yet in SQL, oldest first: those that ended over ``older_than``
-        seconds ago, or before the epoch time ``before`` when it is given."""
-        cutoff = time.time() - older_than if before is None else before
+    def unsaved(self, limit: int = 500, older_than: float = 0.0) -> list[str]:
+        """Ended runs not yet in SQL, oldest first (those ended over ``older_than`` s ago).
+
+        A run's score is the time of the worker that ended it: with ``older_than`` 0 every run
+        is taken, whatever the clocks of that worker and this machine say."""
+        cutoff: float | str = time.time() - older_than if older_than > 0 else "+inf"
         ids = self.connection.zrangebyscore(self._unsaved_key, "-inf", cutoff, start=0, num=limit)
         return [as_text(i) or "" for i in ids]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -186,12 +185,18 @@ class Runtime:
         the worker (benchmarks/NOTES.md).
         """
         total = 0
-        cutoff = None if until_empty else time.time() - older_than
-        while True:
-            ids = self.book.unsaved(limit=batch, older_than=older_than, before=cutoff)
+        # The runs waiting now are the oldest ones: counted, not cut off at this machine's
+        # time, which a worker's clock may be ahead of (their scores are the workers' times).
+        left = None if until_empty else self.book.unsaved_count()
+        while left is None or left > 0:
+            limit = batch if left is None else min(batch, left)
+            ids = self.book.unsaved(limit=limit, older_than=older_than)
             if not ids:
                 return total
             saved = self.save_runs(ids)
             total += len(saved)
-            if len(saved) < len(ids) or (cutoff is not None and len(ids) < batch):
+            if len(saved) < len(ids):
                 return total
+            if left is not None:
+                left -= len(ids)
+        return total

@@ -195,3 +195,18 @@ def test_a_write_takes_the_runs_waiting_when_it_starts_or_goes_on_until_none_is_
         assert runtime.save_unsaved(batch=2, until_empty=False) == 1
         assert runtime.book.unsaved() == []
     assert runtime.store.count_runs() == 6
+
+
+@pytest.mark.parametrize("until_empty", [False, True])
+def test_a_write_takes_the_runs_of_a_worker_whose_clock_is_ahead(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis, until_empty: bool
+) -> None:
+    """A run's place in the unsaved set is its worker's time: a worker whose clock runs a minute
+    ahead still has its runs written by the next write, not a minute later."""
+    runtime = make_runtime(PACKAGE)
+    run_ids = end_runs_unwritten(runtime, 2)
+    unsaved = f"{runtime.settings.key_prefix}:runs:unsaved"
+    redis_conn.zadd(unsaved, {run_ids[1]: time.time() + 60})
+    assert runtime.save_unsaved(until_empty=until_empty) == 2
+    assert runtime.book.unsaved() == []
+    assert runtime.store.count_runs() == 2
