@@ -50,8 +50,8 @@ logger = logging.getLogger(__name__)
 
 ALIVE_TTL = 5  # seconds without a heartbeat before a worker counts as dead
 HEARTBEAT_EVERY = 1.0
-IDLE_WAIT = 1  # seconds an idle worker blocks on its queues' bells before looking again; its
-IDLE_MARK = 3 * IDLE_WAIT  # empty claim marks them idle this long (only then do they ring)
+IDLE_WAIT = 1  # seconds an idle worker blocks on its queues' bells before looking again
+IDLE_MARK = 3 * IDLE_WAIT  # seconds its empty claim marks them idle (only then do they ring)
 # Ended runs go to SQL many per transaction (one run alone costs ~6x its share of a 100-run
 # batch), written by whichever worker holds the write lock, all that are waiting. A worker that
 # ended runs and is busy asks its duties thread to write every SAVE_EVERY seconds or SAVE_BATCH
