@@ -65,16 +65,21 @@ local function ring_held()
   for queue in pairs(queues) do ring_now(queue, true) end
 end
 
+-- Put job `id` at the back of `queue`, as RQ enqueues, and wake an idle ezgraph worker of it.
+local function push_job(queue, id)
+  if redis.call('RPUSH', 'rq:queue:' .. queue, id) == 1 then
+    -- A new queue list: list it for rq info and the dashboard (a longer one is listed already).
+    redis.call('SADD', 'rq:queues', 'rq:queue:' .. queue)
+  end
+  ring(queue)
+end
+
 -- Create an RQ job unless its id exists (the atomic create that makes successors once-only).
 local function create_job(step, job)
   local key = 'rq:job:' .. job.id
   if redis.call('EXISTS', key) == 1 then return false end
   redis.call('HSET', key, unpack(ARGV, job.first, job.last))
-  if redis.call('RPUSH', 'rq:queue:' .. job.queue, job.id) == 1 then
-    -- A new queue list: list it for rq info and the dashboard (a longer one is listed already).
-    redis.call('SADD', 'rq:queues', 'rq:queue:' .. job.queue)
-  end
-  ring(job.queue)
+  push_job(job.queue, job.id)
   redis.call('HSET', jobs_key, job.id, job.queue)
   redis.call('HSET', steps_key, step .. '.status', 'queued', step .. '.job', job.id)
   pending_delta = pending_delta + 1

@@ -52,12 +52,7 @@ for _, s in ipairs(again) do
   redis.call('HSET', key, 'status', 'queued', 'started_at', '', 'ended_at', '',
     'enqueued_at', NOW_ISO)
   redis.call('HDEL', key, 'exc_info')
-  -- Listed for rq info and the dashboard when the queue list is new, and an idle ezgraph
-  -- worker of the queue woken, as create_job does.
-  if redis.call('RPUSH', 'rq:queue:' .. s.queue, s.id) == 1 then
-    redis.call('SADD', 'rq:queues', 'rq:queue:' .. s.queue)
-  end
-  ring(s.queue)
+  push_job(s.queue, s.id)
   redis.call('HSET', steps_key, s.step .. '.status', 'queued')
   redis.call('HDEL', steps_key, s.step .. '.error', s.step .. '.ended_at', s.step .. '.inflight')
   redis.call('HINCRBY', run_key, 'pending', 1)
