@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pickle
 import zlib
 from collections.abc import Sequence
@@ -187,16 +188,14 @@ class Runtime:
         total = 0
         # The runs waiting now are the oldest ones: counted, not cut off at this machine's
         # time, which a worker's clock may be ahead of (their scores are the workers' times).
-        left = None if until_empty else self.book.unsaved_count()
-        while left is None or left > 0:
-            limit = batch if left is None else min(batch, left)
-            ids = self.book.unsaved(limit=limit, older_than=older_than)
+        left = math.inf if until_empty else self.book.unsaved_count()
+        while left > 0:
+            ids = self.book.unsaved(limit=int(min(batch, left)), older_than=older_than)
             if not ids:
                 return total
             saved = self.save_runs(ids)
             total += len(saved)
             if len(saved) < len(ids):
                 return total
-            if left is not None:
-                left -= len(ids)
+            left -= len(ids)
         return total
