@@ -330,21 +330,23 @@ class RunBook:
         for run_id in run_ids:
             base = self.run_key(run_id)
             commands += [("HGETALL", key) for key in (base, f"{base}:steps", f"{base}:state")]
-        replies = [_text_dict(reply) for reply in self._pipelined(commands)]
+        replies = [_text_dict(reply) for reply in self.read_pipelined(commands)]
         runs: list[LiveRun | None] = []
         for n, run_id in enumerate(run_ids):
             header, raw_steps, states = replies[3 * n : 3 * n + 3]
             if not header:
                 runs.append(None)
                 continue
-            steps: dict[str, dict[str, str]] = {}
-            for name, value in raw_steps.items():
-                step, _, field = name.rpartition(".")
-                steps.setdefault(step, {})[field] = value
-            runs.append(LiveRun(run_id, header, steps, states))
+            runs.append(LiveRun(run_id, header, _by_step(raw_steps), states))
         return runs
 
-    def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def read_steps(self, run_ids: Sequence[str]) -> list[dict[str, dict[str, str]]]:
+        """The steps of several runs (as :attr:`LiveRun.steps`) in one round trip, without
+        their headers and states; empty for a run Redis no longer holds."""
+        replies = self.read_pipelined([("HGETALL", f"{self.run_key(r)}:steps") for r in run_ids])
+        return [_by_step(_text_dict(reply)) for reply in replies]
+
+    def read_pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Raw replies of read-only ``commands`` in one round trip (:meth:`_raw`; for the
         hand-over to SQL, where redis-py's pipeline layer cost a third of reading a run). On
         any error redis-py's pipeline, with its retries, does the work instead."""
@@ -420,6 +422,15 @@ def as_text(value: Any) -> str | None:
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _by_step(fields: dict[str, str]) -> dict[str, dict[str, str]]:
+    """A run's steps hash (``<step>.<field>`` keys) as ``{step: {field: value}}``."""
+    steps: dict[str, dict[str, str]] = {}
+    for name, value in fields.items():
+        step, _, field = name.rpartition(".")
+        steps.setdefault(step, {})[field] = value
+    return steps
 
 
 def _text_dict(reply: Any) -> dict[str, str]:

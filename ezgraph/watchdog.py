@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from .bookkeeping import as_text
+from .bookkeeping import RunBook, as_text
 from .records import parse_rq_date
 from .runtime import Runtime
 
@@ -31,6 +33,20 @@ logger = logging.getLogger(__name__)
 GRACE = 2.0  # seconds a step may look lost before it is acted on
 MAX_RECOVERIES = 3  # times a step whose process died is run again before its run fails
 READ_CHUNK = 50  # runs read from Redis at a time (whole runs: a worker's memory peak)
+
+
+class _Job(NamedTuple):
+    """A step its run expects, and what RQ says of its job."""
+
+    run_id: str
+    step: str
+    job_id: str
+    recovered: int  # times the step was run again after its process died
+    status: str | None
+    worker: str | None
+    queue: str
+    started: str | None
+    beating: bool
 
 
 @dataclass
@@ -58,27 +74,36 @@ def watch_runs(runtime: Runtime, grace: float = GRACE, limit: int = 500) -> Watc
     waiting: list[tuple[str, str, str, int]] = []  # run, step, job id, recoveries so far
     for first in range(0, len(run_ids), READ_CHUNK):
         chunk = run_ids[first : first + READ_CHUNK]
-        for run_id, live in zip(chunk, book.read_many(chunk), strict=True):
-            if live is None:
-                continue
-            for step, fields in live.steps.items():
+        for run_id, steps in zip(chunk, book.read_steps(chunk), strict=True):
+            for step, fields in steps.items():
                 if fields.get("status") == "queued" and fields.get("job"):
                     recovered = int(fields.get("recovered") or 0)
                     waiting.append((run_id, step, fields["job"], recovered))
     if not waiting:
         return report
-    pipe = connection.pipeline(transaction=False)
+    # One round trip: the worker names, and each job's RQ status and step heartbeat.
+    commands: list[tuple[str, ...]] = [("SMEMBERS", f"{prefix}:workers")]
     for _, _, job_id, _ in waiting:
-        pipe.hmget(f"rq:job:{job_id}", "status", "worker_name", "origin", "ended_at", "started_at")
-        pipe.exists(f"{prefix}:beat:{job_id}")
-    replies = pipe.execute()
-    now = time.time()
+        commands += [
+            ("HMGET", f"rq:job:{job_id}", "status", "worker_name", "origin", "started_at"),
+            ("EXISTS", f"{prefix}:beat:{job_id}"),
+        ]
+    replies = book.read_pipelined(commands)
+    workers = sorted(as_text(name) or "" for name in replies[0])
+    jobs = []
     for n, (run_id, step, job_id, recovered) in enumerate(waiting):
-        status, worker, origin, _ended, started = (as_text(v) for v in replies[2 * n])
-        beating = bool(replies[2 * n + 1])
+        status, worker, origin, started = (as_text(v) for v in replies[1 + 2 * n])
         queue = origin or step.rsplit("-", 1)[0]
+        beating = bool(replies[2 + 2 * n])
+        jobs.append(_Job(run_id, step, job_id, recovered, status, worker, queue, started, beating))
+    listed = _listed(book, prefix, workers, [j for j in jobs if j.status == "queued"])
+    alive: dict[str, bool] = {}
+    now = time.time()
+    for run_id, step, job_id, recovered, status, worker, queue, started, beating in jobs:
         if status == "started" and not beating and worker:
-            if connection.exists(f"{prefix}:alive:{worker}"):
+            if worker not in alive:
+                alive[worker] = bool(connection.exists(f"{prefix}:alive:{worker}"))
+            if alive[worker]:
                 continue  # an ezgraph worker's claim: its liveness key speaks for it
             if _age(started, now) < grace:
                 continue
@@ -86,11 +111,7 @@ def watch_runs(runtime: Runtime, grace: float = GRACE, limit: int = 500) -> Watc
                 logger.warning("run %s step %s: its worker died, step requeued", run_id, step)
                 report.requeued.append(job_id)
         elif status == "queued":
-            if connection.lpos(f"rq:queue:{queue}", job_id) is not None:
-                continue
-            if connection.lpos(f"rq:queue:{queue}:intermediate", job_id) is not None:
-                continue
-            if _claimed_anywhere(runtime, job_id):
+            if job_id in listed:
                 continue
             # A stock worker marks a popped job started a moment after the pop: act only when
             # the job looked lost on two passes in a row.
@@ -121,21 +142,28 @@ def watch_runs(runtime: Runtime, grace: float = GRACE, limit: int = 500) -> Watc
     return report
 
 
+def _listed(book: RunBook, prefix: str, workers: Sequence[str], jobs: Sequence[_Job]) -> set[str]:
+    """The ids of ``jobs`` found in a list: their queue, its intermediate list (a stock worker's
+    dequeue) or an ezgraph worker's claimed list. One round trip for them all, each job's lists
+    looked at in that order (a claim moves a job from the first to the last)."""
+    lookups = [
+        (job.job_id, key)
+        for job in jobs
+        for key in (
+            f"rq:queue:{job.queue}",
+            f"rq:queue:{job.queue}:intermediate",
+            *(f"{prefix}:claimed:{worker}" for worker in workers),
+        )
+    ]
+    positions = book.read_pipelined([("LPOS", key, job_id) for job_id, key in lookups])
+    return {job_id for (job_id, _), at in zip(lookups, positions, strict=True) if at is not None}
+
+
 def _age(started: str | None, now: float) -> float:
     if not started:
         return float("inf")
     parsed = parse_rq_date(started)
     return now - parsed.timestamp() if parsed else float("inf")
-
-
-def _claimed_anywhere(runtime: Runtime, job_id: str) -> bool:
-    prefix = runtime.settings.key_prefix
-    connection = runtime.connection
-    for raw in connection.smembers(f"{prefix}:workers"):
-        name = as_text(raw) or ""
-        if connection.lpos(f"{prefix}:claimed:{name}", job_id) is not None:
-            return True
-    return False
 
 
 def _requeue(runtime: Runtime, run_id: str, job_id: str, queue: str, expected: str) -> bool:

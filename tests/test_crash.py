@@ -200,3 +200,27 @@ def test_a_step_lost_from_its_queue_is_pushed_back(
     assert redis_conn.lrange("rq:queue:a", 0, -1) == [f"{run_id}-a".encode()]
     drain(runtime)
     assert orchestrator.status(run_id)["status"] == "finished"
+
+
+def test_the_watchdog_pushes_back_only_the_lost_step_of_many_waiting(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    """One pass looks at every waiting step at once: a step in its queue, in the queue's
+    intermediate list (a stock worker's dequeue) or in an ezgraph worker's claimed list is
+    waiting; only the one in no list is lost."""
+    runtime = make_runtime("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_ids = [orchestrator.submit("a") for _ in range(6)]
+    jobs = [f"{run_id}-a" for run_id in run_ids]
+    for job in jobs[1:4]:
+        assert redis_conn.lrem("rq:queue:a", 0, job) == 1
+    redis_conn.rpush("rq:queue:a:intermediate", jobs[1])
+    redis_conn.sadd("ezgraph:workers", "other-worker")
+    redis_conn.rpush("ezgraph:claimed:other-worker", jobs[2])
+    redis_conn.zadd("ezgraph:runs:live", {run_id: time.time() - 10 for run_id in run_ids})
+
+    assert watch_runs(runtime).requeued == []  # first sighting: a suspect, not yet acted on
+    assert watch_runs(runtime).requeued == [jobs[3]]
+    assert redis_conn.lrange("rq:queue:a", 0, -1) == [
+        job.encode() for job in (jobs[3], jobs[0], jobs[4], jobs[5])
+    ]
