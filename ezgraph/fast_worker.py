@@ -527,9 +527,16 @@ def reap_dead_workers(runtime: Runtime) -> list[str]:
     return requeued
 
 
+PICKLE_START = pickle.PROTO  # the first byte of a pickle of protocol 2 or later
+
+
 def job_data(data: bytes) -> bytes:
     """A job's pickled call, compressed or not: RQ compresses it, ezgraph leaves small ones
-    as they are, and RQ's own ``Job.restore`` reads both the same way."""
+    as they are, and RQ's own ``Job.restore`` reads both (it tries to decompress first)."""
+    if data[:1] == PICKLE_START:
+        # A pickle of protocol 2 or later: never a zlib stream, whose first byte is one of
+        # 0x08, 0x18, ... 0x78 (so no error is raised and caught for every step).
+        return data
     try:
         return zlib.decompress(data)
     except zlib.error:
