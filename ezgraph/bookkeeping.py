@@ -129,6 +129,11 @@ class LiveRun:
     states: dict[str, str]
 
 
+# The hash field of a job that gathers its input (a join): which run, predecessors and kept
+# states to read for it, as JSON. fast.lua reads them as it claims the job.
+GATHER_FIELD = "ezgraph_gather"
+
+
 @dataclass(frozen=True)
 class Gathered:
     """A join's inputs as Redis holds them (JSON texts, None where absent)."""
@@ -360,7 +365,8 @@ class RunBook:
 
     def gather(self, run_id: str, predecessors: Sequence[str], states: Sequence[str]) -> Gathered:
         """What a join needs: its predecessors' statuses and outputs, the kept ``states``, and
-        the outputs of every instance of a mapped predecessor, in item order."""
+        the outputs of every instance of a mapped predecessor, in item order (the fast worker
+        reads the same as it claims the join: :func:`gathered_from`)."""
         base = self.run_key(run_id)
         pipe = self.connection.pipeline(transaction=False)
         pipe.hmget(f"{base}:steps", [f"{p}.status" for p in predecessors])
@@ -368,21 +374,14 @@ class RunBook:
         pipe.hmget(f"{base}:state", list(states))
         pipe.hmget(f"{base}:join", [f"mapn:{p}" for p in predecessors])
         statuses, outputs, kept, counts = pipe.execute()
-        mapped_counts = {
-            p: int(c) for p, c in zip(predecessors, counts, strict=True) if c is not None
-        }
-        mapped: dict[str, list[str | None]] = {}
-        fields = [f"{p}-{i}.output" for p, n in mapped_counts.items() for i in range(n)]
-        if fields:
-            values = [as_text(v) for v in self.connection.hmget(f"{base}:steps", fields)]
-            for pred, count in mapped_counts.items():
-                mapped[pred], values = values[:count], values[count:]
-        return Gathered(
-            statuses={p: as_text(v) or "" for p, v in zip(predecessors, statuses, strict=True)},
-            outputs={p: as_text(v) for p, v in zip(predecessors, outputs, strict=True)},
-            states={name: as_text(v) for name, v in zip(states, kept, strict=True)},
-            mapped=mapped,
-        )
+        fields = [
+            f"{p}-{i}.output"
+            for p, count in zip(predecessors, counts, strict=True)
+            if count is not None
+            for i in range(int(count))
+        ]
+        mapped = self.connection.hmget(f"{base}:steps", fields) if fields else []
+        return gathered_from(predecessors, states, [statuses, outputs, kept, counts, mapped])
 
     def unsaved(self, limit: int = 500, older_than: float = 0.0) -> list[str]:
         """Ended runs not yet in SQL, oldest first (those ended over ``older_than`` s ago).
@@ -409,6 +408,32 @@ class RunBook:
         """Runs are in SQL: drop them from the unsaved set and let their keys expire."""
         if run_ids:
             self.call("saved", "", ttl, *run_ids)
+
+
+def gathered_from(
+    predecessors: Sequence[str], states: Sequence[str], replies: Sequence[Any]
+) -> Gathered:
+    """A join's inputs from the five replies :meth:`RunBook.gather` or a claim (``fast.lua``)
+    read: predecessors' statuses, their outputs, the kept states, the map counts, and the
+    mapped instances' outputs. Raises ValueError when they were read for other lists (the
+    job was made by another version of the graph)."""
+    statuses, outputs, kept, counts, mapped_values = replies
+    n = len(predecessors)
+    if not (len(statuses) == len(outputs) == len(counts) == n and len(kept) == len(states)):
+        raise ValueError("gathered for other predecessors")
+    mapped_counts = {p: int(c) for p, c in zip(predecessors, counts, strict=True) if c is not None}
+    if sum(mapped_counts.values()) != len(mapped_values):
+        raise ValueError("gathered for other map counts")
+    values = [as_text(v) for v in mapped_values]
+    mapped: dict[str, list[str | None]] = {}
+    for pred, count in mapped_counts.items():
+        mapped[pred], values = values[:count], values[count:]
+    return Gathered(
+        statuses={p: as_text(v) or "" for p, v in zip(predecessors, statuses, strict=True)},
+        outputs={p: as_text(v) for p, v in zip(predecessors, outputs, strict=True)},
+        states={name: as_text(v) for name, v in zip(states, kept, strict=True)},
+        mapped=mapped,
+    )
 
 
 def outcome_of(reply: Sequence[Any]) -> Outcome:

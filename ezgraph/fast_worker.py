@@ -71,6 +71,9 @@ SWEEP_AGE = 2.0  # the once-a-second sweep writes the runs left unsaved this lon
 # (a failure of its run does not cancel it); after a step slower than 50 ms, one at a time.
 
 
+CLAIM_FIELDS = 8  # fields of each claimed job in fast.lua's reply
+
+
 def _raise_timeout(signum: int, frame: Any) -> None:
     raise JobTimeoutException("Task exceeded maximum timeout value")
 
@@ -89,6 +92,7 @@ class ClaimedJob:
     execution_id: str
     data: bytes = b""
     started: float = field(default_factory=time.time)
+    gathered: list[Any] | None = None  # a join's input, read by the claim (StepInput.gathered)
 
 
 @dataclass
@@ -248,8 +252,9 @@ class FastWorker(SimpleWorker):
         jobs: list[ClaimedJob] = []
         fields = reply[1:]
         settings = self.runtime.settings
-        for n in range(0, len(fields), 7):
-            job_id, queue, data, timeout, retries_left, meta, result_ttl = fields[n : n + 7]
+        for n in range(0, len(fields), CLAIM_FIELDS):
+            row = fields[n : n + CLAIM_FIELDS]
+            job_id, queue, data, timeout, retries_left, meta, result_ttl, gathered = row
             job = ClaimedJob(
                 id=job_id.decode(),
                 queue=queue.decode(),
@@ -258,8 +263,9 @@ class FastWorker(SimpleWorker):
                 worker_name=self.name,
                 timeout=int(timeout) if timeout is not None else settings.job_timeout,
                 result_ttl=int(result_ttl) if result_ttl is not None else 500,
-                execution_id=f"{exec_prefix}{n // 7 + 1}",
+                execution_id=f"{exec_prefix}{n // CLAIM_FIELDS + 1}",
                 data=data,
+                gathered=gathered,
             )
             jobs.append(job)
         self._current = jobs[0] if jobs else None
@@ -327,6 +333,7 @@ class FastWorker(SimpleWorker):
         step_input = StepInput(
             state=kwargs.get("state"),
             gather=kwargs.get("gather", False),
+            gathered=claimed.gathered,
             index=kwargs.get("index"),
             item=kwargs.get("item"),
             key=kwargs.get("key", "item"),

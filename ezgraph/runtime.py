@@ -18,7 +18,7 @@ from typing import Any
 from redis import Redis
 from rq.job import JobStatus, Retry
 
-from .bookkeeping import PreparedJob, RunBook, utcnow_iso
+from .bookkeeping import GATHER_FIELD, PreparedJob, RunBook, utcnow_iso
 from .connection import connect
 from .errors import ConnectionFailed
 from .faults import crash_point
@@ -37,10 +37,15 @@ COMPRESS_OVER = 1024
 
 @dataclass(frozen=True)
 class StepInput:
-    """How a step job gets its input: the state itself, or gathered from Redis (joins)."""
+    """How a step job gets its input: the state itself, or gathered from Redis (joins).
+
+    ``gathered``: what the fast worker's claim read for a gathering job (the replies
+    :func:`~ezgraph.bookkeeping.gathered_from` takes); otherwise the step reads it as it starts.
+    """
 
     state: dict[str, Any] | None = None
     gather: bool = False
+    gathered: Sequence[Any] | None = None
     index: int | None = None
     item: Any = None
     key: str = "item"
@@ -56,6 +61,7 @@ class Runtime:
         self._store: Store | None = None
         self._graphs: dict[str, Graph] = {}
         self._functions: dict[tuple[str, str], StepFunction] = {}
+        self._job_fields: dict[tuple[str, str], tuple[Any, ...]] = {}
 
     @property
     def store(self) -> Store:
@@ -89,10 +95,6 @@ class Runtime:
     ) -> PreparedJob:
         """Build the RQ job of one step: id ``<run>-<step>``, on the queue named after the node."""
         step = node if step_input.index is None else f"{node}-{step_input.index}"
-        settings = self.settings
-        policy = graph.policy(
-            node, settings.job_timeout, settings.retries, settings.retry_intervals
-        )
         kwargs: dict[str, Any] = {"run_id": run_id, "node": node, "package": graph.package}
         if step_input.gather:
             kwargs["gather"] = True
@@ -110,22 +112,42 @@ class Runtime:
             "created_at", now_iso,
             "enqueued_at", now_iso,
             "data", data,
-            "origin", node,
             "description", f"{step} ({graph.functions[node]}) run {run_id}",
-            "timeout", policy.timeout,
-            "result_ttl", settings.result_ttl,
-            "failure_ttl", settings.result_ttl,
-            "status", JobStatus.QUEUED.value,
+            *self._node_job_fields(graph, node),
         ]  # fmt: skip
-        if policy.retries > 0:
-            retry = Retry(max=policy.retries, interval=list(policy.retry_intervals) or 0)
-            fields += [
-                "retries_left", retry.max,
-                "retry_intervals", json.dumps(retry.intervals),
-                "meta", pickle.dumps({"retries": retry.max}, protocol=pickle.HIGHEST_PROTOCOL),
-            ]  # fmt: skip
-        job_id = f"{run_id}-{step}"
-        return PreparedJob(step, job_id, node, fields)
+        if step_input.gather:
+            # What a claim by the fast worker reads for it (fast.lua), saving the step a round
+            # trip; RQ and stock workers ignore the field.
+            preds, states = graph.predecessors(node), graph.gathered_states(node)
+            fields += [GATHER_FIELD, json.dumps({"run": run_id, "preds": preds, "states": states})]
+        return PreparedJob(step, f"{run_id}-{step}", node, fields)
+
+    def _node_job_fields(self, graph: Graph, node: str) -> tuple[Any, ...]:
+        """The hash fields every job of ``node`` shares (its queue, policy and TTLs), built
+        once per process."""
+        key = (graph.package, node)
+        fields = self._job_fields.get(key)
+        if fields is None:
+            settings = self.settings
+            policy = graph.policy(
+                node, settings.job_timeout, settings.retries, settings.retry_intervals
+            )
+            fields = (
+                "origin", node,
+                "timeout", policy.timeout,
+                "result_ttl", settings.result_ttl,
+                "failure_ttl", settings.result_ttl,
+                "status", JobStatus.QUEUED.value,
+            )  # fmt: skip
+            if policy.retries > 0:
+                retry = Retry(max=policy.retries, interval=list(policy.retry_intervals) or 0)
+                fields += (
+                    "retries_left", retry.max,
+                    "retry_intervals", json.dumps(retry.intervals),
+                    "meta", pickle.dumps({"retries": retry.max}, protocol=pickle.HIGHEST_PROTOCOL),
+                )  # fmt: skip
+            self._job_fields[key] = fields
+        return fields
 
     def read_run(self, run_id: str) -> RunRecord | None:
         """A live run from Redis (with RQ's view of its queued steps), or None."""

@@ -8,6 +8,7 @@ the step's output, so ``Job.return_value()`` and rq-dashboard show it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from typing import Any
 
 from rq.job import Job, get_current_job
 
-from .bookkeeping import PreparedJob, RunBook, utcnow_iso
+from .bookkeeping import PreparedJob, RunBook, gathered_from, utcnow_iso
 from .companion import companion_for
 from .control import Map, Route, StepContext, reset_current_step, set_current_step
 from .errors import PayloadError, StepError
@@ -186,7 +187,7 @@ def run_module(
     token = None
     try:
         if step_input.gather:
-            state, outputs = gather_input(runtime, graph, run_id, node)
+            state, outputs = gather_input(runtime, graph, run_id, node, step_input.gathered)
         data = dict(state)
         if index is not None:
             data[step_input.key] = step_input.item
@@ -334,17 +335,29 @@ def successor_jobs(
 
 
 def gather_input(
-    runtime: Runtime, graph: Graph, run_id: str, node: str
+    runtime: Runtime,
+    graph: Graph,
+    run_id: str,
+    node: str,
+    claimed: Sequence[Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A join's input: its predecessors' states merged in GRAPH_CONNECTIONS order (a later
     predecessor's value wins a conflicting key), and each predecessor's own output by name.
 
     A mapped predecessor contributes its mapper's state plus ``{node: [outputs in item order]}``.
-    Skipped predecessors contribute nothing.
+    Skipped predecessors contribute nothing. ``claimed``: what the fast worker's claim read for
+    the job (``StepInput.gathered``); without it, or when it was read for another version of
+    the graph, it is read now.
     """
     predecessors = graph.predecessors(node)
     mappers = {p: graph.predecessors(p)[0] for p in predecessors if len(graph.predecessors(p)) == 1}
-    gathered = runtime.book.gather(run_id, predecessors, [*predecessors, *set(mappers.values())])
+    states = graph.gathered_states(node)
+    gathered = None
+    if claimed is not None:
+        with contextlib.suppress(ValueError):
+            gathered = gathered_from(predecessors, states, claimed)
+    if gathered is None:
+        gathered = runtime.book.gather(run_id, predecessors, states)
     state: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
     for pred in predecessors:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 from redis import Redis
 from rq import Queue
 
+from ezgraph.bookkeeping import GATHER_FIELD, RunBook
 from ezgraph.fast_worker import FastWorker, serve
 from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime, StepInput
@@ -191,3 +194,75 @@ def test_a_successor_its_own_worker_claims_in_the_same_call_wakes_nobody(
     assert redis_conn.llen(bell) == 0
     assert finish_a(["a"]) == []  # b waits in its queue for the idle worker
     assert redis_conn.llen(bell) == 1
+
+
+def spy_on_gathers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The runs whose join read its input itself (RunBook.gather), in call order."""
+    reads: list[str] = []
+    original = RunBook.gather
+
+    def gather(book: RunBook, run_id: str, predecessors: Any, states: Any) -> Any:
+        reads.append(run_id)
+        return original(book, run_id, predecessors, states)
+
+    monkeypatch.setattr(RunBook, "gather", gather)
+    return reads
+
+
+@pytest.mark.parametrize(("items", "reads_itself"), [([3, 1, 2], False), (list(range(1001)), True)])
+def test_the_ezgraph_worker_hands_a_join_its_input_with_the_claim(
+    make_runtime: Callable[..., Runtime],
+    monkeypatch: pytest.MonkeyPatch,
+    items: list[int],
+    reads_itself: bool,
+) -> None:
+    """The claim of a join reads its predecessors' outputs and states (no round trip of the
+    step's own), except for a map too large to read in one call."""
+    reads = spy_on_gathers(monkeypatch)
+    diamond = make_runtime("tests.graphs.diamond")
+    orchestrator = GraphOrchestrator(runtime=diamond)
+    run_id = orchestrator.submit("a")
+    serve(diamond, burst=True, with_scheduler=False, log_level="WARNING")
+    result = orchestrator.status(run_id)["result"]
+    assert result["trail"] == ["a", "c", "d"] and result["b"] is True and result["c"] is True
+
+    mapped = make_runtime("tests.graphs.mapped")
+    orchestrator = GraphOrchestrator(runtime=mapped)
+    map_run = orchestrator.submit("m", items=items)
+    serve(mapped, burst=True, with_scheduler=False, log_level="WARNING")
+    status = orchestrator.status(map_run)
+    assert status["status"] == "finished"
+    assert status["result"]["values"] == [i * i for i in items]
+    assert reads == ([map_run] if reads_itself else [])
+
+
+@pytest.mark.parametrize(
+    "field", [None, '{{"run": "{run}", "preds": ["b"], "states": ["b"]}}', "not json"]
+)
+def test_a_join_job_the_claim_cannot_read_for_reads_its_input_itself(
+    make_runtime: Callable[..., Runtime],
+    redis_conn: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    field: str | None,
+) -> None:
+    """A join queued without what to read for it (by an older ezgraph), or for another version
+    of the graph, still gets its whole input: the step reads it as it starts."""
+    runtime = make_runtime("tests.graphs.diamond")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("a")
+    serve(runtime, ["a", "b", "c"], burst=True, with_scheduler=False, log_level="WARNING")
+    join = f"rq:job:{run_id}-d"
+    assert redis_conn.hexists(join, GATHER_FIELD)
+    if field is None:
+        redis_conn.hdel(join, GATHER_FIELD)
+    else:
+        redis_conn.hset(join, GATHER_FIELD, field.format(run=run_id))
+    reads = spy_on_gathers(monkeypatch)
+
+    serve(runtime, ["d"], burst=True, with_scheduler=False, log_level="WARNING")
+
+    status = orchestrator.status(run_id)
+    assert status["status"] == "finished"
+    assert status["result"]["trail"] == ["a", "c", "d"]
+    assert status["result"]["b"] is True and status["result"]["c"] is True
+    assert reads == [run_id]

@@ -136,6 +136,39 @@ local function end_run_if_idle()
   return 1
 end
 
+-- What a step that gathers its input (a join) reads, read as the fast worker claims its job
+-- (the step needs no round trip of its own). spec: the job's ezgraph_gather field, JSON of
+-- {run, preds, states}. Returns the five replies RunBook.gather reads: the predecessors'
+-- statuses and outputs, the kept states, the map counts and the mapped instances' outputs in
+-- item order; false for a map too large to read in one call, or a field it cannot read (the
+-- step then reads its input itself).
+local MAX_GATHERED = 1000
+local function read_gathered(spec_json)
+  local ok, spec = pcall(cjson.decode, spec_json)
+  if not ok or type(spec) ~= 'table' or type(spec.run) ~= 'string'
+      or type(spec.preds) ~= 'table' or type(spec.states) ~= 'table' then return false end
+  local base = P .. ':run:' .. spec.run
+  local steps = base .. ':steps'
+  local statuses, outputs, counts = {}, {}, {}
+  for n, pred in ipairs(spec.preds) do
+    statuses[n], outputs[n], counts[n] = pred .. '.status', pred .. '.output', 'mapn:' .. pred
+  end
+  if #statuses == 0 or #statuses > MAX_GATHERED or #spec.states == 0
+      or #spec.states > MAX_GATHERED then return false end
+  counts = redis.call('HMGET', base .. ':join', unpack(counts))
+  local mapped = {}
+  for n, pred in ipairs(spec.preds) do
+    local count = tonumber(counts[n]) or 0
+    if #mapped + count > MAX_GATHERED then return false end
+    for i = 0, count - 1 do table.insert(mapped, pred .. '-' .. i .. '.output') end
+  end
+  if #mapped > 0 then mapped = redis.call('HMGET', steps, unpack(mapped)) end
+  statuses = redis.call('HMGET', steps, unpack(statuses))
+  outputs = redis.call('HMGET', steps, unpack(outputs))
+  return {statuses, outputs, redis.call('HMGET', base .. ':state', unpack(spec.states)), counts,
+    mapped}
+end
+
 -- Stop a run: set its terminal status, and cancel every step still waiting in an RQ queue.
 local function abort_run(status, error_text)
   local current = redis.call('HGET', run_key, 'status')

@@ -8,7 +8,8 @@
 -- pickled return value (base64) or '', execution id, execution start (epoch), run id,
 -- number C of complete_step arguments, those C arguments.
 -- Returns {{completion reply per finished job}, claimed job fields...} where each claimed job
--- is 7 fields: id, queue, data, timeout, retries_left, meta, result_ttl.
+-- is 8 fields: id, queue, data, timeout, retries_left, meta, result_ttl, and for a job that
+-- gathers its input (a join) what read_gathered read for it, else false.
 local W = ARGV[5]
 local CLAIM_TTL, EXEC_PREFIX, MAX_CLAIMS = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 local IDLE_MARK_MS = tonumber(ARGV[9])
@@ -77,10 +78,11 @@ for q = 1, nqueues do
       redis.call('EXPIRE', 'rq:execution:' .. id .. ':' .. exec, CLAIM_TTL)
       redis.call('ZADD', 'rq:executions:' .. id, NOW + CLAIM_TTL, exec)
       local fields = redis.call('HMGET', job_key, 'data', 'timeout', 'retries_left', 'meta',
-        'result_ttl')
+        'result_ttl', 'ezgraph_gather')
       table.insert(reply, id)
       table.insert(reply, queue)
       for f = 1, 5 do table.insert(reply, fields[f] or false) end
+      table.insert(reply, fields[6] and read_gathered(fields[6]) or false)
       if count == 1 then redis.call('HSET', worker_key, 'state', 'busy', 'current_job', id) end
     else
       redis.call('LREM', claimed_key, 1, id)  -- its hash expired while queued: RQ skips it too
