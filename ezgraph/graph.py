@@ -87,17 +87,21 @@ class Graph:
                 found[successor].append(node)
         return {node: tuple(preds) for node, preds in found.items()}
 
+    def mapper(self, node: str) -> str | None:
+        """The node that may map over ``node``: its only predecessor (None unless it has one)."""
+        predecessors = self._predecessors[node]
+        return predecessors[0] if len(predecessors) == 1 else None
+
     def gathered_states(self, node: str) -> tuple[str, ...]:
         """The kept states a step of ``node`` that gathers its input reads: its predecessors',
-        then the mapper's of each predecessor with one predecessor (it may have been mapped)."""
+        then the mapper's of each predecessor (it may have been mapped)."""
         return self._gathered_states[node]
 
     @cached_property
     def _gathered_states(self) -> dict[str, tuple[str, ...]]:
-        of = self._predecessors
         found = {}
-        for node, predecessors in of.items():
-            mappers = [of[p][0] for p in predecessors if len(of[p]) == 1]
+        for node, predecessors in self._predecessors.items():
+            mappers = [m for m in map(self.mapper, predecessors) if m is not None]
             found[node] = tuple(dict.fromkeys([*predecessors, *mappers]))
         return found
 

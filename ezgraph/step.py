@@ -350,7 +350,6 @@ def gather_input(
     the graph, it is read now.
     """
     predecessors = graph.predecessors(node)
-    mappers = {p: graph.predecessors(p)[0] for p in predecessors if len(graph.predecessors(p)) == 1}
     states = graph.gathered_states(node)
     gathered = None
     if claimed is not None:
@@ -365,7 +364,7 @@ def gather_input(
             continue
         if pred in gathered.mapped:
             items = [json.loads(o) if o else None for o in gathered.mapped[pred]]
-            kept = gathered.states.get(mappers.get(pred, ""))
+            kept = gathered.states.get(graph.mapper(pred) or "")
             state.update(json.loads(kept) if kept else {})
             state[pred] = items
             outputs[pred] = items

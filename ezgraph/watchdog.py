@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 GRACE = 2.0  # seconds a step may look lost before it is acted on
 MAX_RECOVERIES = 3  # times a step whose process died is run again before its run fails
-READ_CHUNK = 50  # runs read from Redis at a time (whole runs: a worker's memory peak)
+READ_CHUNK = 50  # runs whose steps are read from Redis at a time (a worker's memory peak)
 
 
 class _Job(NamedTuple):
