@@ -28,7 +28,7 @@ from .records import RunStatus
 from .runtime import Runtime
 from .settings import Settings, redact_url
 from .store import Store
-from .watchdog import watch_runs
+from .watchdog import GRACE, watch_runs
 from .worker import run_worker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -348,15 +348,21 @@ def viz(context: Context, fmt: str) -> None:
 def reap(context: Context, loop: bool) -> None:
     """Recover steps whose worker died, or that got lost from their queue.
 
-    Every ezgraph worker does this each second; run it where only stock rq workers run.
+    Every ezgraph worker does this each second; run it where only stock rq workers run. A step
+    is acted on once it has looked lost for 2 s, so a single pass that finds one looks again
+    2 s later.
     """
     runtime = context.runtime
     while True:
-        dead = reap_dead_workers(runtime)
-        report = watch_runs(runtime)
-        requeued = len(dead) + len(report.requeued)
-        if requeued or report.failed or not loop:
-            click.echo(f"requeued {requeued} steps, failed {len(report.failed)} lost steps")
+        requeued = len(reap_dead_workers(runtime))
+        reports = [watch_runs(runtime)]
+        if reports[0].suspected and not loop:
+            time.sleep(GRACE + 0.1)  # by this process's clock; the watchdog times by Redis's
+            reports.append(watch_runs(runtime))
+        requeued += sum(len(report.requeued) for report in reports)
+        failed = sum(len(report.failed) for report in reports)
+        if requeued or failed or not loop:
+            click.echo(f"requeued {requeued} steps, failed {failed} lost steps")
         if not loop:
             return
         time.sleep(1)

@@ -11,6 +11,12 @@ Crash detection that does not wait for RQ's job timeout or its 600 s maintenance
 - a step whose RQ job ended ``failed``, ``stopped`` or ``canceled`` without the step wrapper
   recording it (a killed work-horse with no retry left) fails its step and so its run.
 
+A started or queued step is acted on only once it has looked lost for the grace, timed by
+Redis's clock (a suspicion key's remaining lifetime): the watchdog compares no date a worker on
+another machine wrote with its own clock, so a clock that runs ahead cannot make a step that has
+just started, and has no heartbeat yet, look lost. Each execution of a job (RQ's ``started_at``,
+or its enqueue and recovery count) is suspected afresh.
+
 Claims of dead ezgraph workers are handled by :func:`ezgraph.fast_worker.reap_dead_workers`.
 Every ezgraph worker runs one pass a second (one worker at a time); ``ezgraph reap`` runs it
 where only stock workers run.
@@ -25,14 +31,18 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .bookkeeping import RunBook, as_text
-from .records import parse_rq_date
 from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
 GRACE = 2.0  # seconds a step may look lost before it is acted on
+SUSPECT_TTL = 30_000  # milliseconds a suspicion lasts (a step that looked lost, not acted on)
 MAX_RECOVERIES = 3  # times a step whose process died is run again before its run fails
 READ_CHUNK = 50  # runs whose steps are read from Redis at a time (a worker's memory peak)
+
+
+_JOB_FIELDS = ("status", "worker_name", "origin", "started_at", "enqueued_at")  # read of RQ's job
+_LOST = {"started": "its worker died, step requeued", "queued": "lost from its queue, pushed back"}
 
 
 class _Job(NamedTuple):
@@ -45,7 +55,7 @@ class _Job(NamedTuple):
     status: str | None
     worker: str | None
     queue: str
-    started: str | None
+    execution: str  # which execution of the job: when RQ started it, or when it was queued
     beating: bool
 
 
@@ -55,10 +65,12 @@ class WatchReport:
 
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    suspected: list[str] = field(default_factory=list)  # look lost, not yet for the grace
 
 
 def watch_runs(runtime: Runtime, grace: float = GRACE, limit: int = 500) -> WatchReport:
-    """One pass over the oldest live runs (at most ``limit``) that started over ``grace`` ago."""
+    """One pass over the oldest live runs (at most ``limit``) that started over ``grace`` ago
+    (by the submitter's clock); a step is acted on once it has looked lost for ``grace``."""
     book = runtime.book
     connection = runtime.connection
     prefix = runtime.settings.key_prefix
@@ -85,42 +97,43 @@ def watch_runs(runtime: Runtime, grace: float = GRACE, limit: int = 500) -> Watc
     commands: list[tuple[str, ...]] = [("SMEMBERS", f"{prefix}:workers")]
     for _, _, job_id, _ in waiting:
         commands += [
-            ("HMGET", f"rq:job:{job_id}", "status", "worker_name", "origin", "started_at"),
+            ("HMGET", f"rq:job:{job_id}", *_JOB_FIELDS),
             ("EXISTS", f"{prefix}:beat:{job_id}"),
         ]
     replies = book.read_pipelined(commands)
     workers = sorted(as_text(name) or "" for name in replies[0])
     jobs = []
     for n, (run_id, step, job_id, recovered) in enumerate(waiting):
-        status, worker, origin, started = (as_text(v) for v in replies[1 + 2 * n])
+        status, worker, origin, started, enqueued = (as_text(v) for v in replies[1 + 2 * n])
         queue = origin or step.rsplit("-", 1)[0]
+        execution = (started or "") if status == "started" else f"{enqueued}/{recovered}"
         beating = bool(replies[2 + 2 * n])
-        jobs.append(_Job(run_id, step, job_id, recovered, status, worker, queue, started, beating))
+        jobs.append(
+            _Job(run_id, step, job_id, recovered, status, worker, queue, execution, beating)
+        )
     listed = _listed(book, prefix, workers, [j for j in jobs if j.status == "queued"])
     alive: dict[str, bool] = {}
-    now = time.time()
-    for run_id, step, job_id, recovered, status, worker, queue, started, beating in jobs:
-        if status == "started" and not beating and worker:
-            if worker not in alive:
-                alive[worker] = bool(connection.exists(f"{prefix}:alive:{worker}"))
-            if alive[worker]:
-                continue  # an ezgraph worker's claim: its liveness key speaks for it
-            if _age(started, now) < grace:
-                continue
-            if _requeue(runtime, run_id, job_id, queue, "started"):
-                logger.warning("run %s step %s: its worker died, step requeued", run_id, step)
-                report.requeued.append(job_id)
-        elif status == "queued":
-            if job_id in listed:
-                continue
-            # A stock worker marks a popped job started a moment after the pop: act only when
-            # the job looked lost on two passes in a row.
-            if connection.set(f"{prefix}:suspect:{job_id}", 1, nx=True, ex=30):
-                continue
-            if _requeue(runtime, run_id, job_id, queue, "queued"):
-                logger.warning("run %s step %s: lost from its queue, pushed back", run_id, step)
-                report.requeued.append(job_id)
-        elif status == "failed" and recovered < MAX_RECOVERIES:
+    lost: list[_Job] = []  # started with no heartbeat by a gone worker, or queued in no list
+    for job in jobs:
+        if job.status == "started" and not job.beating and job.worker:
+            if job.worker not in alive:
+                alive[job.worker] = bool(connection.exists(f"{prefix}:alive:{job.worker}"))
+            if not alive[job.worker]:  # an ezgraph worker's liveness key speaks for its claims
+                lost.append(job)
+        elif job.status == "queued" and job.job_id not in listed:
+            lost.append(job)
+    # A started step beats only after half a second, and a stock worker marks a popped job
+    # started a moment after the pop: act on a step once it has looked lost for the grace.
+    for job, looked_lost in zip(lost, _looked_lost_for(book, prefix, lost), strict=True):
+        if looked_lost < grace:
+            report.suspected.append(job.job_id)
+        elif _requeue(runtime, job.run_id, job.job_id, job.queue, job.status or ""):
+            logger.warning("run %s step %s: %s", job.run_id, job.step, _LOST[job.status or ""])
+            report.requeued.append(job.job_id)
+    for run_id, step, job_id, recovered, status, worker, queue, _, _ in jobs:
+        if status in ("started", "queued"):
+            continue
+        if status == "failed" and recovered < MAX_RECOVERIES:
             # RQ failed the job but the wrapper never recorded the step: the process running it
             # died (a killed or OOM work-horse, a hard timeout kill). Not the step's fault: run
             # it again, a bounded number of times.
@@ -159,11 +172,21 @@ def _listed(book: RunBook, prefix: str, workers: Sequence[str], jobs: Sequence[_
     return {job_id for (job_id, _), at in zip(lookups, positions, strict=True) if at is not None}
 
 
-def _age(started: str | None, now: float) -> float:
-    if not started:
-        return float("inf")
-    parsed = parse_rq_date(started)
-    return now - parsed.timestamp() if parsed else float("inf")
+def _looked_lost_for(book: RunBook, prefix: str, jobs: Sequence[_Job]) -> list[float]:
+    """Seconds each of ``jobs`` (each execution of it) has looked lost, by Redis's clock: 0.0
+    when it looks lost for the first time now. One round trip for them all."""
+    if not jobs:
+        return []
+    commands: list[tuple[object, ...]] = []
+    for job in jobs:
+        key = f"{prefix}:suspect:{job.job_id}:{job.execution}"
+        commands += [("SET", key, 1, "NX", "PX", SUSPECT_TTL), ("PTTL", key)]
+    replies = book.read_pipelined(commands)
+    looked = []
+    for n in range(len(jobs)):
+        first, left = replies[2 * n], int(replies[2 * n + 1])
+        looked.append(0.0 if first or left < 0 else (SUSPECT_TTL - left) / 1000)
+    return looked
 
 
 def _requeue(runtime: Runtime, run_id: str, job_id: str, queue: str, expected: str) -> bool:

@@ -9,15 +9,17 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis import Redis
 
+from ezgraph.bookkeeping import RQ_DATE_FORMAT
 from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime
 from ezgraph.watchdog import watch_runs
 
-from .conftest import ROOT, drain, subprocess_env, wait_for
+from .conftest import ROOT, drain, ezgraph_cli, subprocess_env, wait_for
 
 
 def start_worker(runtime: Runtime, *args: str) -> subprocess.Popen[str]:
@@ -133,23 +135,32 @@ def test_a_dead_stock_rq_worker_s_step_runs_again_within_10_seconds(
 
 
 @pytest.mark.slow
-def test_a_live_stock_worker_s_long_step_beats_and_is_left_alone(
+def test_a_live_stock_worker_s_long_step_is_left_alone_whatever_its_clock(
     make_runtime: Callable[..., Runtime], redis_conn: Redis, redis_url: str
 ) -> None:
-    """A step longer than the watchdog's grace on a live stock worker: the worker's companion
-    thread beats for it, so the watchdog does not take it for a lost step and run it again."""
+    """A step longer than the watchdog's grace on a live stock worker whose clock is a minute
+    behind the watchdog's. For its first half second the step has no heartbeat and its RQ
+    start date looks a minute old: the watchdog, timing a step that looks lost by Redis's clock
+    from when it first looked so, only suspects it. Then the worker's companion thread beats
+    for it, so the watchdog does not take it for a lost step and run it again."""
     runtime = make_runtime("tests.graphs.slowchain")
     orchestrator = GraphOrchestrator(runtime=runtime)
     ledger = "test:ledger"
     run_id = orchestrator.submit("a", ledger_url=redis_url, ledger_key=ledger, sleep=3.5)
+    job_id = f"{run_id}-a"
     stock = start_stock_worker(runtime, redis_url, "a", "--burst", "-w", "rq.worker.SimpleWorker")
     try:
         wait_for(lambda: redis_conn.llen(ledger) == 1, 30, "the stock worker to start step a")
         started = time.monotonic()
+        a_minute_ago = datetime.now(UTC) - timedelta(minutes=1)
+        redis_conn.hset(f"rq:job:{job_id}", "started_at", a_minute_ago.strftime(RQ_DATE_FORMAT))
         redis_conn.zadd("ezgraph:runs:live", {run_id: time.time() - 10})  # older than the grace
-        time.sleep(2.5)  # past the watchdog's grace: without a beat, the step looks lost
-        assert redis_conn.exists(f"ezgraph:beat:{run_id}-a") == 1
-        assert watch_runs(runtime).requeued == []
+        first = watch_runs(runtime)
+        assert first.suspected == [job_id] and first.requeued == []  # no heartbeat yet
+        time.sleep(2.5)  # past the grace since it first looked lost
+        assert redis_conn.exists(f"ezgraph:beat:{job_id}") == 1
+        later = watch_runs(runtime)
+        assert later.suspected == [] and later.requeued == []
         assert time.monotonic() - started < 3.5, "the step ended before the watchdog looked"
         assert stock.wait(30) == 0
     finally:
@@ -196,10 +207,29 @@ def test_a_step_lost_from_its_queue_is_pushed_back(
     assert redis_conn.lpop("rq:queue:a") == f"{run_id}-a".encode()  # popped, then the pop died
     redis_conn.zadd("ezgraph:runs:live", {run_id: time.time() - 10})  # older than the grace
     assert watch_runs(runtime).requeued == []  # first sighting: a suspect, not yet acted on
-    assert watch_runs(runtime).requeued == [f"{run_id}-a"]
+    # Another watchdog's pass a moment later (passes of `ezgraph reap --loop` and of the
+    # workers' duties do not wait for each other): it has not looked lost for the grace yet.
+    assert watch_runs(runtime).suspected == [f"{run_id}-a"]
+    time.sleep(0.3)
+    assert watch_runs(runtime, grace=0.25).requeued == [f"{run_id}-a"]
     assert redis_conn.lrange("rq:queue:a", 0, -1) == [f"{run_id}-a".encode()]
     drain(runtime)
     assert orchestrator.status(run_id)["status"] == "finished"
+
+
+def test_one_ezgraph_reap_looks_twice_to_push_back_a_lost_step(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    """`ezgraph reap` without --loop: the step it finds lost is pushed back by its second look,
+    once it has looked lost for the grace."""
+    runtime = make_runtime("tests.graphs.chain")
+    run_id = GraphOrchestrator(runtime=runtime).submit("a")
+    assert redis_conn.lpop("rq:queue:a") == f"{run_id}-a".encode()
+    redis_conn.zadd("ezgraph:runs:live", {run_id: time.time() - 10})
+    done = ezgraph_cli("reap", env=subprocess_env(runtime.settings))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "requeued 1 steps, failed 0 lost steps"
+    assert redis_conn.lrange("rq:queue:a", 0, -1) == [f"{run_id}-a".encode()]
 
 
 def test_the_watchdog_pushes_back_only_the_lost_step_of_many_waiting(
@@ -219,8 +249,9 @@ def test_the_watchdog_pushes_back_only_the_lost_step_of_many_waiting(
     redis_conn.rpush("ezgraph:claimed:other-worker", jobs[2])
     redis_conn.zadd("ezgraph:runs:live", {run_id: time.time() - 10 for run_id in run_ids})
 
-    assert watch_runs(runtime).requeued == []  # first sighting: a suspect, not yet acted on
-    assert watch_runs(runtime).requeued == [jobs[3]]
+    assert watch_runs(runtime).suspected == [jobs[3]]  # first sighting: not yet acted on
+    time.sleep(0.3)
+    assert watch_runs(runtime, grace=0.25).requeued == [jobs[3]]
     assert redis_conn.lrange("rq:queue:a", 0, -1) == [
         job.encode() for job in (jobs[3], jobs[0], jobs[4], jobs[5])
     ]
