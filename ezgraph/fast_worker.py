@@ -37,7 +37,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import JobTimeoutException
-from rq.worker import SimpleWorker
+from rq.worker import SimpleWorker, WorkerStatus
 
 from .bookkeeping import outcome_of, utcnow_iso
 from .faults import crash_point
@@ -144,6 +144,7 @@ class FastWorker(SimpleWorker):
         logging.getLogger("rq.worker").setLevel(logging_level or "INFO")  # rq CLI may pass None
         install_runtime(self.runtime)
         self.register_birth()  # type: ignore[no-untyped-call]
+        self.set_state(WorkerStatus.IDLE)  # rq info shows '?' for a worker with no state
         self.connection.sadd(f"{self.prefix}:workers", self.name)
         self._beat()
         self._install_stop_handlers()
@@ -311,6 +312,7 @@ class FastWorker(SimpleWorker):
         self._give_back_claims()
         if not self.connection.exists(self.key):  # a restart without persistence lost it
             self.register_birth()  # type: ignore[no-untyped-call]
+        self.set_state(WorkerStatus.IDLE)  # rq info shows '?' for a worker with no state
         self.connection.sadd(f"{self.prefix}:workers", self.name)
         self._beat()
         logger.warning("worker %s: Redis is back", self.name)
@@ -370,7 +372,8 @@ class FastWorker(SimpleWorker):
         queue = Queue(claimed.queue, connection=self.connection)
         self.handle_job_failure(job, queue, exc_string=exc_string)
         self.connection.lrem(f"{self.prefix}:claimed:{self.name}", 1, claimed.id)
-        self.connection.hset(self.key, mapping={"state": "idle", "current_job": ""})
+        self.set_state(WorkerStatus.IDLE)
+        self.set_current_job_id(None)  # as RQ: an empty id would read as a job
         self._current = None
 
     def _perform_stock(self, claimed: ClaimedJob) -> None:

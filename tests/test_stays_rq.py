@@ -67,7 +67,6 @@ def test_rq_dashboard_reads_queues_jobs_and_a_busy_fast_worker(
 ) -> None:
     runtime = make_runtime("tests.graphs.slowchain")
     orchestrator = GraphOrchestrator(runtime=runtime)
-    run_id = orchestrator.submit("a", ledger_url=redis_url, ledger_key="test:ledger", sleep=3)
     worker = subprocess.Popen(
         [sys.executable, "-m", "ezgraph", "worker"],
         env=subprocess_env(runtime.settings),
@@ -78,6 +77,12 @@ def test_rq_dashboard_reads_queues_jobs_and_a_busy_fast_worker(
     client = dashboard
     try:
         deadline = time.monotonic() + 20
+        # Before its first job it says it is idle (`rq info` shows '?' for a worker with no state).
+        while [w.get_state() for w in Worker.all(connection=redis_conn)] in ([], ["?"]):
+            assert time.monotonic() < deadline, "the worker never said its state"
+            time.sleep(0.05)
+        assert [w.get_state() for w in Worker.all(connection=redis_conn)] == ["idle"]
+        run_id = orchestrator.submit("a", ledger_url=redis_url, ledger_key="test:ledger", sleep=3)
         while redis_conn.llen("test:ledger") == 0:
             assert time.monotonic() < deadline, "the worker never started the step"
             time.sleep(0.05)
@@ -93,6 +98,15 @@ def test_rq_dashboard_reads_queues_jobs_and_a_busy_fast_worker(
         assert job.status_code == 200 and job.get_json()["status"] == "started"
         page = client.get("/rq/0/view/workers")  # type: ignore[attr-defined]
         assert page.status_code == 200
+        deadline = time.monotonic() + 30
+        while orchestrator.status(run_id)["status"] != "finished":
+            assert time.monotonic() < deadline, "the run never finished"
+            time.sleep(0.05)
+        # Idle again: no current job (RQ reads an empty id as a job, and the page fails).
+        workers = client.get("/rq/0/data/workers.json")  # type: ignore[attr-defined]
+        assert workers.status_code == 200
+        idle = [(w["state"], w["current_job"]) for w in workers.get_json()["workers"]]
+        assert idle == [("idle", "idle")]  # the dashboard's word for no current job
     finally:
         worker.terminate()
         worker.wait(30)

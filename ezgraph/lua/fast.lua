@@ -97,7 +97,8 @@ if count == 0 then
     redis.call('SET', P .. ':idle:' .. ARGV[10 + q], 1, 'PX', IDLE_MARK_MS)
   end
   if finished > 0 then
-    redis.call('HSET', worker_key, 'state', 'idle', 'current_job', '')
+    redis.call('HSET', worker_key, 'state', 'idle')
+    redis.call('HDEL', worker_key, 'current_job')  -- as RQ: an empty id would read as a job
   end
 end
 return reply
