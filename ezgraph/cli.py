@@ -354,12 +354,11 @@ def reap(context: Context, loop: bool) -> None:
     """
     runtime = context.runtime
     while True:
-        requeued = len(reap_dead_workers(runtime))
-        reports = [watch_runs(runtime)]
-        if reports[0].suspected and not loop:
+        reports = [reap_dead_workers(runtime), watch_runs(runtime)]
+        if reports[1].suspected and not loop:
             time.sleep(GRACE + 0.1)  # by this process's clock; the watchdog times by Redis's
             reports.append(watch_runs(runtime))
-        requeued += sum(len(report.requeued) for report in reports)
+        requeued = sum(len(report.requeued) for report in reports)
         failed = sum(len(report.failed) for report in reports)
         if requeued or failed or not loop:
             click.echo(f"requeued {requeued} steps, failed {failed} lost steps")

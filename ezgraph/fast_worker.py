@@ -33,6 +33,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -44,7 +45,7 @@ from .faults import crash_point
 from .runtime import STEP_FUNCTION, Runtime, StepInput
 from .settings import Settings
 from .step import Completion, after_completion, install_runtime, run_module
-from .watchdog import watch_runs
+from .watchdog import MAX_RECOVERIES, WatchReport, watch_runs
 
 logger = logging.getLogger(__name__)
 
@@ -521,20 +522,41 @@ def save_ended(
     return True
 
 
-def reap_dead_workers(runtime: Runtime) -> list[str]:
-    """Give back the claimed jobs of every ezgraph worker whose liveness key expired."""
+def reap_dead_workers(runtime: Runtime) -> WatchReport:
+    """Give back the claimed jobs of every ezgraph worker whose liveness key expired.
+
+    A step whose workers died holding it more than ``MAX_RECOVERIES`` times (run alone after
+    the first, so the deaths are its own) is not given back: it fails, and so does its run.
+    """
     prefix = runtime.settings.key_prefix
     connection = runtime.connection
-    requeued: list[str] = []
+    report = WatchReport()
     for raw in connection.smembers(f"{prefix}:workers"):
         name = raw.decode() if isinstance(raw, bytes) else str(raw)
         if connection.exists(f"{prefix}:alive:{name}"):
             continue
-        ids = runtime.book.call("requeue_claimed", "", name)
-        if ids:
-            logger.warning("worker %s is gone: requeued %d steps", name, len(ids))
-        requeued.extend(i.decode() for i in ids)
-    return requeued
+        requeued, failed = runtime.book.call("requeue_claimed", "", name, MAX_RECOVERIES)
+        if requeued:
+            logger.warning("worker %s is gone: requeued %d steps", name, len(requeued))
+        report.requeued.extend(job_id.decode() for job_id in requeued)
+        for job_id in (raw_id.decode() for raw_id in failed):
+            _fail_lost(runtime, job_id, name)
+            report.failed.append(job_id)
+    return report
+
+
+def _fail_lost(runtime: Runtime, job_id: str, worker: str) -> None:
+    """Fail the step of ``job_id``, whose workers kept dying while they ran it."""
+    try:
+        run_id = Job.fetch(job_id, connection=runtime.connection).kwargs["run_id"]
+    except (NoSuchJobError, KeyError, DeserializationError):
+        return  # not an ezgraph step: RQ's failed registry holds it
+    step = job_id[len(run_id) + 1 :]
+    reason = f"{step}: its worker process died running it {MAX_RECOVERIES + 1} times"
+    logger.warning("run %s step %s: %s", run_id, step, reason)
+    outcome = runtime.book.fail(run_id, step, reason, "", worker, 0, "")
+    if outcome.run_ended:
+        runtime.save_runs([run_id])
 
 
 PICKLE_START = pickle.PROTO  # the first byte of a pickle of protocol 2 or later

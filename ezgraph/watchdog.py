@@ -42,7 +42,12 @@ READ_CHUNK = 50  # runs whose steps are read from Redis at a time (a worker's me
 
 
 _JOB_FIELDS = ("status", "worker_name", "origin", "started_at", "enqueued_at")  # read of RQ's job
-_LOST = {"started": "its worker died, step requeued", "queued": "lost from its queue, pushed back"}
+_DIED = f"its worker process died running it {MAX_RECOVERIES + 1} times"
+_LOST = {  # what was done, by the RQ status of a step's job
+    "started": "its worker died, step requeued",
+    "queued": "lost from its queue, pushed back",
+    "failed": "its work-horse died, step requeued",
+}
 
 
 class _Job(NamedTuple):
@@ -127,32 +132,41 @@ def watch_runs(runtime: Runtime, grace: float = GRACE, limit: int = 500) -> Watc
     for job, looked_lost in zip(lost, _looked_lost_for(book, prefix, lost), strict=True):
         if looked_lost < grace:
             report.suspected.append(job.job_id)
+        elif job.status == "started" and job.recovered >= MAX_RECOVERIES:
+            _fail(runtime, job, _DIED, report)  # a step that kills its worker, again and again
         elif _requeue(runtime, job.run_id, job.job_id, job.queue, job.status or ""):
             logger.warning("run %s step %s: %s", job.run_id, job.step, _LOST[job.status or ""])
             report.requeued.append(job.job_id)
-    for run_id, step, job_id, recovered, status, worker, queue, _, _ in jobs:
-        if status in ("started", "queued"):
+    for job in jobs:
+        if job.status in ("started", "queued"):
             continue
-        if status == "failed" and recovered < MAX_RECOVERIES:
+        if job.status == "failed" and job.recovered < MAX_RECOVERIES:
             # RQ failed the job but the wrapper never recorded the step: the process running it
             # died (a killed or OOM work-horse, a hard timeout kill). Not the step's fault: run
             # it again, a bounded number of times.
-            if _requeue(runtime, run_id, job_id, queue, "failed"):
-                logger.warning("run %s step %s: its work-horse died, step requeued", run_id, step)
-                report.requeued.append(job_id)
-        elif status in ("failed", "stopped", "canceled") or status is None:
+            if _requeue(runtime, job.run_id, job.job_id, job.queue, "failed"):
+                logger.warning("run %s step %s: %s", job.run_id, job.step, _LOST["failed"])
+                report.requeued.append(job.job_id)
+        elif job.status in ("failed", "stopped", "canceled") or job.status is None:
             reason = {
                 None: "its RQ job vanished",
-                "failed": f"its worker process died running it {MAX_RECOVERIES + 1} times",
+                "failed": _DIED,
                 "stopped": "its RQ job was stopped",
                 "canceled": "its RQ job was canceled",
-            }[status]
-            outcome = book.fail(run_id, step, f"{step}: {reason}", "", worker or "", 0, "")
-            if outcome.status == "ok":
-                report.failed.append(job_id)
-                if outcome.run_ended:
-                    runtime.save_runs([run_id])
+            }[job.status]
+            _fail(runtime, job, reason, report)
     return report
+
+
+def _fail(runtime: Runtime, job: _Job, reason: str, report: WatchReport) -> None:
+    """Fail the step of ``job`` for ``reason``, and so its run."""
+    error = f"{job.step}: {reason}"
+    outcome = runtime.book.fail(job.run_id, job.step, error, "", job.worker or "", 0, "")
+    if outcome.status == "ok":
+        logger.warning("run %s step %s: %s, step failed", job.run_id, job.step, reason)
+        report.failed.append(job.job_id)
+        if outcome.run_ended:
+            runtime.save_runs([job.run_id])
 
 
 def _listed(book: RunBook, prefix: str, workers: Sequence[str], jobs: Sequence[_Job]) -> set[str]:

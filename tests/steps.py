@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
@@ -86,3 +87,13 @@ def hang(data: dict[str, Any]) -> dict[str, Any]:
     """Sleep far past any sensible timeout."""
     time.sleep(60)
     return {}
+
+
+def ledger_or_die(data: dict[str, Any]) -> dict[str, Any]:
+    """Count this execution in the payload's ledger, then, for a ``doomed`` payload, kill this
+    process (as an OOM kill or a segfault in the module would)."""
+    ctx = current_step()
+    Redis.from_url(data["ledger_url"]).rpush(data["ledger_key"], f"{ctx.run_id}:{ctx.step}")
+    if data.get("doomed"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {ctx.step: "ran"}

@@ -14,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from redis import Redis
 
-from ezgraph.bookkeeping import RQ_DATE_FORMAT
+from ezgraph.bookkeeping import RQ_DATE_FORMAT, utcnow_iso
+from ezgraph.fast_worker import reap_dead_workers
 from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime
 from ezgraph.watchdog import watch_runs
@@ -255,3 +256,91 @@ def test_the_watchdog_pushes_back_only_the_lost_step_of_many_waiting(
     assert redis_conn.lrange("rq:queue:a", 0, -1) == [
         job.encode() for job in (jobs[3], jobs[0], jobs[4], jobs[5])
     ]
+
+
+@pytest.mark.slow
+def test_a_step_that_kills_its_ezgraph_worker_fails_after_four_deaths(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis, redis_url: str
+) -> None:
+    """A module that kills the process running it (an OOM kill, a segfault) is not run forever.
+    The first death gives back the dead worker's whole claimed batch; each of its jobs is then
+    claimed alone, so later deaths count against the job that causes them, and the step whose
+    workers died running it 4 times fails, and so does its run. The batch's other runs finish."""
+    runtime = make_runtime("tests.graphs.poison")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    ledger = "test:ledger"
+    doomed = orchestrator.submit("a", ledger_url=redis_url, ledger_key=ledger, doomed=True)
+    fine = [orchestrator.submit("a", ledger_url=redis_url, ledger_key=ledger) for _ in range(2)]
+    for death in range(1, 5):
+        worker = start_worker(runtime, "--burst")
+        _, errors = worker.communicate(timeout=60)
+        assert worker.returncode == -signal.SIGKILL, errors
+        # Its liveness key would expire within seconds, and a survivor's next pass reap it.
+        redis_conn.delete(*redis_conn.keys("ezgraph:alive:*"))
+        report = reap_dead_workers(runtime)
+        if death == 1:  # the batch: the doomed run's step b and the two that waited behind it
+            assert sorted(report.requeued) == sorted(f"{r}-b" for r in [doomed, *fine])
+        else:
+            assert report.requeued == ([f"{doomed}-b"] if death < 4 else [])
+        assert report.failed == ([f"{doomed}-b"] if death == 4 else [])
+    worker = start_worker(runtime, "--burst")
+    _, errors = worker.communicate(timeout=60)
+    assert worker.returncode == 0, errors
+
+    status = orchestrator.status(doomed)
+    assert status["status"] == "failed"
+    assert status["error"] == "b: its worker process died running it 4 times"
+    assert all(orchestrator.status(r)["status"] == "finished" for r in fine)
+    executions = Counter(e.decode() for e in redis_conn.lrange(ledger, 0, -1))
+    assert executions == {f"{doomed}:a": 1, f"{doomed}:b": 4} | {
+        f"{r}:{s}": 1 for r in fine for s in "ab"
+    }
+    assert redis_conn.hget(f"rq:job:{doomed}-b", "status") == b"failed"
+    stored = runtime.store.load_run(doomed)
+    assert stored is not None and stored.status == "failed"
+
+
+def test_a_step_whose_stock_worker_keeps_dying_fails_after_four_deaths(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    """The watchdog's side of the same bound: a started step whose stock worker died (no
+    heartbeat, no ezgraph liveness key) is requeued 3 times; the 4th death fails it."""
+    runtime = make_runtime("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("a")
+    job_id = f"{run_id}-a"
+    redis_conn.zadd("ezgraph:runs:live", {run_id: time.time() - 10})  # older than the grace
+    for death in range(1, 5):
+        # A stock worker pops the job, marks it started, and its machine goes away.
+        assert redis_conn.lpop("rq:queue:a") == job_id.encode()
+        redis_conn.hset(
+            f"rq:job:{job_id}",
+            mapping={
+                "status": "started",
+                "worker_name": f"gone-{death}",
+                "started_at": utcnow_iso(),
+            },
+        )
+        assert watch_runs(runtime).suspected == [job_id]
+        time.sleep(0.3)
+        report = watch_runs(runtime, grace=0.25)
+        assert (report.requeued, report.failed) == (([job_id], []) if death < 4 else ([], [job_id]))
+    status = orchestrator.status(run_id)
+    assert status["status"] == "failed"
+    assert status["error"] == "a: its worker process died running it 4 times"
+
+
+def test_the_watchdog_does_not_requeue_a_step_that_failed_meanwhile(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    """Between a pass's read of a run's steps and its requeue, the step may fail for good: the
+    requeue checks that the run still waits for the step, not only its RQ job's status."""
+    runtime = make_runtime("tests.graphs.failing")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("c")
+    drain(runtime)  # c fails for good: its RQ job is failed, and so are its step and run
+    assert redis_conn.hget(f"rq:job:{run_id}-c", "status") == b"failed"
+    assert orchestrator.status(run_id)["status"] == "failed"
+    # What a pass that read the step as waiting a moment before would ask:
+    assert runtime.book.call("requeue_job", run_id, f"{run_id}-c", "c", "failed") == 0
+    assert redis_conn.llen("rq:queue:c") == 0

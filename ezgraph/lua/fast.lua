@@ -61,13 +61,19 @@ end
 
 local reply = {completions}
 local count = 0
+local alone = false  -- a job a dead worker held is claimed alone (see requeue_claimed.lua)
 for q = 1, nqueues do
   local queue = ARGV[10 + q]
-  while count < MAX_CLAIMS do
+  while count < MAX_CLAIMS and not alone do
     local id = redis.call('LMOVE', 'rq:queue:' .. queue, claimed_key, 'LEFT', 'RIGHT')
     if not id then break end
     local job_key = 'rq:job:' .. id
-    if redis.call('EXISTS', job_key) == 1 then
+    local lost = redis.call('HGET', job_key, 'ezgraph_lost')
+    if lost and count > 0 then
+      redis.call('LMOVE', claimed_key, 'rq:queue:' .. queue, 'RIGHT', 'LEFT')  -- next claim's
+      alone = true
+    elseif redis.call('EXISTS', job_key) == 1 then
+      alone = lost ~= false
       count = count + 1
       local exec = EXEC_PREFIX .. count
       redis.call('HSET', job_key, 'status', 'started', 'started_at', NOW_ISO,
@@ -88,6 +94,7 @@ for q = 1, nqueues do
       redis.call('LREM', claimed_key, 1, id)  -- its hash expired while queued: RQ skips it too
     end
   end
+  if alone then break end
 end
 ring_held()
 if count == 0 then

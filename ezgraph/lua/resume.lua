@@ -51,10 +51,11 @@ for _, s in ipairs(again) do
   end
   redis.call('HSET', key, 'status', 'queued', 'started_at', '', 'ended_at', '',
     'enqueued_at', NOW_ISO)
-  redis.call('HDEL', key, 'exc_info')
+  redis.call('HDEL', key, 'exc_info', 'ezgraph_lost')  -- a retry starts the count of deaths anew
   push_job(s.queue, s.id)
   redis.call('HSET', steps_key, s.step .. '.status', 'queued')
-  redis.call('HDEL', steps_key, s.step .. '.error', s.step .. '.ended_at', s.step .. '.inflight')
+  redis.call('HDEL', steps_key, s.step .. '.error', s.step .. '.ended_at', s.step .. '.inflight',
+    s.step .. '.recovered')
   redis.call('HINCRBY', run_key, 'pending', 1)
   table.insert(reply, s.step)
 end
