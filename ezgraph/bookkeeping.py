@@ -404,10 +404,12 @@ class RunBook:
         """Runs in flight, oldest first."""
         return [as_text(i) or "" for i in self.connection.zrange(f"{self.prefix}:runs:live", 0, -1)]
 
-    def mark_saved(self, run_ids: Sequence[str], ttl: int) -> None:
-        """Runs are in SQL: drop them from the unsaved set and let their keys expire."""
-        if run_ids:
-            self.call("saved", "", ttl, *run_ids)
+    def mark_saved(self, written: Sequence[tuple[str, str]], ttl: int) -> None:
+        """Runs are in SQL: drop them from the unsaved set and let their keys expire, unless a
+        run's end changed since it was read (``written``: run id, the ``ended_at`` written;
+        see ``saved.lua``)."""
+        if written:
+            self.call("saved", "", ttl, *(value for pair in written for value in pair))
 
 
 def gathered_from(

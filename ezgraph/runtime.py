@@ -176,12 +176,14 @@ class Runtime:
         (any worker's maintenance, or ``ezgraph persist``) writes them: delayed, never lost.
         """
         records = []
+        written = []  # run id, the end written (a retry may change it while this writes)
         gone = []
         for run_id, live in zip(run_ids, self.book.read_many(run_ids), strict=True):
             if live is None:
-                gone.append(run_id)  # expired from Redis: nothing left to write
-            elif live.header.get("ended_at"):
+                gone.append((run_id, ""))  # expired from Redis: nothing left to write
+            elif ended := live.header.get("ended_at"):
                 records.append(record_from_live(live, encoded=True))
+                written.append((run_id, ended))
         self.book.mark_saved(gone, self.settings.run_ttl)
         if not records:
             return []
@@ -191,9 +193,8 @@ class Runtime:
         except ConnectionFailed as error:
             logger.warning("runs kept in Redis until the database answers: %s", error)
             return []
-        saved = [record.run_id for record in records]
-        self.book.mark_saved(saved, self.settings.run_ttl)
-        return saved
+        self.book.mark_saved(written, self.settings.run_ttl)
+        return [record.run_id for record in records]
 
     def save_unsaved(
         self, older_than: float = 0.0, batch: int = 100, until_empty: bool = True

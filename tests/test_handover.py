@@ -12,13 +12,15 @@ import pytest
 from redis import Redis
 from rq import Queue
 
+from ezgraph.bookkeeping import RQ_DATE_FORMAT
 from ezgraph.companion import Companion, writer_key
 from ezgraph.fast_worker import Duties, FastWorker, save_ended
 from ezgraph.orchestrator import GraphOrchestrator
+from ezgraph.records import RunRecord
 from ezgraph.runtime import Runtime, StepInput
 from ezgraph.step import execute_step
 
-from .conftest import ROOT, subprocess_env, wait_for
+from .conftest import ROOT, drain, subprocess_env, wait_for
 
 PACKAGE = "tests.graphs.chain"
 
@@ -210,3 +212,67 @@ def test_a_write_takes_the_runs_of_a_worker_whose_clock_is_ahead(
     assert runtime.save_unsaved(until_empty=until_empty) == 2
     assert runtime.book.unsaved() == []
     assert runtime.store.count_runs() == 2
+
+
+def test_a_run_retried_while_it_is_written_is_written_again_as_it_ends(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    """A writer reads an ended run; before it writes, the run is retried and ends again, and
+    another writer stores the new end; then the first writer stores its old snapshot. Its
+    mark-saved sees the run's end changed: the run goes back in the unsaved set, and the next
+    write puts the new end in SQL."""
+    runtime = make_runtime("tests.graphs.failing")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("c")  # c always fails
+    drain(runtime)
+    first_end = redis_conn.hget(runtime.book.run_key(run_id), "ended_at")
+    assert first_end and runtime.book.unsaved() == []
+
+    write = runtime.store.save_runs
+
+    def retried_meanwhile(records: Sequence[RunRecord]) -> None:
+        runtime.store.save_runs = write  # type: ignore[method-assign]
+        orchestrator.retry(run_id)
+        drain(runtime)  # it fails again: a new end, written by the drain's worker
+        write(records)  # the old snapshot, written last
+
+    runtime.store.save_runs = retried_meanwhile  # type: ignore[method-assign]
+    runtime.save_runs([run_id])
+    new_end = redis_conn.hget(runtime.book.run_key(run_id), "ended_at")
+    assert new_end != first_end
+    assert runtime.book.unsaved() == [run_id]  # back, to be written again
+    assert runtime.save_unsaved() == 1
+    stored = runtime.store.load_run(run_id)
+    assert stored is not None and stored.ended_at is not None
+    assert stored.ended_at.strftime(RQ_DATE_FORMAT) == new_end.decode()  # the new end
+    assert runtime.book.unsaved() == []
+    assert -1 not in [redis_conn.ttl(key) for key in runtime.book.run_keys(run_id)]  # expiring
+
+
+def test_a_run_retried_while_it_is_written_keeps_its_keys_while_it_runs(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    """The writer's old snapshot is stored while the retried run still runs: its keys must not
+    be set to expire (they would vanish under the running steps), and it is written as it ends."""
+    runtime = make_runtime("tests.graphs.failing")
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    run_id = orchestrator.submit("c")
+    drain(runtime)
+    write = runtime.store.save_runs
+
+    def retried_meanwhile(records: Sequence[RunRecord]) -> None:
+        runtime.store.save_runs = write  # type: ignore[method-assign]
+        orchestrator.retry(run_id)
+        write(records)
+
+    runtime.store.save_runs = retried_meanwhile  # type: ignore[method-assign]
+    runtime.save_runs([run_id])
+    assert orchestrator.status(run_id)["status"] == "running"
+    ttls = [redis_conn.ttl(key) for key in runtime.book.run_keys(run_id)]
+    assert -1 in ttls and all(ttl < 0 for ttl in ttls)  # not expiring (-1), or absent (-2)
+    assert runtime.book.unsaved() == []
+    drain(runtime)  # c fails again: the run ends, and is written as it ended
+    stored = runtime.store.load_run(run_id)
+    end = redis_conn.hget(runtime.book.run_key(run_id), "ended_at")
+    assert stored is not None and stored.ended_at is not None and end is not None
+    assert stored.ended_at.strftime(RQ_DATE_FORMAT) == end.decode()
