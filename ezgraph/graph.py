@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from .errors import GraphError
+from .settings import MAX_SECONDS
 
 StepFunction = Callable[[dict[str, Any]], Any]
 
@@ -190,34 +191,66 @@ def build_graph(
         graph_connections[node] = tuple(successors)
     _check_acyclic(graph_connections)
 
-    functions = dict(functions or {})
-    for node in functions:
+    functions = dict(_mapping(functions, "MODULES", '{node: "package.module:function"}'))
+    for node, path in functions.items():
         if node not in graph_connections:
             raise GraphError(f"MODULES names {node!r}, which is not in GRAPH_CONNECTIONS")
+        if not isinstance(path, str):
+            raise GraphError(f"MODULES[{node!r}] must be a string, got {type(path).__name__}")
     # A path without ":func" means the module's process() (or its ModuleWorker class).
     paths = {node: functions.get(node, f"{package}.{node}") for node in graph_connections}
 
     graph_routes: dict[str, tuple[str, ...]] = {}
-    for node, targets in (routes or {}).items():
+    for node, targets in _mapping(routes, "ROUTES", "{node: [successors]}").items():
         if node not in graph_connections:
             raise GraphError(f"ROUTES names {node!r}, which is not in GRAPH_CONNECTIONS")
+        if isinstance(targets, str) or not isinstance(targets, (list, tuple)):
+            raise GraphError(f"ROUTES[{node!r}] must be a list of successors")
         for target in targets:
             if target not in graph_connections[node]:
                 raise GraphError(f"node {node!r}: route target {target!r} is not a successor")
         graph_routes[node] = tuple(targets)
 
-    for node, policy in (policies or {}).items():
+    for node, policy in _mapping(policies, "POLICIES", '{node: {"timeout": 30, ...}}').items():
         if node not in graph_connections:
             raise GraphError(f"POLICIES names {node!r}, which is not in GRAPH_CONNECTIONS")
-        unknown = set(policy) - {"timeout", "retries", "retry_intervals"}
-        if unknown:
-            raise GraphError(f"node {node!r}: unknown policy keys {sorted(unknown)}")
+        _check_policy(node, policy)
 
     graph = Graph(graph_connections, paths, package, graph_routes, dict(policies or {}))
     if check_functions:
         for node in graph.nodes:
             graph.resolve(node)
     return graph
+
+
+def _mapping(value: Any, name: str, shape: str) -> Mapping[str, Any]:
+    """``value`` (a package's MODULES, ROUTES or POLICIES), checked to be a dict."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise GraphError(f"{name} must be a dict {shape}, got {type(value).__name__}")
+    return value
+
+
+def _check_policy(node: str, policy: Any) -> None:
+    """A POLICIES entry: known keys, whole numbers in range (as the EZGRAPH_* defaults)."""
+    if not isinstance(policy, Mapping):
+        raise GraphError(f"POLICIES[{node!r}] must be a dict, got {type(policy).__name__}")
+    unknown = set(policy) - {"timeout", "retries", "retry_intervals"}
+    if unknown:
+        raise GraphError(f"node {node!r}: unknown policy keys {sorted(unknown)}")
+
+    def whole(value: Any, low: int) -> bool:
+        number = isinstance(value, int) and not isinstance(value, bool)
+        return number and low <= value <= MAX_SECONDS
+
+    if "timeout" in policy and not whole(policy["timeout"], 1):
+        raise GraphError(f"node {node!r}: timeout must be whole seconds from 1 to {MAX_SECONDS}")
+    if "retries" in policy and not whole(policy["retries"], 0):
+        raise GraphError(f"node {node!r}: retries must be a whole number from 0")
+    intervals = policy.get("retry_intervals", [])
+    if not isinstance(intervals, (list, tuple)) or not all(whole(i, 0) for i in intervals):
+        raise GraphError(f"node {node!r}: retry_intervals must be a list of whole seconds")
 
 
 def load_graph(package: str = "modules") -> Graph:

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from .errors import UsageError
 
 DEFAULT_DATABASE_URL = "sqlite:///ezgraph.db"
+MAX_SECONDS = 1_000_000_000  # ~31 years: the largest timeout, interval or TTL accepted
 
 ENV_VARS = (
     "REDIS_URL",
@@ -78,13 +79,14 @@ class Settings:
             "modules": env.get("EZGRAPH_MODULES") or "modules",
             "home": Path(env.get("EZGRAPH_HOME") or ".ezgraph"),
             "key_prefix": env.get("EZGRAPH_KEY_PREFIX") or "ezgraph",
-            "max_payload_bytes": _int(env, "EZGRAPH_MAX_PAYLOAD", 1_000_000),
-            "job_timeout": _int(env, "EZGRAPH_JOB_TIMEOUT", 180),
-            "retries": _int(env, "EZGRAPH_RETRIES", 0),
+            "max_payload_bytes": _int(env, "EZGRAPH_MAX_PAYLOAD", 1_000_000, 1, 2**31),
+            "job_timeout": _int(env, "EZGRAPH_JOB_TIMEOUT", 180, 1, MAX_SECONDS),
+            "retries": _int(env, "EZGRAPH_RETRIES", 0, 0, 1_000_000),
             "retry_intervals": _ints(env, "EZGRAPH_RETRY_INTERVALS"),
-            "result_ttl": _int(env, "EZGRAPH_RESULT_TTL", 86_400),
-            "run_ttl": _int(env, "EZGRAPH_RUN_TTL", 3_600),
-            "claim_batch": _int(env, "EZGRAPH_CLAIM_BATCH", 8),
+            # -1 keeps finished step jobs for ever, as RQ's result_ttl=-1 does.
+            "result_ttl": _int(env, "EZGRAPH_RESULT_TTL", 86_400, -1, MAX_SECONDS, but=0),
+            "run_ttl": _int(env, "EZGRAPH_RUN_TTL", 3_600, 1, MAX_SECONDS),
+            "claim_batch": _int(env, "EZGRAPH_CLAIM_BATCH", 8, 1, 1_000),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
@@ -100,29 +102,39 @@ def _redis_url_from_env(env: Mapping[str, str]) -> str | None:
     if not any(env.get(name) for name in ("REDIS_HOST", "REDIS_PORT", "REDIS_DB")):
         return None
     host = env.get("REDIS_HOST") or "127.0.0.1"
-    port = _int(env, "REDIS_PORT", 6379)
-    db = _int(env, "REDIS_DB", 0)
+    port = _int(env, "REDIS_PORT", 6379, 1, 65_535)
+    db = _int(env, "REDIS_DB", 0, 0, 2**31)
     password = env.get("REDIS_PASSWORD")
     auth = f":{quote(password, safe='')}@" if password else ""
     return f"redis://{auth}{host}:{port}/{db}"
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, low: int, high: int, but: int | None = None
+) -> int:
+    """The integer ``name`` holds, from ``low`` to ``high`` (``but`` excluded), or ``default``."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise UsageError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high or value == but:
+        allowed = f"from {low} to {high}" + (f", not {but}" if but is not None else "")
+        raise UsageError(f"{name} must be an integer {allowed}, got {raw!r}")
+    return value
 
 
 def _ints(env: Mapping[str, str], name: str) -> tuple[int, ...]:
     raw = env.get(name) or ""
     try:
-        return tuple(int(part) for part in raw.split(",") if part.strip())
+        values = tuple(int(part) for part in raw.split(",") if part.strip())
     except ValueError:
         raise UsageError(f"{name} must be comma-separated integers, got {raw!r}") from None
+    if any(not 0 <= value <= MAX_SECONDS for value in values):
+        raise UsageError(f"{name} must be integers from 0 to {MAX_SECONDS}, got {raw!r}")
+    return values
 
 
 def redact_url(url: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ezgraph.errors import GraphError
@@ -82,3 +84,28 @@ def test_sink_first_orders_nodes_by_their_longest_path_from_a_source() -> None:
         check_functions=False,
     )  # fmt: skip
     assert graph.sink_first() == ("join", "deep", "skip", "left", "right", "start")
+
+
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [
+        ({"functions": {"a": 5}}, "MODULES['a'] must be a string, got int"),
+        ({"functions": ["a"]}, "MODULES must be a dict"),
+        ({"routes": 5}, "ROUTES must be a dict {node: [successors]}, got int"),
+        ({"routes": {"a": "b"}}, "ROUTES['a'] must be a list of successors"),
+        ({"policies": 5}, "POLICIES must be a dict"),
+        ({"policies": {"a": 5}}, "POLICIES['a'] must be a dict, got int"),
+        ({"policies": {"a": {"timeout": "x"}}}, "node 'a': timeout must be whole seconds"),
+        ({"policies": {"a": {"timeout": 0}}}, "node 'a': timeout must be whole seconds"),
+        ({"policies": {"a": {"retries": -1}}}, "node 'a': retries must be a whole number"),
+        ({"policies": {"a": {"retry_intervals": "x"}}}, "node 'a': retry_intervals must be"),
+        ({"policies": {"a": {"retry_intervals": [1, -5]}}}, "node 'a': retry_intervals must be"),
+    ],
+)
+def test_malformed_modules_routes_and_policies_are_refused_in_one_line(
+    declared: dict[str, Any], message: str
+) -> None:
+    """What `ezgraph check` reads from a package: refused as a GraphError, not a traceback."""
+    with pytest.raises(GraphError) as refused:
+        build_graph({"a": ["b"], "b": []}, check_functions=False, **declared)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
