@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -26,7 +27,7 @@ from .graph import load_graph
 from .orchestrator import GraphOrchestrator
 from .records import RunStatus
 from .runtime import Runtime
-from .settings import Settings, redact_url
+from .settings import MAX_SECONDS, Settings, redact_url
 from .store import Store
 from .watchdog import GRACE, watch_runs
 from .worker import run_worker
@@ -34,6 +35,21 @@ from .worker import run_worker
 F = TypeVar("F", bound=Callable[..., Any])
 
 FIELD_HELP = "A field of the payload: key=value (a string) or key:=JSON (any JSON value)."
+
+
+def seconds(low: float = 0.0, closed: bool = False) -> Callable[..., float]:
+    """A click callback for a number of seconds: finite, above ``low`` (from it, with
+    ``closed``), at most ``MAX_SECONDS``: nan, inf and negative waits are refused before
+    anything is done."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: float) -> float:
+        above = value >= low if closed else value > low
+        if not (math.isfinite(value) and above and value <= MAX_SECONDS):
+            bound = f"from {low:g}" if closed else f"above {low:g}"
+            raise click.BadParameter(f"{value:g} is not a number of seconds {bound}")
+        return value
+
+    return check
 
 
 class Context:
@@ -92,8 +108,8 @@ def parse_fields(data: str | None, fields: Sequence[str]) -> dict[str, Any]:
     if data is not None:
         try:
             loaded = json.loads(data)
-        except json.JSONDecodeError as error:
-            raise UsageError(f"--data is not valid JSON: {error}") from None
+        except (ValueError, RecursionError) as error:  # also: nested too deep, too many digits
+            raise UsageError(f"--data is not valid JSON: {_one_line(error)}") from None
         if not isinstance(loaded, dict):
             raise UsageError("--data must be a JSON object")
         payload.update(loaded)
@@ -102,8 +118,8 @@ def parse_fields(data: str | None, fields: Sequence[str]) -> dict[str, Any]:
             key, _, raw = field.partition(":=")
             try:
                 payload[key] = json.loads(raw)
-            except json.JSONDecodeError as error:
-                raise UsageError(f"-f {key}:= is not valid JSON: {error}") from None
+            except (ValueError, RecursionError) as error:
+                raise UsageError(f"-f {key}:= is not valid JSON: {_one_line(error)}") from None
         elif "=" in field:
             key, _, value = field.partition("=")
             payload[key] = value
@@ -125,7 +141,9 @@ def payload_options(function: F) -> F:
 @click.argument("start")
 @payload_options
 @click.option("--wait", is_flag=True, help="Wait for the run to end and print its result.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds --wait waits.")
+@click.option(
+    "--timeout", callback=seconds(), default=60.0, show_default=True, help="Seconds --wait waits."
+)
 @pass_context
 def submit(
     context: Context,
@@ -140,7 +158,12 @@ def submit(
     orchestrator = context.orchestrator
     run_id = orchestrator.submit(start, payload)
     if wait:
-        outcome = orchestrator.wait(run_id, timeout=timeout)
+        try:
+            outcome = orchestrator.wait(run_id, timeout=timeout)
+        except KeyboardInterrupt:
+            click.echo(run_id)
+            click.echo(f"interrupted; run {run_id} goes on (ezgraph status {run_id})", err=True)
+            sys.exit(130)
         _print_outcome(outcome, waited=timeout)
         click.echo(run_id)
         if outcome["status"] != RunStatus.FINISHED:
@@ -179,13 +202,18 @@ def run(context: Context, start: str, data: str | None, fields: tuple[str, ...])
     click.echo(f"run {run_id} finished", err=True)
 
 
+def _one_line(text: object) -> str:
+    """``text`` on one line (an error may hold newlines: a traceback, a database's message)."""
+    return " ".join(str(text).split())
+
+
 def _print_outcome(outcome: dict[str, Any], waited: float | None = None) -> None:
     """The result on stdout, or one line on stderr: the run's error, or that it goes on."""
     run_id, current = outcome["run_id"], RunStatus(outcome["status"])
     if current == RunStatus.FINISHED:
         click.echo(json.dumps(outcome["result"], ensure_ascii=False, indent=2))
     elif current.terminal:
-        click.echo(f"run {run_id} {current}: {outcome['error']}", err=True)
+        click.echo(f"run {run_id} {current}: {_one_line(outcome['error'])}", err=True)
     else:
         after = f" after {waited:g} s" if waited is not None else ""
         click.echo(
@@ -348,32 +376,69 @@ def viz(context: Context, fmt: str) -> None:
 def reap(context: Context, loop: bool) -> None:
     """Recover steps whose worker died, or that got lost from their queue.
 
-    Every ezgraph worker does this each second; run it where only stock rq workers run. A step
-    is acted on once it has looked lost for 2 s, so a single pass that finds one looks again
-    2 s later.
+    Every ezgraph worker does this each second; run it where only stock rq workers run. It
+    looks at runs over 2 s old, and acts on a step once it has looked lost for 2 s: a single
+    pass that finds one looks again 2 s later. With --loop, Ctrl-C ends it (exit 0).
     """
     runtime = context.runtime
-    while True:
-        reports = [reap_dead_workers(runtime), watch_runs(runtime)]
-        if reports[1].suspected and not loop:
-            time.sleep(GRACE + 0.1)  # by this process's clock; the watchdog times by Redis's
-            reports.append(watch_runs(runtime))
-        requeued = sum(len(report.requeued) for report in reports)
-        failed = sum(len(report.failed) for report in reports)
-        if requeued or failed or not loop:
-            click.echo(f"requeued {requeued} steps, failed {failed} lost steps")
+    try:
+        while True:
+            reports = [reap_dead_workers(runtime), watch_runs(runtime)]
+            if reports[1].suspected and not loop:
+                time.sleep(GRACE + 0.1)  # this process's clock; the watchdog times by Redis's
+                reports.append(watch_runs(runtime))
+            requeued = sum(len(report.requeued) for report in reports)
+            failed = sum(len(report.failed) for report in reports)
+            if requeued or failed or not loop:
+                click.echo(f"requeued {requeued} steps, failed {failed} lost steps")
+            if not loop:
+                return
+            time.sleep(1)
+    except KeyboardInterrupt:
         if not loop:
-            return
-        time.sleep(1)
+            raise
 
 
 @cli.command()
-@click.option("--runs", "-n", default=1000, show_default=True, help="Runs to submit.")
-@click.option("--workers", "-w", default=2, show_default=True, help="Worker processes.")
-@click.option("--every", default=5.0, show_default=True, help="Seconds between kills (mean).")
-@click.option("--jitter", default=2.0, show_default=True, help="Kill interval varies by ± this.")
-@click.option("--work-ms", default=20.0, show_default=True, help="Milliseconds each step works.")
-@click.option("--timeout", default=900.0, show_default=True, help="Give up after this long.")
+@click.option(
+    "--runs", "-n", type=click.IntRange(1), default=1000, show_default=True, help="Runs to submit."
+)
+@click.option(
+    "--workers",
+    "-w",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="Worker processes.",
+)
+@click.option(
+    "--every",
+    callback=seconds(),
+    default=5.0,
+    show_default=True,
+    help="Seconds between kills (mean).",
+)
+@click.option(
+    "--jitter",
+    callback=seconds(closed=True),
+    default=2.0,
+    show_default=True,
+    help="Kill interval varies by ± this.",
+)
+@click.option(
+    "--work-ms",
+    callback=seconds(closed=True),
+    default=20.0,
+    show_default=True,
+    help="Milliseconds each step works.",
+)
+@click.option(
+    "--timeout",
+    callback=seconds(),
+    default=900.0,
+    show_default=True,
+    help="Give up after this long.",
+)
 @click.option(
     "--graph",
     "own_graph",
@@ -446,9 +511,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI, turning ezgraph errors into one line and an exit code."""
     try:
         cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(1)
+    except click.exceptions.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
+        click.echo("interrupted", err=True)
+        sys.exit(130)
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)

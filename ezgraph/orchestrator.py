@@ -306,9 +306,9 @@ def _check_run_id(run_id: str) -> str:
 def _payload_json(payload: Mapping[str, Any], limit: int) -> str:
     try:
         text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as error:
+        size = len(text.encode())  # a lone surrogate (bytes that were not UTF-8) fails here
+    except (TypeError, ValueError, RecursionError) as error:
         raise PayloadError(f"payload is not JSON-serializable: {error}") from None
-    size = len(text.encode())
     if size > limit:
         raise PayloadError(
             f"payload is {size} bytes, over the {limit}-byte limit (EZGRAPH_MAX_PAYLOAD)"

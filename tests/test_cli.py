@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from redis import Redis
+
 from ezgraph.runtime import Runtime
 
 from .conftest import ROOT, drain, ezgraph_cli, subprocess_env
@@ -62,12 +64,41 @@ def test_bad_cli_input_exits_2_with_one_line(make_runtime: Callable[..., Runtime
         ("submit", "a", "-f", "x:=NaN"): "error: payload is not JSON-serializable",
         ("submit", "zz"): "error: unknown start module 'zz'",
         ("status",): "Error: Missing argument 'RUN_ID'.",
+        ("submit", "a", "--data", "[" * 5000 + "]" * 5000): "error: --data is not valid JSON",
+        ("submit", "a", "-f", "n:=" + "9" * 5000): "error: -f n:= is not valid JSON",
+        ("submit", "a", "-f", "x=\udcff"): "error: payload is not JSON-serializable",
+        ("submit", "a", "--wait", "--timeout", "nan"): "nan is not a number of seconds above 0",
+        ("submit", "a", "--wait", "--timeout", "-1"): "-1 is not a number of seconds above 0",
+        ("submit", "a", "--wait", "--timeout", "inf"): "inf is not a number of seconds above 0",
+        ("chaos", "-n", "0"): "Invalid value for '--runs' / '-n': 0 is not in the range x>=1",
+        ("chaos", "-w", "0"): "Invalid value for '--workers' / '-w': 0 is not in the range x>=1",
     }
     for args, message in cases.items():
         done = ezgraph_cli(*args, env=env)
         assert done.returncode == 2, (args, done.stderr)
         assert message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
+    assert json.loads(ezgraph_cli("queues", "--json", env=env).stdout) == {"a": 0, "b": 0}
+
+
+def test_settings_out_of_range_and_a_redis_db_that_is_not_a_number_are_refused(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    env = subprocess_env(make_runtime("tests.graphs.chain").settings)
+    bad_db = env["REDIS_URL"].rsplit("/", 1)[0] + "/abc"
+    cases = {
+        ("EZGRAPH_JOB_TIMEOUT", "0"): (2, "error: EZGRAPH_JOB_TIMEOUT must be an integer from 1"),
+        ("EZGRAPH_RUN_TTL", "9" * 20): (2, "error: EZGRAPH_RUN_TTL must be an integer from 1"),
+        ("EZGRAPH_RESULT_TTL", "0"): (2, "error: EZGRAPH_RESULT_TTL must be an integer from -1"),
+        ("EZGRAPH_CLAIM_BATCH", "-3"): (2, "error: EZGRAPH_CLAIM_BATCH must be an integer from 1"),
+        ("EZGRAPH_RETRY_INTERVALS", "1,-1"): (2, "error: EZGRAPH_RETRY_INTERVALS must be"),
+        ("REDIS_URL", bad_db): (1, f"error: invalid Redis URL {bad_db}: the database 'abc' is"),
+    }
+    for (name, value), (code, message) in cases.items():
+        done = ezgraph_cli("submit", "a", env={**env, name: value})
+        assert (done.returncode, done.stderr.count("\n")) == (code, 1), (name, done.stderr)
+        assert done.stderr.startswith(message), (name, done.stderr)
+    assert redis_conn.llen("rq:queue:a") == 0
 
 
 def test_unknown_run_id_exits_1(make_runtime: Callable[..., Runtime]) -> None:
