@@ -19,8 +19,8 @@ def mark(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def fail(data: dict[str, Any]) -> dict[str, Any]:
-    """Always raise."""
-    raise ValueError(f"boom in {current_step().step}")
+    """Always raise (with the payload's ``detail`` after the message, when given)."""
+    raise ValueError(f"boom in {current_step().step}{data.get('detail', '')}")
 
 
 def not_a_dict(data: dict[str, Any]) -> Any:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from redis import Redis
 
+from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime
 
-from .conftest import ROOT, drain, ezgraph_cli, subprocess_env
+from .conftest import ROOT, drain, ezgraph_cli, subprocess_env, wait_for
 
 
 def test_submit_prints_the_run_id_last_and_status_reads_it(
@@ -146,3 +149,40 @@ def test_run_uses_the_embedded_server_when_nothing_is_configured(tmp_path: Path)
     finally:
         stopped = ezgraph_cli("server", "stop", env=env, cwd=tmp_path)
     assert stopped.stdout.strip() == "stopped"
+
+
+def test_a_run_s_multi_line_error_is_printed_on_one_line(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    env = subprocess_env(make_runtime("tests.graphs.broken").settings)
+    done = ezgraph_cli("run", "raises", "-f", "detail=\n  and a second line", env=env)
+    assert done.returncode == 1
+    assert done.stderr.endswith(": raises: ValueError: boom in raises and a second line\n")
+    assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_ctrl_c_during_submit_wait_prints_the_run_id_and_the_run_goes_on(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    runtime = make_runtime("tests.graphs.chain")
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "ezgraph", "submit", "a", "--wait", "--timeout", "60"],
+        env=subprocess_env(runtime.settings),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: redis_conn.llen("rq:queue:a") == 1, 30, "the run to be submitted")
+        time.sleep(0.3)  # into wait()
+        waiting.send_signal(signal.SIGINT)
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    run_id = out.strip().splitlines()[-1]
+    assert waiting.returncode == 130, err
+    assert err == f"interrupted; run {run_id} goes on (ezgraph status {run_id})\n"
+    drain(runtime)
+    assert GraphOrchestrator(runtime=runtime).status(run_id)["status"] == "finished"
