@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from .errors import GraphError
 from .fast_worker import serve
 from .runtime import Runtime
 from .settings import Settings
@@ -30,8 +31,9 @@ def run_worker(
 class ModuleWorker:
     """The seed's way to write a module: subclass, implement ``process(self, data)``, ``start()``.
 
-    The node is ``name`` (default: the class name in snake_case); it must be a node of the
-    graph, and the package points at the class, e.g. ``MODULES = {"x": "modules.x:XWorker"}``.
+    The node is ``name`` (default: the class name in snake_case, less a ``Worker`` suffix:
+    ``IntentValidatorWorker`` serves ``intent_validator``); it must be a node of the graph, and
+    the package points at the class, e.g. ``MODULES = {"x": "modules.x:XWorker"}``.
     """
 
     name: str = ""
@@ -41,14 +43,27 @@ class ModuleWorker:
     @classmethod
     def node_name(cls) -> str:
         """The node this class serves."""
-        return cls.name or re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+        if cls.name:
+            return cls.name
+        base = cls.__name__.removesuffix("Worker") or cls.__name__
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", base).lower()
 
     def process(self, data: dict[str, Any]) -> Any:
         """Compute this module's output from the run's state."""
         raise NotImplementedError
 
     def start(self, burst: bool = False, settings: Settings | None = None) -> bool:
-        """Serve this node's queue with this instance's ``process`` until stopped (or idle)."""
+        """Serve this node's queue with this instance's ``process`` until stopped (or idle).
+
+        Raises:
+            GraphError: when the graph has no node of this class's name.
+        """
         runtime = Runtime(settings or Settings.from_env())
-        runtime.override(self.node_name(), self.process)
-        return run_worker(runtime, [self.node_name()], burst=burst)
+        node = self.node_name()
+        if node not in runtime.graph().nodes:
+            raise GraphError(
+                f"{type(self).__name__} serves node {node!r}, which is not in GRAPH_CONNECTIONS"
+                " (set its name = ...)"
+            )
+        runtime.override(node, self.process)
+        return run_worker(runtime, [node], burst=burst)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis
 
 from ezgraph import GraphOrchestrator, ModuleWorker, status, submit
+from ezgraph.errors import GraphError
 from ezgraph.runtime import Runtime
 from ezgraph.settings import Settings
 
@@ -93,3 +95,23 @@ def test_module_worker_subclasses_serve_their_queue_with_start(
     final = GraphOrchestrator(runtime=runtime).status(run_id)
     assert final["status"] == "finished"
     assert final["result"] == {"pergunta": "oi", "shouted": "OI", "chars": 2}
+
+
+def test_a_module_worker_s_node_drops_a_worker_suffix_and_must_be_in_the_graph(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    class ShoutWorker(ModuleWorker):
+        def process(self, data: dict[str, Any]) -> dict[str, Any]:
+            return {}
+
+    class Elsewhere(ModuleWorker):
+        def process(self, data: dict[str, Any]) -> dict[str, Any]:
+            return {}
+
+    class Worker(ModuleWorker):
+        name = "count_chars"
+
+    assert ShoutWorker.node_name() == "shout" and Worker.node_name() == "count_chars"
+    runtime = make_runtime("tests.graphs.seedstyle")
+    with pytest.raises(GraphError, match="Elsewhere serves node 'elsewhere', which is not in"):
+        Elsewhere().start(burst=True, settings=runtime.settings)
