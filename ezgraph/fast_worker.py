@@ -392,6 +392,7 @@ class FastWorker(SimpleWorker):
         """Say this worker is alive; keep its claimed jobs' started-registry entries fresh."""
         pipe = self.connection.pipeline(transaction=False)
         pipe.set(f"{self.prefix}:alive:{self.name}", os.getpid(), ex=ALIVE_TTL)
+        pipe.sadd(f"{self.prefix}:workers", self.name)  # back, if it was once taken for dead
         pipe.hset(self.key, "last_heartbeat", utcnow_iso())
         pipe.expire(self.key, self.worker_ttl + 60)
         score = time.time() + self._claim_ttl()
@@ -414,9 +415,10 @@ class FastWorker(SimpleWorker):
 
 
 class Duties(threading.Thread):
-    """A worker's background duties, each second: heartbeat, give back dead workers' claims,
-    move due retries to their queues, and write the ended runs nobody wrote to SQL (their
-    worker died, or the database was down) in batches."""
+    """A worker's background duties, each second: give back dead workers' claims, move due
+    retries to their queues, and write the ended runs nobody wrote to SQL (their worker died,
+    or the database was down) in batches. The heartbeat has a thread of its own: a write to a
+    slow or locked database must not let this worker look dead, and its claims run twice."""
 
     def __init__(self, worker: FastWorker, with_scheduler: bool = True) -> None:
         super().__init__(name=f"ezgraph-duties-{worker.name}", daemon=True)
@@ -427,6 +429,21 @@ class Duties(threading.Thread):
         self.connection: Redis = worker.connection
         self._wake = threading.Event()
         self._write = False  # the worker asked for a write of ended runs
+        self._heart = threading.Thread(
+            target=self._beat_until_stopped, name=f"ezgraph-beat-{worker.name}", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start the duties and the heartbeat."""
+        self._heart.start()
+        super().start()
+
+    def _beat_until_stopped(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_EVERY):
+            try:
+                self.worker._beat()
+            except Exception:
+                logger.exception("worker heartbeat failed")
 
     def write_soon(self) -> None:
         """Write the ended runs to SQL in this thread, now (the worker is busy)."""
@@ -449,7 +466,6 @@ class Duties(threading.Thread):
                 if time.monotonic() - last_pass < HEARTBEAT_EVERY:
                     continue
                 last_pass = time.monotonic()
-                self.worker._beat()
                 reap_dead_workers(self.runtime)
                 self.watch()
                 if self.with_scheduler:
@@ -487,8 +503,9 @@ class Duties(threading.Thread):
         """End the loop and wait for it."""
         self.stopped.set()
         self._wake.set()
-        if self.is_alive():
-            self.join(timeout=5)
+        for thread in (self, self._heart):
+            if thread.is_alive():
+                thread.join(timeout=5)
 
 
 def save_ended(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -344,3 +345,43 @@ def test_the_watchdog_does_not_requeue_a_step_that_failed_meanwhile(
     # What a pass that read the step as waiting a moment before would ask:
     assert runtime.book.call("requeue_job", run_id, f"{run_id}-c", "c", "failed") == 0
     assert redis_conn.llen("rq:queue:c") == 0
+
+
+@pytest.mark.slow
+def test_a_worker_whose_write_to_sql_waits_on_a_lock_is_not_taken_for_dead(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis, redis_url: str, sqlite_url: str
+) -> None:
+    """A busy ezgraph worker writes ended runs from its duties thread. With the database locked
+    for longer than a worker's liveness lasts (5 s), its heartbeat, in a thread of its own,
+    goes on: no other worker reaps it, so none of its claimed steps runs twice."""
+    runtime = make_runtime("tests.graphs.slowchain")
+    runtime.store.create_schema()
+    orchestrator = GraphOrchestrator(runtime=runtime)
+    ledger = "test:ledger"
+    run_ids = [
+        orchestrator.submit("a", ledger_url=redis_url, ledger_key=ledger, sleep=0.02)
+        for _ in range(150)
+    ]
+    lock = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # the database is locked (a long transaction elsewhere)
+    worker = start_worker(runtime)
+    try:
+        wait_for(lambda: runtime.book.unsaved_count() > 0, 30, "a run to end")
+        name = next(iter(redis_conn.smembers("ezgraph:workers"))).decode()
+        locked_until = time.monotonic() + 8
+        while time.monotonic() < locked_until:
+            assert redis_conn.exists(f"ezgraph:alive:{name}"), "the worker looked dead"
+            assert reap_dead_workers(runtime).requeued == []
+            time.sleep(0.25)
+        assert runtime.book.unsaved_count() > 0  # the write was still waiting on the lock
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    try:
+        wait_for(lambda: runtime.store.count_runs() == len(run_ids), 60, "every run to reach SQL")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, errors = worker.communicate(timeout=30)
+    assert worker.returncode == 0, errors
+    executions = Counter(e.decode() for e in redis_conn.lrange(ledger, 0, -1))
+    assert len(executions) == 3 * len(run_ids) and set(executions.values()) == {1}
