@@ -68,12 +68,12 @@ for q = 1, nqueues do
     local id = redis.call('LMOVE', 'rq:queue:' .. queue, claimed_key, 'LEFT', 'RIGHT')
     if not id then break end
     local job_key = 'rq:job:' .. id
-    local lost = redis.call('HGET', job_key, 'ezgraph_lost')
-    if lost and count > 0 then
+    local head = redis.call('HMGET', job_key, 'status', 'ezgraph_lost')  -- no status: no job
+    if head[2] and count > 0 then
       redis.call('LMOVE', claimed_key, 'rq:queue:' .. queue, 'RIGHT', 'LEFT')  -- next claim's
       alone = true
-    elseif redis.call('EXISTS', job_key) == 1 then
-      alone = lost ~= false
+    elseif head[1] then
+      alone = head[2] ~= false
       count = count + 1
       local exec = EXEC_PREFIX .. count
       redis.call('HSET', job_key, 'status', 'started', 'started_at', NOW_ISO,

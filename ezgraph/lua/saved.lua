@@ -9,8 +9,9 @@ local ttl = tonumber(ARGV[5])
 local marked = 0
 for n = 6, #ARGV, 2 do
   bind_run(ARGV[n])
-  local ended = redis.call('HGET', run_key, 'ended_at')
-  if redis.call('EXISTS', run_key) == 0 or ended == ARGV[n + 1] then
+  local run = redis.call('HMGET', run_key, 'status', 'ended_at')
+  local ended = run[2]
+  if not run[1] or ended == ARGV[n + 1] then  -- gone (no status), or as written
     redis.call('ZREM', P .. ':runs:unsaved', RUN)
     for _, key in ipairs({run_key, steps_key, state_key, join_key, jobs_key}) do
       redis.call('EXPIRE', key, ttl)
