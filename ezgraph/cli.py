@@ -186,8 +186,10 @@ def run(context: Context, start: str, data: str | None, fields: tuple[str, ...])
     runtime = context.runtime
     orchestrator = context.orchestrator
     if logging.getLogger().level > logging.INFO:
-        # The run's error is printed once, below; without -v, do not log it first as well.
+        # The run's error (or the database's) is printed once, below; without -v, do not log
+        # it first as well, once per attempt to write the run.
         logging.getLogger("ezgraph.step").setLevel(logging.ERROR)
+        logging.getLogger("ezgraph.runtime").setLevel(logging.ERROR)
     run_id = orchestrator.submit(start, payload)
     while True:
         # With the scheduler, so a step's delayed retry runs here too once its interval passed.
@@ -197,6 +199,13 @@ def run(context: Context, start: str, data: str | None, fields: tuple[str, ...])
             break
         time.sleep(0.2)  # a retry is waiting for its interval (or a step runs elsewhere)
     _print_outcome(outcome)
+    try:
+        runtime.store.load_run(run_id)  # the worker wrote it as it stopped, unless the database
+    except ConnectionFailed as error:  # is down: then say so, once
+        raise EzgraphError(
+            f"run {run_id} {outcome['status']}, but is not in SQL: {error}; it waits in Redis"
+            " for ezgraph persist"
+        ) from None
     if outcome["status"] != RunStatus.FINISHED:
         sys.exit(1)
     click.echo(f"run {run_id} finished", err=True)

@@ -378,6 +378,16 @@ CASES: dict[str, Case] = {
         kept=still_waiting_in_redis,
         secret="sekret",
     ),
+    "unreachable database (run)": Case(
+        ("run", "a", "-f", "x:=1"),
+        "error: run {run_id} finished, but is not in SQL: database"
+        f" postgresql+psycopg2://postgres:***@127.0.0.1:1/nope failed: {ANY}; it waits in Redis"
+        " for ezgraph persist",
+        1,
+        database_url=NO_DATABASE,
+        kept=still_waiting_in_redis,
+        secret="sekret",
+    ),
     "invalid database URL": Case(
         ("init-db",),
         "error: invalid database URL nope://db: Can't load plugin: sqlalchemy.dialects:nope",
