@@ -211,6 +211,10 @@ def run(context: Context, start: str, data: str | None, fields: tuple[str, ...])
     click.echo(f"run {run_id} finished", err=True)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _one_line(text: object) -> str:
     """``text`` on one line (an error may hold newlines: a traceback, a database's message)."""
     return " ".join(str(text).split())
@@ -473,6 +477,7 @@ def chaos(
     if not own_graph:
         settings = settings.replace(modules=CHAOS_GRAPH)
     runtime = Runtime(settings)
+    signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: the audit stops its workers first
     audit = Chaos(
         runtime,
         workers=workers,

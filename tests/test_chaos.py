@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
+from redis import Redis
 
 from ezgraph.runtime import Runtime
 
-from .conftest import ezgraph_cli, subprocess_env
+from .conftest import ROOT, ezgraph_cli, subprocess_env, wait_for
 
 
 @pytest.mark.slow
@@ -39,3 +44,36 @@ def test_chaos_audit_loses_and_doubles_nothing(make_runtime: Callable[..., Runti
     assert report["missing side effects"] == "0"
     assert report["side effects"] == "300"
     assert "recoveries" in report["kill to re-run"]
+
+
+def test_a_stopped_chaos_audit_stops_its_workers(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    """SIGTERM (a supervisor, a CI timeout) ends the audit as Ctrl-C does: its workers stop."""
+    runtime = make_runtime("ezgraph.chaos_graph")
+    audit = subprocess.Popen(
+        [sys.executable, "-m", "ezgraph", "chaos", "-n", "100000", "--every", "600"],
+        env=subprocess_env(runtime.settings),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: len(redis_conn.keys("ezgraph:alive:*")) == 2, 60, "its two workers")
+        pids = [int(redis_conn.get(key) or 0) for key in redis_conn.keys("ezgraph:alive:*")]
+        audit.send_signal(signal.SIGTERM)
+        _, errors = audit.communicate(timeout=60)
+    finally:
+        if audit.poll() is None:
+            audit.kill()
+    assert audit.returncode == 130 and errors.endswith("interrupted\n"), errors
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    assert all(gone(pid) for pid in pids)
