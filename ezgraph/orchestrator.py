@@ -250,13 +250,14 @@ class GraphOrchestrator:
                 raise InvalidRunOperation(
                     f"run {run_id} is {current}: only a failed run can be retried"
                 )
+            # Not this process's EZGRAPH_RUN_TTL: the run's writer may have had another.
             raise InvalidRunOperation(
-                f"run {run_id} can no longer be retried: its state left Redis"
-                f" {self.settings.run_ttl} s after it was written to SQL (EZGRAPH_RUN_TTL)"
+                f"run {run_id} can no longer be retried: its state left Redis, EZGRAPH_RUN_TTL"
+                " seconds after it was written to SQL"
             )
-        if resumed.status == "status":
+        if resumed.status == "status":  # named as `ezgraph status` names it (running, ...)
             raise InvalidRunOperation(
-                f"run {run_id} is {resumed.details[0]}: only a failed run can be retried"
+                f"run {run_id} is {self.status(run_id)['status']}: only a failed run can be retried"
             )
         if resumed.status == "running":
             raise InvalidRunOperation(
