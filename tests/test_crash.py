@@ -385,3 +385,20 @@ def test_a_worker_whose_write_to_sql_waits_on_a_lock_is_not_taken_for_dead(
     assert worker.returncode == 0, errors
     executions = Counter(e.decode() for e in redis_conn.lrange(ledger, 0, -1))
     assert len(executions) == 3 * len(run_ids) and set(executions.values()) == {1}
+
+
+def test_a_dead_worker_s_claim_already_back_in_its_queue_is_not_pushed_twice(
+    make_runtime: Callable[..., Runtime], redis_conn: Redis
+) -> None:
+    """A job the watchdog (or RQ's retry) put back in its queue while a worker's claimed list
+    still held it: giving back the dead worker's claims leaves it in its queue once."""
+    runtime = make_runtime("tests.graphs.chain")
+    run_id = GraphOrchestrator(runtime=runtime).submit("a")
+    job_id = f"{run_id}-a"
+    redis_conn.sadd("ezgraph:workers", "gone-worker")  # no liveness key: it is dead
+    redis_conn.rpush("ezgraph:claimed:gone-worker", job_id)
+    assert reap_dead_workers(runtime).requeued == []
+    assert redis_conn.lrange("rq:queue:a", 0, -1) == [job_id.encode()]
+    assert redis_conn.exists("ezgraph:claimed:gone-worker") == 0
+    drain(runtime)
+    assert GraphOrchestrator(runtime=runtime).status(run_id)["status"] == "finished"

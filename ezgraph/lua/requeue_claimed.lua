@@ -28,6 +28,8 @@ while id do
       redis.call('HSET', job_key, 'status', 'failed', 'ended_at', NOW_ISO)
       redis.call('ZADD', 'rq:failed:' .. queue, NOW + 31536000, id)  -- RQ's failure_ttl: 1 year
       table.insert(failed, id)
+    elseif status == 'queued' and redis.call('LPOS', 'rq:queue:' .. queue, id) then
+      -- Back in its queue already (the watchdog, or RQ's retry, put it there): not twice.
     else
       redis.call('HSET', job_key, 'status', 'queued')
       redis.call('LPUSH', 'rq:queue:' .. queue, id)
