@@ -352,9 +352,10 @@ class RunBook:
         return [_by_step(_text_dict(reply)) for reply in replies]
 
     def read_pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Raw replies of read-only ``commands`` in one round trip (:meth:`_raw`; for the
-        hand-over to SQL, where redis-py's pipeline layer cost a third of reading a run). On
-        any error redis-py's pipeline, with its retries, does the work instead."""
+        """Raw replies of ``commands`` in one round trip (:meth:`_raw`; for the hand-over to
+        SQL, where redis-py's pipeline layer cost a third of reading a run). On any error
+        redis-py's pipeline, with its retries, sends them again: so only commands that may run
+        twice, reads or the watchdog's ``SET NX`` and ``PTTL``."""
         try:
             return self._raw(commands)
         except (RedisError, OSError):

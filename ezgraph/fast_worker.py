@@ -45,7 +45,7 @@ from .faults import crash_point
 from .runtime import STEP_FUNCTION, Runtime, StepInput
 from .settings import Settings
 from .step import Completion, after_completion, install_runtime, run_module
-from .watchdog import MAX_RECOVERIES, WatchReport, watch_runs
+from .watchdog import DIED, MAX_RECOVERIES, WatchReport, fail_lost_step, watch_runs
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +146,7 @@ class FastWorker(SimpleWorker):
         install_runtime(self.runtime)
         self.register_birth()  # type: ignore[no-untyped-call]
         self.set_state(WorkerStatus.IDLE)  # rq info shows '?' for a worker with no state
-        self.connection.sadd(f"{self.prefix}:workers", self.name)
-        self._beat()
+        self._beat()  # alive, and in the workers set
         self._install_stop_handlers()
         duties = Duties(self, with_scheduler=with_scheduler)
         duties.start()
@@ -313,8 +312,7 @@ class FastWorker(SimpleWorker):
         self._give_back_claims()
         if not self.connection.exists(self.key):  # a restart without persistence lost it
             self.register_birth()  # type: ignore[no-untyped-call]
-        self.set_state(WorkerStatus.IDLE)  # rq info shows '?' for a worker with no state
-        self.connection.sadd(f"{self.prefix}:workers", self.name)
+        self.set_state(WorkerStatus.IDLE)  # its claims are given back: nothing is running
         self._beat()
         logger.warning("worker %s: Redis is back", self.name)
 
@@ -557,23 +555,14 @@ def reap_dead_workers(runtime: Runtime) -> WatchReport:
             logger.warning("worker %s is gone: requeued %d steps", name, len(requeued))
         report.requeued.extend(job_id.decode() for job_id in requeued)
         for job_id in (raw_id.decode() for raw_id in failed):
-            _fail_lost(runtime, job_id, name)
-            report.failed.append(job_id)
+            try:
+                run_id = Job.fetch(job_id, connection=connection).kwargs["run_id"]
+            except (NoSuchJobError, KeyError, DeserializationError):
+                report.failed.append(job_id)  # not an ezgraph step: RQ's failed registry has it
+                continue
+            step = job_id[len(run_id) + 1 :]
+            fail_lost_step(runtime, run_id, step, job_id, name, DIED, report)
     return report
-
-
-def _fail_lost(runtime: Runtime, job_id: str, worker: str) -> None:
-    """Fail the step of ``job_id``, whose workers kept dying while they ran it."""
-    try:
-        run_id = Job.fetch(job_id, connection=runtime.connection).kwargs["run_id"]
-    except (NoSuchJobError, KeyError, DeserializationError):
-        return  # not an ezgraph step: RQ's failed registry holds it
-    step = job_id[len(run_id) + 1 :]
-    reason = f"{step}: its worker process died running it {MAX_RECOVERIES + 1} times"
-    logger.warning("run %s step %s: %s", run_id, step, reason)
-    outcome = runtime.book.fail(run_id, step, reason, "", worker, 0, "")
-    if outcome.run_ended:
-        runtime.save_runs([run_id])
 
 
 PICKLE_START = pickle.PROTO  # the first byte of a pickle of protocol 2 or later

@@ -42,7 +42,7 @@ READ_CHUNK = 50  # runs whose steps are read from Redis at a time (a worker's me
 
 
 _JOB_FIELDS = ("status", "worker_name", "origin", "started_at", "enqueued_at")  # read of RQ's job
-_DIED = f"its worker process died running it {MAX_RECOVERIES + 1} times"
+DIED = f"its worker process died running it {MAX_RECOVERIES + 1} times"  # a step's end
 _LOST = {  # what was done, by the RQ status of a step's job
     "started": "its worker died, step requeued",
     "queued": "lost from its queue, pushed back",
@@ -133,10 +133,9 @@ def watch_runs(runtime: Runtime, grace: float = GRACE, limit: int = 500) -> Watc
         if looked_lost < grace:
             report.suspected.append(job.job_id)
         elif job.status == "started" and job.recovered >= MAX_RECOVERIES:
-            _fail(runtime, job, _DIED, report)  # a step that kills its worker, again and again
-        elif _requeue(runtime, job.run_id, job.job_id, job.queue, job.status or ""):
-            logger.warning("run %s step %s: %s", job.run_id, job.step, _LOST[job.status or ""])
-            report.requeued.append(job.job_id)
+            _fail(runtime, job, DIED, report)  # a step that kills its worker, again and again
+        else:
+            _requeue(runtime, job, report)
     for job in jobs:
         if job.status in ("started", "queued"):
             continue
@@ -144,13 +143,11 @@ def watch_runs(runtime: Runtime, grace: float = GRACE, limit: int = 500) -> Watc
             # RQ failed the job but the wrapper never recorded the step: the process running it
             # died (a killed or OOM work-horse, a hard timeout kill). Not the step's fault: run
             # it again, a bounded number of times.
-            if _requeue(runtime, job.run_id, job.job_id, job.queue, "failed"):
-                logger.warning("run %s step %s: %s", job.run_id, job.step, _LOST["failed"])
-                report.requeued.append(job.job_id)
+            _requeue(runtime, job, report)
         elif job.status in ("failed", "stopped", "canceled") or job.status is None:
             reason = {
                 None: "its RQ job vanished",
-                "failed": _DIED,
+                "failed": DIED,
                 "stopped": "its RQ job was stopped",
                 "canceled": "its RQ job was canceled",
             }[job.status]
@@ -159,14 +156,26 @@ def watch_runs(runtime: Runtime, grace: float = GRACE, limit: int = 500) -> Watc
 
 
 def _fail(runtime: Runtime, job: _Job, reason: str, report: WatchReport) -> None:
-    """Fail the step of ``job`` for ``reason``, and so its run."""
-    error = f"{job.step}: {reason}"
-    outcome = runtime.book.fail(job.run_id, job.step, error, "", job.worker or "", 0, "")
+    fail_lost_step(runtime, job.run_id, job.step, job.job_id, job.worker or "", reason, report)
+
+
+def fail_lost_step(
+    runtime: Runtime,
+    run_id: str,
+    step: str,
+    job_id: str,
+    worker: str,
+    reason: str,
+    report: WatchReport,
+) -> None:
+    """Fail ``step`` of ``run_id`` for ``reason`` (a step no worker will finish), and so its
+    run; the watchdog's and the dead workers' reaper's (:mod:`ezgraph.fast_worker`) one way."""
+    outcome = runtime.book.fail(run_id, step, f"{step}: {reason}", "", worker, 0, "")
     if outcome.status == "ok":
-        logger.warning("run %s step %s: %s, step failed", job.run_id, job.step, reason)
-        report.failed.append(job.job_id)
+        logger.warning("run %s step %s: %s, step failed", run_id, step, reason)
+        report.failed.append(job_id)
         if outcome.run_ended:
-            runtime.save_runs([job.run_id])
+            runtime.save_runs([run_id])
 
 
 def _listed(book: RunBook, prefix: str, workers: Sequence[str], jobs: Sequence[_Job]) -> set[str]:
@@ -203,5 +212,9 @@ def _looked_lost_for(book: RunBook, prefix: str, jobs: Sequence[_Job]) -> list[f
     return looked
 
 
-def _requeue(runtime: Runtime, run_id: str, job_id: str, queue: str, expected: str) -> bool:
-    return bool(runtime.book.call("requeue_job", run_id, job_id, queue, expected))
+def _requeue(runtime: Runtime, job: _Job, report: WatchReport) -> None:
+    """Put ``job`` back at the front of its queue, if it is still as this pass saw it."""
+    status = job.status or ""
+    if runtime.book.call("requeue_job", job.run_id, job.job_id, job.queue, status):
+        logger.warning("run %s step %s: %s", job.run_id, job.step, _LOST[status])
+        report.requeued.append(job.job_id)
