@@ -140,6 +140,21 @@ def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+def ezgraph_process(
+    *args: str, env: dict[str, str], stdout: int = subprocess.DEVNULL
+) -> subprocess.Popen[str]:
+    """Start the installed ``ezgraph`` command in the background (a worker, a waiting submit),
+    its stderr piped as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ezgraph", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def ezgraph_cli(
     *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:

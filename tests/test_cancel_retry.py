@@ -21,7 +21,7 @@ from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime
 from ezgraph.worker import run_worker
 
-from .conftest import ROOT, drain, ezgraph_cli, subprocess_env, wait_for
+from .conftest import ROOT, drain, ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 
 LEDGER = "ledger:cancel-retry"
 
@@ -315,20 +315,14 @@ def test_retry_of_a_running_run_names_it_as_status_does(
     orchestrator = GraphOrchestrator(runtime=runtime)
     run_id = orchestrator.submit("a", ledger_url=redis_url, ledger_key="test:ledger", sleep=2)
     env = subprocess_env(runtime.settings)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "ezgraph", "worker", "a"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = ezgraph_process("worker", "a", env=env)
     try:
         wait_for(lambda: redis_conn.llen("test:ledger") == 1, 30, "step a to start")
         assert orchestrator.status(run_id)["status"] == "running"
         done = ezgraph_cli("retry", run_id, env=env)
     finally:
         worker.terminate()
-        worker.wait(30)
+        worker.communicate(timeout=30)
     assert done.returncode == 1
     assert done.stderr == f"error: run {run_id} is running: only a failed run can be retried\n"
 

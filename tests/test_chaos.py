@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
@@ -13,7 +11,7 @@ from redis import Redis
 
 from ezgraph.runtime import Runtime
 
-from .conftest import ROOT, ezgraph_cli, subprocess_env, wait_for
+from .conftest import ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 
 
 @pytest.mark.slow
@@ -51,13 +49,8 @@ def test_a_stopped_chaos_audit_stops_its_workers(
 ) -> None:
     """SIGTERM (a supervisor, a CI timeout) ends the audit as Ctrl-C does: its workers stop."""
     runtime = make_runtime("ezgraph.chaos_graph")
-    audit = subprocess.Popen(
-        [sys.executable, "-m", "ezgraph", "chaos", "-n", "100000", "--every", "600"],
-        env=subprocess_env(runtime.settings),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    audit = ezgraph_process(
+        "chaos", "-n", "100000", "--every", "600", env=subprocess_env(runtime.settings)
     )
     try:
         wait_for(lambda: len(redis_conn.keys("ezgraph:alive:*")) == 2, 60, "its two workers")

@@ -16,7 +16,7 @@ from redis import Redis
 from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime
 
-from .conftest import ROOT, drain, ezgraph_cli, subprocess_env, wait_for
+from .conftest import ROOT, drain, ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 
 
 def test_submit_prints_the_run_id_last_and_status_reads_it(
@@ -165,14 +165,11 @@ def test_ctrl_c_during_submit_wait_prints_the_run_id_and_the_run_goes_on(
     make_runtime: Callable[..., Runtime], redis_conn: Redis
 ) -> None:
     runtime = make_runtime("tests.graphs.chain")
-    waiting = subprocess.Popen(
-        [sys.executable, "-m", "ezgraph", "submit", "a", "--wait", "--timeout", "60"],
+    waiting = ezgraph_process(
+        "submit", "a", "--wait", "--timeout", "60",
         env=subprocess_env(runtime.settings),
-        cwd=ROOT,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    )  # fmt: skip
     try:
         wait_for(lambda: redis_conn.llen("rq:queue:a") == 1, 30, "the run to be submitted")
         time.sleep(0.3)  # into wait()

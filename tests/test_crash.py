@@ -21,18 +21,11 @@ from ezgraph.orchestrator import GraphOrchestrator
 from ezgraph.runtime import Runtime
 from ezgraph.watchdog import watch_runs
 
-from .conftest import ROOT, drain, ezgraph_cli, subprocess_env, wait_for
+from .conftest import ROOT, drain, ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 
 
 def start_worker(runtime: Runtime, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ezgraph", "worker", *args],
-        env=subprocess_env(runtime.settings),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return ezgraph_process("worker", *args, env=subprocess_env(runtime.settings))
 
 
 def start_stock_worker(runtime: Runtime, redis_url: str, *args: str) -> subprocess.Popen[bytes]:
