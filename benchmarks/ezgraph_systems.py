@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from subprocess import Popen
 
-from ezgraph.companion import writer_key
-from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import Runtime
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import Runtime
 from ezgraph.settings import Settings
-from ezgraph.store import dispose_engines
+from ezgraph.state.sql import dispose_engines
+from ezgraph.workers.stock import writer_key
 
 from .harness import (
     DONE_KEY,
@@ -77,13 +77,15 @@ class Ezgraph(WorkerSystem):
         return Settings(
             redis_url=self.url,
             database_url=f"sqlite:///{Path(folder) / 'bench.db'}",
-            modules=f"benchmarks.graphs.{graph}",
+            modules_package=f"benchmarks.graphs.{graph}",
         )
 
     def _start_workers(self, settings: Settings, workers: int) -> list[Popen[bytes]]:
         procs = []
         with _environment(
-            REDIS_URL=self.url, DATABASE_URL=settings.database_url, EZGRAPH_MODULES=settings.modules
+            REDIS_URL=self.url,
+            DATABASE_URL=settings.database_url,
+            EZGRAPH_MODULES=settings.modules_package or "",
         ):
             for i in range(workers):
                 args = python_args("-m", "benchmarks.ezgraph_workers", self.kind)

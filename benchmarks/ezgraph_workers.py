@@ -1,6 +1,6 @@
 """Worker processes of the ezgraph systems, behind the harness's ready/go barrier.
 
-``fast``: ezgraph's own :class:`~ezgraph.fast_worker.FastWorker` (what ``ezgraph worker`` runs).
+``fast``: ezgraph's own :class:`~ezgraph.workers.fast.FastWorker` (what ``ezgraph worker`` runs).
 ``stock``: RQ's stock ``SimpleWorker`` running ezgraph steps (what ``rq worker -w
 rq.worker.SimpleWorker`` runs). Settings come from the environment (REDIS_URL, DATABASE_URL,
 EZGRAPH_MODULES), as for any worker.
@@ -12,9 +12,9 @@ import sys
 
 from rq import Queue, SimpleWorker
 
-from ezgraph.fast_worker import FastWorker
-from ezgraph.runtime import Runtime
+from ezgraph.context import Runtime
 from ezgraph.settings import Settings
+from ezgraph.workers.fast import FastWorker
 
 from .harness import GO_KEY, READY_KEY
 

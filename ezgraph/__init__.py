@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .control import Map, Route, StepContext, current_step
+from .client import GraphOrchestrator, status, submit
 from .errors import (
     ConnectionFailed,
     EzgraphError,
@@ -13,9 +13,9 @@ from .errors import (
     StepError,
     UsageError,
 )
-from .orchestrator import GraphOrchestrator, status, submit
+from .model.module_api import Map, Route, StepContext, current_step
 from .settings import Settings
-from .worker import ModuleWorker
+from .workers.module_worker import ModuleWorker
 
 __all__ = [
     "ConnectionFailed",

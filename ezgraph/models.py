@@ -5,7 +5,7 @@
     with Session(engine) as session:
         failed = session.scalars(select(RunRow).where(RunRow.status == "failed")).all()
 
-ezgraph itself writes through the Core tables of :mod:`ezgraph.store`; these classes map the
+ezgraph itself writes through the Core tables of :mod:`ezgraph.state.sql`; these classes map the
 very same tables.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import DeclarativeBase, Mapped
 
-from .store import metadata, runs_table, steps_table
+from .state.sql import metadata, runs_table, steps_table
 
 
 class Base(DeclarativeBase):

@@ -49,7 +49,8 @@ class Settings:
 
     redis_url: str | None = None
     database_url: str = DEFAULT_DATABASE_URL
-    modules: str = "modules"
+    # None: the `modules` package of the working directory, or else the example graph.
+    modules_package: str | None = None
     home: Path = field(default_factory=lambda: Path(".ezgraph"))
     key_prefix: str = "ezgraph"
     max_payload_bytes: int = 1_000_000
@@ -76,7 +77,7 @@ class Settings:
         values: dict[str, Any] = {
             "redis_url": _redis_url_from_env(env),
             "database_url": env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
-            "modules": env.get("EZGRAPH_MODULES") or "modules",
+            "modules_package": env.get("EZGRAPH_MODULES") or None,
             "home": Path(env.get("EZGRAPH_HOME") or ".ezgraph"),
             "key_prefix": env.get("EZGRAPH_KEY_PREFIX") or "ezgraph",
             "max_payload_bytes": _int(env, "EZGRAPH_MAX_PAYLOAD", 1_000_000, 1, 2**31),

@@ -20,14 +20,14 @@ from typing import Any
 
 from rq.job import Job, get_current_job
 
-from .bookkeeping import PreparedJob, RunBook, gathered_from, utcnow_iso
-from .companion import companion_for
-from .control import Map, Route, StepContext, reset_current_step, set_current_step
+from .context import Runtime, StepInput
 from .errors import PayloadError, StepError
 from .faults import crash_point
-from .graph import Graph
-from .runtime import Runtime, StepInput
+from .model.graph import Graph
+from .model.module_api import Map, Route, StepContext, reset_current_step, set_current_step
 from .settings import Settings
+from .state.runs import PreparedJob, RunBook, gathered_from, utcnow_iso
+from .workers.stock import companion_for
 
 logger = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ import sqlalchemy
 from redis import Redis
 
 from ezgraph import embedded
-from ezgraph.runtime import Runtime
+from ezgraph.context import Runtime
 from ezgraph.settings import Settings
-from ezgraph.store import dispose_engines
-from ezgraph.worker import run_worker
+from ezgraph.state.sql import dispose_engines
+from ezgraph.workers.module_worker import run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_BASE = os.environ.get("EZGRAPH_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -111,7 +111,7 @@ def make_runtime(
         values: dict[str, Any] = {
             "redis_url": redis_url,
             "database_url": sqlite_url,
-            "modules": package,
+            "modules_package": package,
             "home": Path(sqlite_url.removeprefix("sqlite:///")).parent / ".ezgraph",
         }
         values.update(overrides)
@@ -132,7 +132,7 @@ def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
     env.update(
         REDIS_URL=settings.redis_url or "",
         DATABASE_URL=settings.database_url,
-        EZGRAPH_MODULES=settings.modules,
+        EZGRAPH_MODULES=settings.modules_package or "",
         EZGRAPH_KEY_PREFIX=settings.key_prefix,
         PYTHONPATH=str(ROOT),
         **extra,

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import pytest
 from redis import Redis
 
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import Runtime
 from ezgraph.errors import ConnectionFailed, PayloadError, UsageError
-from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import Runtime
 
 from .conftest import drain, ezgraph_cli, subprocess_env
 

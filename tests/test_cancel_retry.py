@@ -15,11 +15,11 @@ from redis import Redis
 from rq.job import Job
 
 from ezgraph import current_step
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import Runtime
 from ezgraph.errors import InvalidRunOperation, RunNotFound
-from ezgraph.fast_worker import serve as serve_fast
-from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import Runtime
-from ezgraph.worker import run_worker
+from ezgraph.workers.fast import serve as serve_fast
+from ezgraph.workers.module_worker import run_worker
 
 from .conftest import ROOT, drain, ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 

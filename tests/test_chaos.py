@@ -9,14 +9,14 @@ from collections.abc import Callable
 import pytest
 from redis import Redis
 
-from ezgraph.runtime import Runtime
+from ezgraph.context import Runtime
 
 from .conftest import ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 
 
 @pytest.mark.slow
 def test_chaos_audit_loses_and_doubles_nothing(make_runtime: Callable[..., Runtime]) -> None:
-    runtime = make_runtime("ezgraph.chaos_graph")
+    runtime = make_runtime("ezgraph.chaos.graph")
     done = ezgraph_cli(
         "chaos",
         "--runs",
@@ -48,7 +48,7 @@ def test_a_stopped_chaos_audit_stops_its_workers(
     make_runtime: Callable[..., Runtime], redis_conn: Redis
 ) -> None:
     """SIGTERM (a supervisor, a CI timeout) ends the audit as Ctrl-C does: its workers stop."""
-    runtime = make_runtime("ezgraph.chaos_graph")
+    runtime = make_runtime("ezgraph.chaos.graph")
     audit = ezgraph_process(
         "chaos", "-n", "100000", "--every", "600", env=subprocess_env(runtime.settings)
     )

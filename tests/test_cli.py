@@ -13,8 +13,8 @@ from pathlib import Path
 
 from redis import Redis
 
-from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import Runtime
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import Runtime
 
 from .conftest import ROOT, drain, ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 

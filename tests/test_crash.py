@@ -15,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from redis import Redis
 
-from ezgraph.bookkeeping import RQ_DATE_FORMAT, utcnow_iso
-from ezgraph.fast_worker import reap_dead_workers
-from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import Runtime
-from ezgraph.watchdog import watch_runs
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import Runtime
+from ezgraph.recovery import watch_runs
+from ezgraph.state.runs import RQ_DATE_FORMAT, utcnow_iso
+from ezgraph.workers.fast import reap_dead_workers
 
 from .conftest import ROOT, drain, ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 

@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy
 from redis import Redis
 
-from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import Runtime
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import Runtime
 
 from .conftest import ROOT, subprocess_env
 

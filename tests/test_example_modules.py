@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from ezgraph.control import Route, StepContext, reset_current_step, set_current_step
-from modules import GRAPH_CONNECTIONS, ROUTES, answer, history_preferences, planner, reject
-from modules.history_preferences import UserHistory, UserPreferences
-from modules.intent_validator import MAX_QUESTION_CHARS
-from modules.intent_validator import process as validate
+from ezgraph.example import GRAPH_CONNECTIONS, ROUTES, answer, history_preferences, planner, reject
+from ezgraph.example.history_preferences import UserHistory, UserPreferences
+from ezgraph.example.intent_validator import MAX_QUESTION_CHARS
+from ezgraph.example.intent_validator import process as validate
+from ezgraph.model.module_api import Route, StepContext, reset_current_step, set_current_step
 
 BRT = timezone(timedelta(hours=-3))
 # A Wednesday, so the week runs Monday 13 to Monday 20.

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from ezgraph.errors import GraphError
-from ezgraph.graph import build_graph, load_graph
+from ezgraph.model.graph import build_graph, load_graph
 
 
 def test_loads_package_and_resolves_default_and_mapped_functions() -> None:

@@ -12,13 +12,13 @@ import pytest
 from redis import Redis
 from rq import Queue
 
-from ezgraph.bookkeeping import RQ_DATE_FORMAT
-from ezgraph.companion import Companion, writer_key
-from ezgraph.fast_worker import Duties, FastWorker, save_ended
-from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.records import RunRecord
-from ezgraph.runtime import Runtime, StepInput
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import Runtime, StepInput
+from ezgraph.model.records import RunRecord
+from ezgraph.state.runs import RQ_DATE_FORMAT
 from ezgraph.step import execute_step
+from ezgraph.workers.fast import Duties, FastWorker, save_ended
+from ezgraph.workers.stock import Companion, writer_key
 
 from .conftest import ROOT, drain, subprocess_env, wait_for
 

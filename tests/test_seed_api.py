@@ -10,8 +10,8 @@ import pytest
 from redis import Redis
 
 from ezgraph import GraphOrchestrator, ModuleWorker, status, submit
+from ezgraph.context import Runtime
 from ezgraph.errors import GraphError
-from ezgraph.runtime import Runtime
 from ezgraph.settings import Settings
 
 from .conftest import drain
@@ -21,7 +21,7 @@ from .conftest import drain
 def seed_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, redis_conn: Redis, tmp_path: Path):
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'seed.db'}")
-    monkeypatch.setenv("EZGRAPH_MODULES", "modules")
+    monkeypatch.setenv("EZGRAPH_MODULES", "ezgraph.example")
     return Settings.from_env()
 
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 from redis import Redis
 
-from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import Runtime
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import Runtime
 
 from .conftest import drain
 
@@ -137,7 +137,7 @@ def test_failure_cancels_steps_still_queued(
     runtime = make_runtime("tests.graphs.failing")
     orchestrator = GraphOrchestrator(runtime=runtime)
     run_id = orchestrator.submit("a")
-    from ezgraph.worker import run_worker
+    from ezgraph.workers.module_worker import run_worker
 
     # Only a and c are served: c fails while b still waits in its queue.
     run_worker(runtime, ["a", "c"], burst=True, with_scheduler=False, log_level="WARNING")

@@ -12,7 +12,7 @@ def test_nothing_configured_means_embedded_sqlite_and_modules() -> None:
     settings = Settings.from_env({})
     assert settings.embedded
     assert settings.database_url == "sqlite:///ezgraph.db"
-    assert settings.modules == "modules"
+    assert settings.modules_package is None
 
 
 def test_seed_redis_host_port_db_password_build_a_url() -> None:
@@ -28,7 +28,7 @@ def test_seed_redis_host_port_db_password_build_a_url() -> None:
 def test_redis_url_wins_over_host_and_flags_win_over_env() -> None:
     env = {"REDIS_URL": "redis://a:1/2", "REDIS_HOST": "b", "EZGRAPH_MODULES": "x"}
     assert Settings.from_env(env).redis_url == "redis://a:1/2"
-    assert Settings.from_env(env, modules="y").modules == "y"
+    assert Settings.from_env(env, modules_package="y").modules_package == "y"
 
 
 def test_bad_integer_variable_names_itself() -> None:

@@ -17,9 +17,9 @@ from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 from rq.utils import str_to_date
 
-from ezgraph.bookkeeping import RQ_DATE_FORMAT, utcnow_iso
-from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import COMPRESS_OVER, Runtime
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import COMPRESS_OVER, Runtime
+from ezgraph.state.runs import RQ_DATE_FORMAT, utcnow_iso
 from ezgraph.step import install_runtime
 
 from .conftest import ROOT, drain, subprocess_env

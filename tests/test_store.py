@@ -9,9 +9,9 @@ import sqlalchemy
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import Runtime
-from ezgraph.store import SCHEMA_REVISION, VERSION_TABLE, Store, metadata
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import Runtime
+from ezgraph.state.sql import SCHEMA_REVISION, VERSION_TABLE, Store, metadata
 
 from .conftest import drain, ezgraph_cli, subprocess_env
 

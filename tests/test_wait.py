@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from ezgraph import orchestrator as orchestrator_module
-from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import Runtime
+from ezgraph import client as orchestrator_module
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import Runtime
 
 from .conftest import drain, wait_for
 

@@ -11,11 +11,11 @@ import pytest
 from redis import Redis
 from rq import Queue
 
-from ezgraph.bookkeeping import GATHER_FIELD, RunBook
-from ezgraph.fast_worker import FastWorker, serve
-from ezgraph.orchestrator import GraphOrchestrator
-from ezgraph.runtime import Runtime, StepInput
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import Runtime, StepInput
+from ezgraph.state.runs import GATHER_FIELD, RunBook
 from ezgraph.step import execute_step
+from ezgraph.workers.fast import FastWorker, serve
 
 from .conftest import ROOT, ezgraph_cli, subprocess_env
 
@@ -122,7 +122,7 @@ def test_rq_worker_with_the_fast_worker_class_runs_a_chain(
             "--url",
             settings.redis_url or "",
             "-w",
-            "ezgraph.fast_worker.FastWorker",
+            "ezgraph.workers.fast.FastWorker",
             "--burst",
         ],
         env=subprocess_env(settings),

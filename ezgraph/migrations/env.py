@@ -1,10 +1,10 @@
-"""Alembic environment: ezgraph runs it programmatically (see ``ezgraph.store.migrate``)."""
+"""Alembic environment: ezgraph runs it programmatically (see ``ezgraph.state.sql.migrate``)."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from ezgraph.store import metadata
+from ezgraph.state.sql import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(

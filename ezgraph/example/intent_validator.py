@@ -10,7 +10,7 @@ import re
 import unicodedata
 from typing import Any
 
-from ezgraph.control import Route
+from ezgraph.model.module_api import Route
 
 MAX_QUESTION_CHARS = 500
 

@@ -14,7 +14,7 @@ one daemon thread per process:
   once instead (see ``ezgraph.step.run_step``). A run whose process was killed before writing
   it waits in Redis for any ezgraph worker or ``ezgraph persist``.
 
-  While ``ezgraph persist --follow`` runs (:mod:`ezgraph.persister`; it keeps
+  While ``ezgraph persist --follow`` runs (:mod:`ezgraph.handover`; it keeps
   :func:`writer_key` fresh), the thread leaves the writing to it: one process writing every
   worker's ended runs, in bigger batches and outside the workers, costs less CPU per step
   (README, Benchmarks).
@@ -35,7 +35,7 @@ from contextlib import contextmanager
 
 from redis.exceptions import RedisError
 
-from .runtime import Runtime
+from ..context import Runtime
 
 logger = logging.getLogger(__name__)
 

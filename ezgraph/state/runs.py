@@ -55,7 +55,7 @@ def utcnow_iso() -> str:
 
 
 def _load_script(name: str) -> str:
-    lua = resources.files("ezgraph") / "lua"
+    lua = resources.files("ezgraph.state") / "lua"
     return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 

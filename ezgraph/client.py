@@ -20,10 +20,10 @@ from redis.exceptions import RedisError
 from rq.command import PUBSUB_CHANNEL_TEMPLATE, send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
+from .context import Runtime, StepInput
 from .errors import ConnectionFailed, InvalidRunOperation, PayloadError, RunNotFound, UsageError
-from .graph import Graph
-from .records import RunRecord, RunStatus
-from .runtime import Runtime, StepInput
+from .model.graph import Graph
+from .model.records import RunRecord, RunStatus
 from .settings import Settings
 
 WAIT_RECHECK = 0.5  # seconds: wait() reads the status this often even without a message

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
 import keyword
@@ -16,10 +17,13 @@ from functools import cached_property
 from types import ModuleType
 from typing import Any
 
-from .errors import GraphError
-from .settings import MAX_SECONDS
+from ..errors import GraphError
+from ..settings import MAX_SECONDS
 
 StepFunction = Callable[[dict[str, Any]], Any]
+
+DEFAULT_PACKAGE = "modules"  # looked for in the working directory when none is configured
+EXAMPLE_PACKAGE = "ezgraph.example"  # the example graph shipped with ezgraph, used otherwise
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class Graph:
 
     connections: Mapping[str, tuple[str, ...]]
     functions: Mapping[str, str]
-    package: str = "modules"
+    package: str = DEFAULT_PACKAGE
     routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -162,7 +166,7 @@ class Graph:
 def build_graph(
     connections: Mapping[str, Any],
     functions: Mapping[str, str] | None = None,
-    package: str = "modules",
+    package: str = DEFAULT_PACKAGE,
     routes: Mapping[str, Any] | None = None,
     policies: Mapping[str, Mapping[str, Any]] | None = None,
     check_functions: bool = True,
@@ -253,12 +257,24 @@ def _check_policy(node: str, policy: Any) -> None:
         raise GraphError(f"node {node!r}: retry_intervals must be a list of whole seconds")
 
 
-def load_graph(package: str = "modules") -> Graph:
+def default_package() -> str:
+    """The modules package to use when none is configured: ``modules`` when the working
+    directory (or ``sys.path``) holds one, else the example graph shipped with ezgraph."""
+    try:
+        found = importlib.util.find_spec(DEFAULT_PACKAGE) is not None
+    except (ImportError, ValueError):
+        found = True  # it exists but is broken: importing it names the error
+    return DEFAULT_PACKAGE if found else EXAMPLE_PACKAGE
+
+
+def load_graph(package: str | None = None) -> Graph:
     """Import the modules package ``package`` and build its validated graph.
 
     The package declares ``GRAPH_CONNECTIONS`` and optionally ``MODULES`` (node -> "pkg.mod:func"),
     ``ROUTES`` (node -> successors it may route to) and ``POLICIES`` (node -> timeout/retries).
+    ``None`` means :func:`default_package`.
     """
+    package = package or default_package()
     module = _import_package(package)
     connections = getattr(module, "GRAPH_CONNECTIONS", None)
     if connections is None:

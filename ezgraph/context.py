@@ -18,14 +18,14 @@ from typing import Any
 from redis import Redis
 from rq.job import JobStatus, Retry
 
-from .bookkeeping import GATHER_FIELD, PreparedJob, RunBook, utcnow_iso
 from .connection import connect
 from .errors import ConnectionFailed
 from .faults import crash_point
-from .graph import Graph, StepFunction, load_graph
-from .records import RunRecord, record_from_live
+from .model.graph import Graph, StepFunction, load_graph
+from .model.records import RunRecord, record_from_live
 from .settings import Settings
-from .store import Store
+from .state.runs import GATHER_FIELD, PreparedJob, RunBook, utcnow_iso
+from .state.sql import Store
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class StepInput:
     """How a step job gets its input: the state itself, or gathered from Redis (joins).
 
     ``gathered``: what the fast worker's claim read for a gathering job (the replies
-    :func:`~ezgraph.bookkeeping.gathered_from` takes); otherwise the step reads it as it starts.
+    :func:`~ezgraph.state.runs.gathered_from` takes); otherwise the step reads it as it starts.
     """
 
     state: dict[str, Any] | None = None
@@ -72,15 +72,15 @@ class Runtime:
 
     def graph(self, package: str | None = None) -> Graph:
         """The validated graph of ``package`` (default: the settings' modules package), cached."""
-        package = package or self.settings.modules
-        graph = self._graphs.get(package)
+        key = package or self.settings.modules_package or ""
+        graph = self._graphs.get(key)
         if graph is None:
-            graph = self._graphs[package] = load_graph(package)
+            graph = self._graphs[key] = load_graph(key or None)
         return graph
 
     def override(self, node: str, function: StepFunction, package: str | None = None) -> None:
         """Run ``function`` for ``node`` in this process instead of the graph's function."""
-        self._functions[(package or self.settings.modules, node)] = function
+        self._functions[(package or self.graph().package, node)] = function
 
     def function(self, graph: Graph, node: str) -> StepFunction:
         """The callable ``node`` runs, imported once per process."""

@@ -18,22 +18,23 @@ from typing import Any, TypeVar
 
 import click
 
-from . import embedded, persister
-from .chaos import CHAOS_GRAPH, Chaos
-from .connection import redis_url
-from .errors import ConnectionFailed, EzgraphError, UsageError
-from .fast_worker import reap_dead_workers
-from .graph import load_graph
-from .orchestrator import GraphOrchestrator
-from .records import RunStatus
-from .runtime import Runtime
-from .settings import MAX_SECONDS, Settings, redact_url
-from .store import Store
-from .watchdog import GRACE, watch_runs
-from .worker import run_worker
+from .. import embedded, handover
+from ..chaos import CHAOS_GRAPH, Chaos
+from ..client import GraphOrchestrator
+from ..connection import redis_url
+from ..context import Runtime
+from ..errors import ConnectionFailed, EzgraphError, UsageError
+from ..model.graph import EXAMPLE_PACKAGE, default_package, load_graph
+from ..model.records import RunStatus
+from ..recovery import GRACE, watch_runs
+from ..settings import MAX_SECONDS, Settings, redact_url
+from ..state.sql import Store
+from ..workers.fast import reap_dead_workers
+from ..workers.module_worker import run_worker
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+USES_GRAPH = {"run", "submit", "worker", "check", "viz", "queues"}  # say which graph they use
 FIELD_HELP = "A field of the payload: key=value (a string) or key:=JSON (any JSON value)."
 
 
@@ -98,7 +99,17 @@ def cli(
     )
     if "." not in sys.path and "" not in sys.path:
         sys.path.insert(0, "")  # the modules package lives in the working directory
-    settings = Settings.from_env(modules=modules, redis_url=redis_url, database_url=database_url)
+    settings = Settings.from_env(
+        modules_package=modules, redis_url=redis_url, database_url=database_url
+    )
+    if settings.modules_package is None:
+        settings = settings.replace(modules_package=default_package())
+        if settings.modules_package == EXAMPLE_PACKAGE and ctx.invoked_subcommand in USES_GRAPH:
+            click.echo(
+                f"no modules package here: using the example graph shipped with ezgraph"
+                f" ({EXAMPLE_PACKAGE}); set EZGRAPH_MODULES or add a modules/ package",
+                err=True,
+            )
     ctx.obj = Context(settings)
 
 
@@ -189,7 +200,7 @@ def run(context: Context, start: str, data: str | None, fields: tuple[str, ...])
         # The run's error (or the database's) is printed once, below; without -v, do not log
         # it first as well, once per attempt to write the run.
         logging.getLogger("ezgraph.step").setLevel(logging.ERROR)
-        logging.getLogger("ezgraph.runtime").setLevel(logging.ERROR)
+        logging.getLogger("ezgraph.context").setLevel(logging.ERROR)
     run_id = orchestrator.submit(start, payload)
     while True:
         # With the scheduler, so a step's delayed retry runs here too once its interval passed.
@@ -336,7 +347,7 @@ def persist(context: Context, follow: bool) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda _signum, _frame: stopped.set())
     click.echo("writing ended runs to the database as they end (Ctrl-C stops)")
-    persister.follow(runtime, stopped, f"persist-{os.getpid()}")
+    handover.follow(runtime, stopped, f"persist-{os.getpid()}")
     click.echo("stopped")
 
 
@@ -344,7 +355,7 @@ def persist(context: Context, follow: bool) -> None:
 @pass_context
 def check(context: Context) -> None:
     """Validate the graph and its modules; print the verdict."""
-    graph = load_graph(context.settings.modules)
+    graph = load_graph(context.settings.modules_package)
     edges = sum(len(s) for s in graph.connections.values())
     joins = [n for n in graph.nodes if graph.is_join(n)]
     click.echo(
@@ -364,7 +375,7 @@ def check(context: Context) -> None:
 @pass_context
 def viz(context: Context, fmt: str) -> None:
     """Draw the graph as text, Mermaid or Graphviz dot."""
-    graph = load_graph(context.settings.modules)
+    graph = load_graph(context.settings.modules_package)
     if fmt == "mermaid":
         click.echo("graph TD")
         for node, successors in graph.connections.items():
@@ -475,7 +486,7 @@ def chaos(
     """
     settings = context.settings
     if not own_graph:
-        settings = settings.replace(modules=CHAOS_GRAPH)
+        settings = settings.replace(modules_package=CHAOS_GRAPH)
     runtime = Runtime(settings)
     signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: the audit stops its workers first
     audit = Chaos(

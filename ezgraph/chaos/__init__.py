@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bookkeeping import as_text
-from .orchestrator import GraphOrchestrator
-from .records import RunStatus
-from .runtime import Runtime
+from ..client import GraphOrchestrator
+from ..context import Runtime
+from ..model.records import RunStatus
+from ..state.runs import as_text
 
-CHAOS_GRAPH = "ezgraph.chaos_graph"
+CHAOS_GRAPH = "ezgraph.chaos.graph"
 
 
 @dataclass
@@ -171,7 +171,7 @@ class Chaos:
         env.update(
             REDIS_URL=_url_of(self.runtime),
             DATABASE_URL=settings.database_url,
-            EZGRAPH_MODULES=settings.modules,
+            EZGRAPH_MODULES=self.runtime.graph().package,
             EZGRAPH_KEY_PREFIX=settings.key_prefix,
         )
         env["PYTHONPATH"] = os.pathsep.join(

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import StepError
+from ..errors import StepError
 
 
 @dataclass(frozen=True)

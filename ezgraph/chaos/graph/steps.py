@@ -8,7 +8,7 @@ from typing import Any
 
 from redis import Redis
 
-from ezgraph.control import current_step
+from ezgraph.model.module_api import current_step
 
 # The side effect and its guard in one atomic call: written once per idempotency key.
 _EFFECT = """

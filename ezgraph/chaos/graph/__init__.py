@@ -12,4 +12,4 @@ GRAPH_CONNECTIONS = {
     "right": ["join"],
     "join": [],
 }
-MODULES = {node: "ezgraph.chaos_graph.steps:work" for node in GRAPH_CONNECTIONS}
+MODULES = {node: "ezgraph.chaos.graph.steps:work" for node in GRAPH_CONNECTIONS}

@@ -9,7 +9,7 @@ A heartbeat thread keeps this worker's liveness key fresh, even during a long st
 worker's maintenance pass gives back the claimed jobs of workers whose liveness key expired, so
 the steps of a worker that was SIGKILLed (or whose machine died) run again within seconds.
 
-Select it with ``ezgraph worker`` (the default) or ``rq worker -w ezgraph.fast_worker.FastWorker``.
+Select it with ``ezgraph worker`` (the default) or ``rq worker -w ezgraph.workers.fast.FastWorker``.
 Non-ezgraph jobs on its queues are run the stock way.
 """
 
@@ -40,12 +40,12 @@ from rq.queue import Queue
 from rq.timeouts import JobTimeoutException
 from rq.worker import SimpleWorker, WorkerStatus
 
-from .bookkeeping import outcome_of, utcnow_iso
-from .faults import crash_point
-from .runtime import STEP_FUNCTION, Runtime, StepInput
-from .settings import Settings
-from .step import Completion, after_completion, install_runtime, run_module
-from .watchdog import DIED, MAX_RECOVERIES, WatchReport, fail_lost_step, watch_runs
+from ..context import STEP_FUNCTION, Runtime, StepInput
+from ..faults import crash_point
+from ..recovery import DIED, MAX_RECOVERIES, WatchReport, fail_lost_step, watch_runs
+from ..settings import Settings
+from ..state.runs import outcome_of, utcnow_iso
+from ..step import Completion, after_completion, install_runtime, run_module
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Starting workers: :func:`run_worker` (what ``ezgraph worker`` runs) and the seed's ModuleWorker.
 
 Stock ``rq worker <node>`` processes serve ezgraph steps as they are; ezgraph's own worker is
-the :class:`~ezgraph.fast_worker.FastWorker`.
+the :class:`~ezgraph.workers.fast.FastWorker`.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import GraphError
-from .fast_worker import serve
-from .runtime import Runtime
-from .settings import Settings
+from ..context import Runtime
+from ..errors import GraphError
+from ..settings import Settings
+from .fast import serve
 
 
 def run_worker(

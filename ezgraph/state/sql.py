@@ -37,9 +37,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.expression import Executable
 
-from .errors import ConnectionFailed
-from .records import EncodedJSON, RunRecord, StepRecord
-from .settings import redact_url
+from ..errors import ConnectionFailed
+from ..model.records import EncodedJSON, RunRecord, StepRecord
+from ..settings import redact_url
 
 # SQLAlchemy Core tables: workers write through these without importing the ORM (a few MiB of
 # resident memory per worker). Typed ORM models over the same tables are in ``ezgraph.models``.

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .bookkeeping import LiveRun
+from ..state.runs import LiveRun
 
 
 class RunStatus(enum.StrEnum):

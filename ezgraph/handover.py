@@ -1,10 +1,10 @@
 """``ezgraph persist --follow``: one process writing every worker's ended runs to SQL.
 
 Beside stock ``rq worker`` processes it takes the hand-over to SQL out of them: while it runs
-(it renews :func:`~ezgraph.companion.writer_key` every second) their companion threads leave
+(it renews :func:`~ezgraph.workers.stock.writer_key` every second) their companion threads leave
 the runs they end in Redis's unsaved set, and it writes them in batches, as ezgraph's own
 workers do: at once when nothing more has ended since its last look (20 ms), else every 0.2 s
-or 100 runs, under the same short write lock (:func:`~ezgraph.fast_worker.save_ended`). Each
+or 100 runs, under the same short write lock (:func:`~ezgraph.workers.fast.save_ended`). Each
 write takes the runs waiting when it starts; those that end meanwhile go in the next one.
 
 On a clean stop it withdraws its announcement, waits out the workers' last look at it, and
@@ -20,9 +20,9 @@ import time
 
 from redis.exceptions import RedisError
 
-from .companion import TICK, WRITER_LOOK_EVERY, WRITER_RENEW_EVERY, WRITER_TTL, writer_key
-from .fast_worker import SAVE_BATCH, SAVE_EVERY, save_ended
-from .runtime import Runtime
+from .context import Runtime
+from .workers.fast import SAVE_BATCH, SAVE_EVERY, save_ended
+from .workers.stock import TICK, WRITER_LOOK_EVERY, WRITER_RENEW_EVERY, WRITER_TTL, writer_key
 
 logger = logging.getLogger(__name__)
 

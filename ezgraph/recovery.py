@@ -17,7 +17,7 @@ another machine wrote with its own clock, so a clock that runs ahead cannot make
 just started, and has no heartbeat yet, look lost. Each execution of a job (RQ's ``started_at``,
 or its enqueue and recovery count) is suspected afresh.
 
-Claims of dead ezgraph workers are handled by :func:`ezgraph.fast_worker.reap_dead_workers`.
+Claims of dead ezgraph workers are handled by :func:`ezgraph.workers.fast.reap_dead_workers`.
 Every ezgraph worker runs one pass a second (one worker at a time); ``ezgraph reap`` runs it
 where only stock workers run.
 """
@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .bookkeeping import RunBook, as_text
-from .runtime import Runtime
+from .context import Runtime
+from .state.runs import RunBook, as_text
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def fail_lost_step(
     report: WatchReport,
 ) -> None:
     """Fail ``step`` of ``run_id`` for ``reason`` (a step no worker will finish), and so its
-    run; the watchdog's and the dead workers' reaper's (:mod:`ezgraph.fast_worker`) one way."""
+    run; the watchdog's and the dead workers' reaper's (:mod:`ezgraph.workers.fast`) one way."""
     outcome = runtime.book.fail(run_id, step, f"{step}: {reason}", "", worker, 0, "")
     if outcome.status == "ok":
         logger.warning("run %s step %s: %s, step failed", run_id, step, reason)

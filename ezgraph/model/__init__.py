@@ -1,0 +1,1 @@
+"""The pure model: the graph, what a module may return, and runs as records (no Redis, no SQL)."""

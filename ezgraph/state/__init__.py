@@ -1,0 +1,1 @@
+"""Where runs live: ezgraph's keys in Redis (with their Lua scripts) and the SQL database."""

@@ -1,0 +1,1 @@
+"""The processes that run steps: ezgraph's fast worker, and a stock RQ worker's helpers."""
