@@ -17,10 +17,10 @@ from pathlib import Path
 from subprocess import Popen
 
 from ezgraph.client import GraphOrchestrator
-from ezgraph.context import Runtime
+from ezgraph.context import Context
 from ezgraph.settings import Settings
+from ezgraph.state.keys import Keys
 from ezgraph.state.sql import dispose_engines
-from ezgraph.workers.stock import writer_key
 
 from .harness import (
     DONE_KEY,
@@ -98,7 +98,7 @@ class Ezgraph(WorkerSystem):
         self._procs.extend(procs)
         wait_ready(self.conn, workers, procs)
         if self.kind == "stock":
-            key = writer_key(settings.key_prefix)
+            key = Keys(settings.key_prefix).follower
             wait_alive(lambda: bool(self.conn.exists(key)), procs, 30, "persist --follow")
         return procs
 
@@ -107,9 +107,9 @@ class Ezgraph(WorkerSystem):
         procs: list[Popen[bytes]] = []
         with tempfile.TemporaryDirectory(prefix="ezgraph-bench-") as folder:
             settings = self._settings(graph, folder)
-            runtime = Runtime(settings, self.conn)
-            runtime.store.create_schema()
-            orchestrator = GraphOrchestrator(runtime=runtime)
+            context = Context(settings, self.conn)
+            context.store.create_schema()
+            orchestrator = GraphOrchestrator(context=context)
             try:
                 procs = self._start_workers(settings, workers)
                 meter = CommandMeter(self.conn)
@@ -127,7 +127,7 @@ class Ezgraph(WorkerSystem):
                     check_alive(procs)
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"only {persisted}/{runs} runs reached SQL")
-                    persisted = runtime.store.count_runs()
+                    persisted = context.store.count_runs()
                     if persisted < runs:
                         time.sleep(0.005)
                 ended = time.time()
@@ -152,9 +152,9 @@ class Ezgraph(WorkerSystem):
         counter = iter(range(1 << 30))
         with tempfile.TemporaryDirectory(prefix="ezgraph-bench-") as folder:
             settings = self._settings("chain2", folder)
-            runtime = Runtime(settings, self.conn)
-            runtime.store.create_schema()
-            orchestrator = GraphOrchestrator(runtime=runtime)
+            context = Context(settings, self.conn)
+            context.store.create_schema()
+            orchestrator = GraphOrchestrator(context=context)
             try:
                 procs = self._start_workers(settings, 2)
                 self.conn.rpush(GO_KEY, "go", "go")
@@ -167,7 +167,7 @@ class Ezgraph(WorkerSystem):
                     # The sink marked its end; the result is visible once the run has ended.
                     # Polled every 0.1 ms: a tight loop would take a core and Redis time from
                     # the workers finishing the run.
-                    key = runtime.book.run_key(run_id)
+                    key = context.keys.run(run_id)
                     while not self.conn.hexists(key, "ended_at"):
                         time.sleep(0.0001)
 

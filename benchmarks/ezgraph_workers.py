@@ -12,7 +12,7 @@ import sys
 
 from rq import Queue, SimpleWorker
 
-from ezgraph.context import Runtime
+from ezgraph.context import Context
 from ezgraph.settings import Settings
 from ezgraph.workers.fast import FastWorker
 
@@ -21,16 +21,16 @@ from .harness import GO_KEY, READY_KEY
 
 def main(kind: str) -> None:
     """Build the worker, say ready, wait for go, work until terminated."""
-    runtime = Runtime(Settings.from_env())
+    context = Context(Settings.from_env())
     # Sink first, as plain RQ's workers listen (and as ezgraph worker does by default).
-    queues = [Queue(node, connection=runtime.connection) for node in runtime.graph().sink_first()]
+    queues = [Queue(node, connection=context.connection) for node in context.graph().sink_first()]
     worker: SimpleWorker
     if kind == "fast":
-        worker = FastWorker(queues, connection=runtime.connection, runtime=runtime)
+        worker = FastWorker(queues, connection=context.connection, context=context)
     else:
-        worker = SimpleWorker(queues, connection=runtime.connection)
-    runtime.connection.incr(READY_KEY)
-    if runtime.connection.blpop([GO_KEY], timeout=120) is None:
+        worker = SimpleWorker(queues, connection=context.connection)
+    context.connection.incr(READY_KEY)
+    if context.connection.blpop([GO_KEY], timeout=120) is None:
         raise SystemExit("no go signal")
     worker.work(burst=False, logging_level="WARNING", with_scheduler=False)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__version__ = "0.2.0"
+
 from .client import GraphOrchestrator, status, submit
 from .errors import (
     ConnectionFailed,
@@ -32,6 +34,7 @@ __all__ = [
     "StepContext",
     "StepError",
     "UsageError",
+    "__version__",
     "current_step",
     "status",
     "submit",

@@ -1,32 +1,35 @@
 """The public face: submit runs, read their status, cancel or retry them, count queues.
 
-``GraphOrchestrator`` holds a :class:`Runtime`; the module-level :func:`submit` and
-:func:`status` build one from the environment for each call (the seed's API).
+``GraphOrchestrator`` holds a :class:`~ezgraph.context.Context`; the module-level
+:func:`submit` and :func:`status` build one from the environment for each call (the seed's API).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 from redis import Redis
 from redis.client import PubSub
 from redis.exceptions import RedisError
-from rq.command import PUBSUB_CHANNEL_TEMPLATE, send_stop_job_command
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
-from .context import Runtime, StepInput
-from .errors import ConnectionFailed, InvalidRunOperation, PayloadError, RunNotFound, UsageError
+from . import rq_compat
+from .context import Context
+from .errors import ConnectionFailed, InvalidRunOperation, RunNotFound, UsageError
+from .handover import RunWriter
 from .model.graph import Graph
+from .model.payload import to_json
 from .model.records import RunRecord, RunStatus
+from .model.step_job import StepJob, job_id
 from .settings import Settings
-
-WAIT_RECHECK = 0.5  # seconds: wait() reads the status this often even without a message
+from .state.protocol import Submission
+from .state.runs import record_from_live
 
 
 class GraphOrchestrator:
@@ -36,19 +39,19 @@ class GraphOrchestrator:
         self,
         settings: Settings | None = None,
         connection: Redis | None = None,
-        runtime: Runtime | None = None,
+        context: Context | None = None,
     ) -> None:
-        if runtime is None:
-            runtime = Runtime(settings or Settings.from_env(), connection)
-        self.runtime = runtime
-        self.settings = runtime.settings
+        if context is None:
+            context = Context(settings or Settings.from_env(), connection)
+        self.context = context
+        self.settings = context.settings
         self._pubsub: PubSub | None = None  # kept between waits (see _subscription)
         self._pubsub_lock = threading.Lock()
 
     @property
     def graph(self) -> Graph:
         """The graph of the configured modules package."""
-        return self.runtime.graph()
+        return self.context.graph()
 
     def submit(
         self,
@@ -68,20 +71,19 @@ class GraphOrchestrator:
             known = ", ".join(graph.nodes)
             raise UsageError(f"unknown start module {start_module!r} (graph nodes: {known})")
         payload = {**(data or {}), **fields}
-        input_json = _payload_json(payload, self.settings.max_payload_bytes)
+        input_json = to_json(payload, "payload", self.settings.max_payload_bytes)
         run_id = _check_run_id(run_id or uuid.uuid4().hex)
-        job = self.runtime.prepare_job(graph, run_id, start_module, StepInput(state=payload))
-        reachable = {start_module, *graph.descendants(start_module)}
-        joins = {
-            node: sum(1 for p in graph.predecessors(node) if p in reachable)
-            for node in reachable
-            if graph.is_join(node) and node != start_module
-        }
-        joins = {node: left for node, left in joins.items() if left < len(graph.predecessors(node))}
-        with _redis_errors(self.runtime):
-            created = self.runtime.book.submit(
-                run_id, start_module, graph.package, graph.to_json(), input_json, joins, job
-            )
+        job = self.context.jobs.build(graph, StepJob(run_id, start_module, graph.package, payload))
+        submission = Submission(
+            run_id=run_id,
+            start=start_module,
+            package=graph.package,
+            graph=graph.to_json(),
+            input=input_json,
+            joins=json.dumps(graph.join_arrivals_from(start_module)),
+        )
+        with _redis_errors(self.context):
+            created = self.context.runs.submit(submission, job)
         if not created:
             raise UsageError(f"run id {run_id!r} exists already")
         return run_id
@@ -98,33 +100,49 @@ class GraphOrchestrator:
     def get_run(self, run_id: str) -> RunRecord:
         """The run's record: from Redis while it is there, else from SQL."""
         _check_run_id(run_id)
-        with _redis_errors(self.runtime):
-            record = self.runtime.read_run(run_id)
+        with _redis_errors(self.context):
+            record = self._read_live(run_id)
         if record is None:
-            record = self.runtime.store.load_run(run_id)
+            record = self.context.store.load_run(run_id)
         if record is None:
             raise RunNotFound(f"no run with id {run_id!r}")
         return record
+
+    def _read_live(self, run_id: str) -> RunRecord | None:
+        """A live run from Redis, with RQ's view of its queued steps (running or not), or None."""
+        live = self.context.runs.read(run_id)
+        if live is None:
+            return None
+        queued = [
+            (step, fields["job"])
+            for step, fields in live.steps.items()
+            if fields.get("status") == "queued" and fields.get("job")
+        ]
+        statuses = rq_compat.job_statuses(self.context.connection, [job for _, job in queued])
+        running = {
+            step: status for (step, _), status in zip(queued, statuses, strict=True) if status
+        }
+        return record_from_live(live, running)
 
     def wait(self, run_id: str, timeout: float = 60.0) -> dict[str, Any]:
         """Block until the run reaches a terminal state (or ``timeout``); return its status.
 
         It wakes on the message the run's scripts publish when it stops or ends, so it returns
-        as soon as that happens, and reads the status every :data:`WAIT_RECHECK` seconds too.
+        as soon as that happens, and reads the status every ``Tuning.wait_recheck`` seconds too.
         """
         deadline = time.monotonic() + timeout
         _check_run_id(run_id)
-        channel = self.runtime.book.stopped_channel(run_id)
-        with _redis_errors(self.runtime), self._subscription(channel) as pubsub:
+        channel = self.context.keys.stopped(run_id)
+        with _redis_errors(self.context), self._subscription(channel) as pubsub:
             while True:
                 current = self.status(run_id)
                 left = deadline - time.monotonic()
                 if RunStatus(current["status"]).terminal or left <= 0:
                     return current
-                pubsub.get_message(timeout=min(left, WAIT_RECHECK))
+                pubsub.get_message(timeout=min(left, self.context.tuning.wait_recheck))
 
     def _new_pubsub(self) -> PubSub:
-        pubsub: PubSub = self.runtime.connection.pubsub()  # type: ignore[no-untyped-call]
+        pubsub: PubSub = self.context.connection.pubsub()  # type: ignore[no-untyped-call]
         return pubsub
 
     @contextmanager
@@ -139,7 +157,7 @@ class GraphOrchestrator:
         try:
             pubsub.subscribe(channel)
             wanted = (channel, channel.encode())
-            deadline = time.monotonic() + WAIT_RECHECK
+            deadline = time.monotonic() + self.context.tuning.wait_recheck
             while (left := deadline - time.monotonic()) > 0:
                 message = pubsub.get_message(timeout=left)
                 if message and message["type"] == "subscribe" and message["channel"] in wanted:
@@ -174,56 +192,34 @@ class GraphOrchestrator:
             InvalidRunOperation: when the run is already finished, failed or canceled.
         """
         _check_run_id(run_id)
-        book = self.runtime.book
-        with _redis_errors(self.runtime):
-            outcome = book.fail(run_id, "", "run canceled", run_status="canceled")
+        runs = self.context.runs
+        with _redis_errors(self.context):
+            outcome = runs.cancel(run_id, "run canceled")
             if outcome.status in ("gone", "refused"):
                 current = self.get_run(run_id).status
                 raise InvalidRunOperation(f"run {run_id} is already {current}: nothing to cancel")
             ended = outcome.run_ended
-            record = self.runtime.read_run(run_id)
+            record = self._read_live(run_id)
             running = [
-                f"{run_id}-{step.step}"
+                job_id(run_id, step.step)
                 for step in (record.steps if record else ())
                 if step.status == "running"
             ]
-            stopping = self._stop_jobs(running)
+            stopping = [job for job in running if rq_compat.stop_job(self.context.connection, job)]
             if stopping:
                 self._wait_for_jobs(stopping, stop_wait)
                 # Record the steps whose job was stopped: they will never report.
-                ended = book.fail(run_id, "", "run canceled", run_status="canceled").run_ended
+                ended = runs.cancel(run_id, "run canceled").run_ended
         if ended:
-            self.runtime.save_runs([run_id])
+            RunWriter(self.context, f"client-{os.getpid()}").write_runs([run_id])
         return self.status(run_id)
-
-    def _stop_jobs(self, job_ids: list[str]) -> list[str]:
-        """Send RQ's stop command for each job; return those whose worker listens for commands.
-
-        Workers that do not (ezgraph's own) let the step finish, so there is nothing to wait for.
-        """
-        connection = self.runtime.connection
-        listened = []
-        for job_id in job_ids:
-            worker = connection.hget(f"rq:job:{job_id}", "worker_name")
-            if not worker:
-                continue
-            name = worker.decode() if isinstance(worker, bytes) else str(worker)
-            channel = PUBSUB_CHANNEL_TEMPLATE % name
-            with suppress(InvalidJobOperation, NoSuchJobError):  # it ended meanwhile
-                send_stop_job_command(connection, job_id)
-                if connection.pubsub_numsub(channel)[0][1]:
-                    listened.append(job_id)
-        return listened
 
     def _wait_for_jobs(self, job_ids: list[str], timeout: float) -> None:
         """Wait until none of the RQ jobs ``job_ids`` is started, or ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        connection = self.runtime.connection
         while time.monotonic() < deadline:
-            pipe = connection.pipeline(transaction=False)
-            for job_id in job_ids:
-                pipe.hget(f"rq:job:{job_id}", "status")
-            if all(status != b"started" for status in pipe.execute()):
+            statuses = rq_compat.job_statuses(self.context.connection, job_ids)
+            if all(status != "started" for status in statuses):
                 return
             time.sleep(0.05)
 
@@ -242,8 +238,8 @@ class GraphOrchestrator:
                 no longer in Redis.
         """
         _check_run_id(run_id)
-        with _redis_errors(self.runtime):
-            resumed = self.runtime.book.resume(run_id)
+        with _redis_errors(self.context):
+            resumed = self.context.runs.resume(run_id)
         if resumed.status == "gone":
             current = self.get_run(run_id).status
             if current != RunStatus.FAILED:
@@ -275,12 +271,9 @@ class GraphOrchestrator:
     def list_queues(self) -> dict[str, int]:
         """Jobs waiting in each node's queue, e.g. ``{'intent_validator': 0, ...}``."""
         nodes = self.graph.nodes
-        with _redis_errors(self.runtime):
-            pipe = self.runtime.connection.pipeline(transaction=False)
-            for node in nodes:
-                pipe.llen(f"rq:queue:{node}")
-            counts = pipe.execute()
-        return {node: int(count) for node, count in zip(nodes, counts, strict=True)}
+        with _redis_errors(self.context):
+            counts = rq_compat.queue_lengths(self.context.connection, nodes)
+        return dict(zip(nodes, counts, strict=True))
 
 
 def submit(start_module: str, **fields: Any) -> str:
@@ -304,25 +297,12 @@ def _check_run_id(run_id: str) -> str:
     return run_id
 
 
-def _payload_json(payload: Mapping[str, Any], limit: int) -> str:
-    try:
-        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        size = len(text.encode())  # a lone surrogate (bytes that were not UTF-8) fails here
-    except (TypeError, ValueError, RecursionError) as error:
-        raise PayloadError(f"payload is not JSON-serializable: {error}") from None
-    if size > limit:
-        raise PayloadError(
-            f"payload is {size} bytes, over the {limit}-byte limit (EZGRAPH_MAX_PAYLOAD)"
-        )
-    return text
-
-
 @contextmanager
-def _redis_errors(runtime: Runtime) -> Iterator[None]:
+def _redis_errors(context: Context) -> Iterator[None]:
     """Turn a Redis failure mid-operation into one line naming the server."""
     try:
         yield
     except RedisError as error:
-        kwargs = runtime.connection.connection_pool.connection_kwargs
+        kwargs = context.connection.connection_pool.connection_kwargs
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         raise ConnectionFailed(f"Redis at {where} failed: {error}") from error

@@ -11,13 +11,15 @@ import os
 
 from redis import Redis
 
+from .state.keys import Keys
+
 ENV = "EZGRAPH_CRASH_AT"
+_SPEC = os.environ.get(ENV)  # read once: the hook is set in a process's environment at its start
 
 
-def crash_point(connection: Redis, prefix: str, point: str, step: str) -> None:
+def crash_point(connection: Redis, keys: Keys, point: str, step: str) -> None:
     """Die here if the environment asks for it and this point has not crashed before."""
-    spec = os.environ.get(ENV)
-    if spec is None or spec != f"{point}:{step}":
+    if _SPEC is None or f"{point}:{step}" != _SPEC:
         return
-    if connection.set(f"{prefix}:crashed:{point}:{step}", os.getpid(), nx=True):
+    if connection.set(keys.crashed(point, step), os.getpid(), nx=True):
         os._exit(137)

@@ -1,70 +1,196 @@
-"""``ezgraph persist --follow``: one process writing every worker's ended runs to SQL.
+"""The hand-over to SQL: ended runs go from Redis to the database, in batches, never lost.
 
-Beside stock ``rq worker`` processes it takes the hand-over to SQL out of them: while it runs
-(it renews :func:`~ezgraph.workers.stock.writer_key` every second) their companion threads leave
-the runs they end in Redis's unsaved set, and it writes them in batches, as ezgraph's own
-workers do: at once when nothing more has ended since its last look (20 ms), else every 0.2 s
-or 100 runs, under the same short write lock (:func:`~ezgraph.workers.fast.save_ended`). Each
-write takes the runs waiting when it starts; those that end meanwhile go in the next one.
+A run that ends in Redis enters the unsaved set; :class:`RunWriter` writes the runs of that set
+to SQL, many per transaction, one writer at a time (a short lock: writing a run twice is an
+upsert, so the lock only spares duplicate work), and only then lets their keys expire. A run
+that cannot be written (the database is down) stays in the set and is written later.
 
-On a clean stop it withdraws its announcement, waits out the workers' last look at it, and
-writes what is left. Runs it did not get to (it was killed) wait in Redis for the next
-follower, any ``ezgraph worker``, or ``ezgraph persist``.
+Three drivers decide when to write, with one policy (:meth:`RunWriter.due`): ezgraph's worker
+(its maintenance thread while it is busy, itself when idle), a stock RQ worker's process
+(:mod:`ezgraph.workers.stock`), and ``ezgraph persist --follow`` (:func:`follow`), one process
+writing every worker's runs; while it runs, stock workers leave the writing to it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
-from .context import Runtime
-from .workers.fast import SAVE_BATCH, SAVE_EVERY, save_ended
-from .workers.stock import TICK, WRITER_LOOK_EVERY, WRITER_RENEW_EVERY, WRITER_TTL, writer_key
+from .context import Context
+from .errors import ConnectionFailed
+from .faults import crash_point
+from .settings import Tuning
+from .state.runs import record_from_live
 
 logger = logging.getLogger(__name__)
 
-RETRY_AFTER = 1.0  # seconds before writing again when a write left every run waiting
+
+class RunWriter:
+    """Writes ended runs to SQL for one process (``name`` holds the write lock)."""
+
+    def __init__(self, context: Context, name: str) -> None:
+        self.context = context
+        self.name = name
+        self.tuning = context.tuning
+        self._ended = 0  # runs this process ended since it last wrote
+        self._last_write = 0.0
+        self._follower_seen = (-math.inf, False)  # (when looked, a follower writes)
+        self._lock = threading.Lock()
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write_runs(self, run_ids: Sequence[str]) -> list[str]:
+        """Write these ended runs in one transaction and mark them saved; returns the ids
+        written (none when the database is down: they wait in Redis)."""
+        context = self.context
+        records = []
+        written = []  # run id, the end written (a retry may change it while this writes)
+        gone = []
+        for run_id, live in zip(run_ids, context.runs.read_many(run_ids), strict=True):
+            if live is None:
+                gone.append((run_id, ""))  # expired from Redis: nothing left to write
+            elif ended := live.header.get("ended_at"):
+                records.append(record_from_live(live, encoded=True))
+                written.append((run_id, ended))
+        context.runs.mark_saved(gone, context.settings.run_ttl)
+        if not records:
+            return []
+        crash_point(context.connection, context.keys, "before_persist", "run")
+        try:
+            context.store.save_runs(records)
+        except ConnectionFailed as error:
+            logger.warning("runs kept in Redis until the database answers: %s", error)
+            return []
+        context.runs.mark_saved(written, context.settings.run_ttl)
+        return [record.run_id for record in records]
+
+    def write_unsaved(
+        self, older_than: float = 0.0, batch: int | None = None, until_empty: bool = True
+    ) -> int:
+        """Write the ended runs waiting in Redis (for over ``older_than`` seconds), ``batch``
+        per transaction; returns how many were written. ``until_empty``: also the runs that
+        end meanwhile; else only those waiting when called (they are then chased no further)."""
+        runs = self.context.runs
+        batch = batch or self.tuning.write_batch
+        total = 0
+        left = math.inf if until_empty else runs.unsaved_count()
+        while left > 0:
+            ids = runs.unsaved(limit=int(min(batch, left)), older_than=older_than)
+            if not ids:
+                return total
+            written = self.write_runs(ids)
+            total += len(written)
+            if len(written) < len(ids):
+                return total
+            left -= len(ids)
+        return total
+
+    def take_turn(
+        self, final: bool = False, older_than: float = 0.0, until_empty: bool = True
+    ) -> bool:
+        """Write every waiting run under the write lock; False when another process holds it.
+        A stopping process (``final``) writes without it."""
+        connection, lock = self.context.connection, self.context.keys.write_lock
+        if not final and not connection.set(lock, self.name, nx=True, px=self.tuning.write_lock_ms):
+            return False
+        try:
+            self.write_unsaved(older_than=older_than, until_empty=until_empty)
+        except RedisError:
+            raise
+        except Exception:
+            logger.exception("writing ended runs to SQL failed; they wait in Redis")
+        finally:
+            if not final:
+                connection.delete(lock)
+        return True
+
+    # -- when to write -----------------------------------------------------------------------
+
+    def ended(self, run_id: str) -> None:
+        """This process ended run ``run_id``: it is written in the next batch."""
+        with self._lock:
+            self._ended += 1
+
+    @property
+    def waiting(self) -> int:
+        """Runs this process ended since it last wrote."""
+        return self._ended
+
+    def due(self, busy: bool) -> bool:
+        """Whether to write now: while busy every ``write_every`` seconds or ``write_batch``
+        runs, many per transaction; when idle at once (at most every ``idle_write_gap``)."""
+        return write_due(self._ended, time.monotonic() - self._last_write, busy, self.tuning)
+
+    def wrote(self) -> None:
+        """The runs ended so far were written (or handed to a writer)."""
+        with self._lock:
+            self._ended = 0
+            self._last_write = time.monotonic()
+
+    # -- persist --follow ----------------------------------------------------------------------
+
+    def follower_writes(self) -> bool:
+        """Whether an ``ezgraph persist --follow`` writes ended runs (looked up at most once
+        every ``follower_look_every`` seconds)."""
+        looked, present = self._follower_seen
+        if time.monotonic() - looked >= self.tuning.follower_look_every:
+            present = bool(self.context.connection.exists(self.context.keys.follower))
+            self._follower_seen = (time.monotonic(), present)
+        return present
 
 
-def follow(runtime: Runtime, stopped: threading.Event, name: str) -> None:
-    """Write ended runs to SQL as they end, in batches, until ``stopped`` is set."""
-    connection = runtime.connection
-    book = runtime.book
-    key = writer_key(runtime.settings.key_prefix)
-    announced = 0.0
+def write_due(waiting: int, waited: float, busy: bool, tuning: Tuning) -> bool:
+    """The one batching policy: ``waiting`` runs, ``waited`` seconds since the last write."""
+    if not waiting:
+        return False
+    if busy:
+        return waiting >= tuning.write_batch or waited >= tuning.write_every
+    return waited >= tuning.idle_write_gap
+
+
+def follow(context: Context, stopped: threading.Event, name: str) -> None:
+    """``persist --follow``: write every ended run as runs end, in batches, until ``stopped``.
+
+    It announces itself (so stock workers leave the writing to it) and writes when the
+    unsaved set is quiet, holds a batch, or has waited ``write_every``. On a clean stop it
+    withdraws, waits out the workers' last look, and writes what is left.
+    """
+    tuning = context.tuning
+    writer = RunWriter(context, name)
+    connection, key = context.connection, context.keys.follower
+    announced = -math.inf
     waiting_since: float | None = None  # when runs were first seen waiting
     seen = 0  # runs waiting at the last look
     try:
         while not stopped.is_set():
             try:
                 now = time.monotonic()
-                if now - announced >= WRITER_RENEW_EVERY:
-                    connection.set(key, name, px=int(WRITER_TTL * 1000))
+                if now - announced >= tuning.follower_renew_every:
+                    connection.set(key, name, px=int(tuning.follower_ttl * 1000))
                     announced = now
-                waiting = book.unsaved_count()
-                if not waiting:
+                waiting = context.runs.unsaved_count()
+                waiting_since = (waiting_since or now) if waiting else None
+                busy = waiting != seen  # runs ended since the last look
+                if write_due(waiting, now - (waiting_since or now), busy, tuning):
+                    oldest = context.runs.unsaved(limit=1)
+                    writer.take_turn(until_empty=False)
                     waiting_since = None
-                else:
-                    waiting_since = waiting_since if waiting_since is not None else now
-                    quiet = waiting == seen  # nothing ended since the last look
-                    if quiet or waiting >= SAVE_BATCH or now - waiting_since >= SAVE_EVERY:
-                        oldest = book.unsaved(limit=1)
-                        save_ended(runtime, name, until_empty=False)
-                        waiting_since = None
-                        if book.unsaved(limit=1) == oldest:
-                            # Nothing was written: the database is down (logged), or another
-                            # process is writing. Look again later.
-                            stopped.wait(RETRY_AFTER)
+                    if context.runs.unsaved(limit=1) == oldest:
+                        # Nothing was written: the database is down (logged), or another
+                        # process is writing. Look again later.
+                        stopped.wait(tuning.follower_retry)
                 seen = waiting
             except (RedisError, OSError) as error:
                 logger.warning("persist --follow: Redis failed, trying again: %s", error)
-                stopped.wait(RETRY_AFTER)
-            stopped.wait(TICK)
+                stopped.wait(tuning.follower_retry)
+            stopped.wait(tuning.follower_tick)
     finally:
         if connection.get(key) == name.encode():
             connection.delete(key)
-        time.sleep(WRITER_LOOK_EVERY)  # workers that just looked leave runs to us a moment more
-        save_ended(runtime, name, final=True)
+        time.sleep(tuning.follower_look_every)  # workers that just looked leave runs to us
+        writer.take_turn(final=True)

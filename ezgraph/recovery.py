@@ -1,56 +1,98 @@
-"""The run watchdog: finds the steps a run still expects that no worker will ever finish.
+"""Recovery: every way a step that no worker will finish comes back (or fails its run).
 
-Crash detection that does not wait for RQ's job timeout or its 600 s maintenance pass:
+Crash detection that does not wait for RQ's job timeout or its 600 s maintenance pass. Every
+ezgraph worker runs it once a second (:func:`recover`, one worker at a time); ``ezgraph reap``
+runs it where only stock workers run.
 
-- a step whose RQ job is ``started`` by a stock ``rq worker`` whose step heartbeat
-  (``<prefix>:beat:<job>``, refreshed every second by the worker's companion thread once the
-  step has run half a second) is missing after the grace — the worker or its machine died —
-  goes back to the front of its queue;
-- a step whose RQ job is ``queued`` but sits in no queue (a stock worker listening on several
-  queues pops with a bare LPOP/BLPOP, so a kill right after the pop loses the job) is pushed back;
-- a step whose RQ job ended ``failed``, ``stopped`` or ``canceled`` without the step wrapper
-  recording it (a killed work-horse with no retry left) fails its step and so its run.
+- **Dead ezgraph workers** (:func:`recover_dead_workers`): a worker whose heartbeat expired
+  gives back every job it had claimed, to the front of its queue.
+- **The watchdog** (:func:`watch_runs`) looks at the steps live runs still expect:
+  a step whose job is ``started`` by a worker that no longer beats goes back to its queue; one
+  whose job is ``queued`` but sits in no list (a stock worker listening on several queues pops
+  with a bare BLPOP, so a kill right after the pop loses the job) is pushed back; one whose job
+  ended ``failed``, ``stopped`` or ``canceled`` without the step being recorded (a killed
+  work-horse) runs again, or fails its run.
 
 A started or queued step is acted on only once it has looked lost for the grace, timed by
-Redis's clock (a suspicion key's remaining lifetime): the watchdog compares no date a worker on
-another machine wrote with its own clock, so a clock that runs ahead cannot make a step that has
-just started, and has no heartbeat yet, look lost. Each execution of a job (RQ's ``started_at``,
-or its enqueue and recovery count) is suspected afresh.
-
-Claims of dead ezgraph workers are handled by :func:`ezgraph.workers.fast.reap_dead_workers`.
-Every ezgraph worker runs one pass a second (one worker at a time); ``ezgraph reap`` runs it
-where only stock workers run.
+Redis's clock (a suspicion key's remaining lifetime), never by comparing a date another machine
+wrote with this one's clock. A step whose process keeps dying runs again at most
+``max_recoveries`` times, then fails with its run.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .context import Runtime
-from .state.runs import RunBook, as_text
+from . import liveness, rq_compat
+from .completion import RunEnded
+from .context import Context
+from .state.protocol import Failure, as_text
 
 logger = logging.getLogger(__name__)
 
-GRACE = 2.0  # seconds a step may look lost before it is acted on
-SUSPECT_TTL = 30_000  # milliseconds a suspicion lasts (a step that looked lost, not acted on)
-MAX_RECOVERIES = 3  # times a step whose process died is run again before its run fails
-READ_CHUNK = 50  # runs whose steps are read from Redis at a time (a worker's memory peak)
-
-
 _JOB_FIELDS = ("status", "worker_name", "origin", "started_at", "enqueued_at")  # read of RQ's job
-DIED = f"its worker process died running it {MAX_RECOVERIES + 1} times"  # a step's end
-_LOST = {  # what was done, by the RQ status of a step's job
+_REQUEUED = {  # what was done, by the RQ status of a step's job
     "started": "its worker died, step requeued",
     "queued": "lost from its queue, pushed back",
     "failed": "its work-horse died, step requeued",
 }
+_FAILED = {  # why a step fails, by the RQ status of its job (None: the job is gone)
+    None: "its RQ job vanished",
+    "stopped": "its RQ job was stopped",
+    "canceled": "its RQ job was canceled",
+}
 
 
-class _Job(NamedTuple):
+def died_message(max_recoveries: int) -> str:
+    """The error of a step whose process died running it once too often."""
+    return f"its worker process died running it {max_recoveries + 1} times"
+
+
+@dataclass
+class Report:
+    """What one recovery pass did."""
+
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    suspected: list[str] = field(default_factory=list)  # look lost, not yet for the grace
+
+
+def recover(context: Context, ended: RunEnded) -> Report:
+    """One pass: give back dead workers' claims, then the watchdog's pass."""
+    report = recover_dead_workers(context, ended)
+    watch_runs(context, ended, report)
+    return report
+
+
+def recover_dead_workers(context: Context, ended: RunEnded, report: Report | None = None) -> Report:
+    """Give back the claimed jobs of every ezgraph worker whose heartbeat expired. A job
+    whose workers died holding it more than ``max_recoveries`` times fails, and its run."""
+    report = report if report is not None else Report()
+    keys = context.keys
+    workers = sorted(as_text(raw) or "" for raw in context.connection.smembers(keys.workers))
+    beating = liveness.alive(context.connection, keys, workers)
+    max_recoveries = context.tuning.max_recoveries
+    for name in (w for w in workers if not beating[w]):
+        requeued, failed = context.runs.requeue_claims(name, max_recoveries)
+        if requeued:
+            logger.warning("worker %s is gone: requeued %d steps", name, len(requeued))
+        report.requeued.extend(requeued)
+        for job_id in failed:
+            run_id = rq_compat.run_id_of_job(context.connection, job_id)
+            if run_id is None:
+                report.failed.append(job_id)  # no ezgraph step: RQ's failed registry has it
+                continue
+            step = job_id[len(run_id) + 1 :]
+            fail_lost_step(
+                context, run_id, step, job_id, name, died_message(max_recoveries), report, ended
+            )
+    return report
+
+
+class WatchedStep(NamedTuple):
     """A step its run expects, and what RQ says of its job."""
 
     run_id: str
@@ -61,160 +103,160 @@ class _Job(NamedTuple):
     worker: str | None
     queue: str
     execution: str  # which execution of the job: when RQ started it, or when it was queued
-    beating: bool
 
 
-@dataclass
-class WatchReport:
-    """What one pass did."""
-
-    requeued: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    suspected: list[str] = field(default_factory=list)  # look lost, not yet for the grace
-
-
-def watch_runs(runtime: Runtime, grace: float = GRACE, limit: int = 500) -> WatchReport:
-    """One pass over the oldest live runs (at most ``limit``) that started over ``grace`` ago
-    (by the submitter's clock); a step is acted on once it has looked lost for ``grace``."""
-    book = runtime.book
-    connection = runtime.connection
-    prefix = runtime.settings.key_prefix
-    report = WatchReport()
-    run_ids = [
-        as_text(raw) or ""
-        for raw in connection.zrangebyscore(
-            f"{prefix}:runs:live", "-inf", time.time() - grace, start=0, num=limit
-        )
-    ]
-    if not run_ids:
-        return report
-    waiting: list[tuple[str, str, str, int]] = []  # run, step, job id, recoveries so far
-    for first in range(0, len(run_ids), READ_CHUNK):
-        chunk = run_ids[first : first + READ_CHUNK]
-        for run_id, steps in zip(chunk, book.read_steps(chunk), strict=True):
-            for step, fields in steps.items():
-                if fields.get("status") == "queued" and fields.get("job"):
-                    recovered = int(fields.get("recovered") or 0)
-                    waiting.append((run_id, step, fields["job"], recovered))
+def watch_runs(context: Context, ended: RunEnded, report: Report | None = None) -> Report:
+    """One watchdog pass over the oldest live runs that started over the grace ago (by the
+    submitter's clock); a step is acted on once it has looked lost for the grace."""
+    report = report if report is not None else Report()
+    waiting = _waiting_steps(context)
     if not waiting:
         return report
-    # One round trip: the worker names, and each job's RQ status and step heartbeat.
-    commands: list[tuple[str, ...]] = [("SMEMBERS", f"{prefix}:workers")]
-    for _, _, job_id, _ in waiting:
-        commands += [
-            ("HMGET", f"rq:job:{job_id}", *_JOB_FIELDS),
-            ("EXISTS", f"{prefix}:beat:{job_id}"),
-        ]
-    replies = book.read_pipelined(commands)
-    workers = sorted(as_text(name) or "" for name in replies[0])
-    jobs = []
-    for n, (run_id, step, job_id, recovered) in enumerate(waiting):
-        status, worker, origin, started, enqueued = (as_text(v) for v in replies[1 + 2 * n])
-        queue = origin or step.rsplit("-", 1)[0]
-        execution = (started or "") if status == "started" else f"{enqueued}/{recovered}"
-        beating = bool(replies[2 + 2 * n])
-        jobs.append(
-            _Job(run_id, step, job_id, recovered, status, worker, queue, execution, beating)
-        )
-    listed = _listed(book, prefix, workers, [j for j in jobs if j.status == "queued"])
-    alive: dict[str, bool] = {}
-    lost: list[_Job] = []  # started with no heartbeat by a gone worker, or queued in no list
-    for job in jobs:
-        if job.status == "started" and not job.beating and job.worker:
-            if job.worker not in alive:
-                alive[job.worker] = bool(connection.exists(f"{prefix}:alive:{job.worker}"))
-            if not alive[job.worker]:  # an ezgraph worker's liveness key speaks for its claims
-                lost.append(job)
-        elif job.status == "queued" and job.job_id not in listed:
-            lost.append(job)
-    # A started step beats only after half a second, and a stock worker marks a popped job
-    # started a moment after the pop: act on a step once it has looked lost for the grace.
-    for job, looked_lost in zip(lost, _looked_lost_for(book, prefix, lost), strict=True):
+    watched, workers = _read_jobs(context, waiting)
+    lost = _lost(context, watched, workers)
+    grace = context.tuning.grace
+    for step, looked_lost in zip(lost, _looked_lost_for(context, lost), strict=True):
         if looked_lost < grace:
-            report.suspected.append(job.job_id)
-        elif job.status == "started" and job.recovered >= MAX_RECOVERIES:
-            _fail(runtime, job, DIED, report)  # a step that kills its worker, again and again
+            report.suspected.append(step.job_id)
+        elif step.status == "started" and step.recovered >= context.tuning.max_recoveries:
+            # a step that kills its worker, again and again
+            _fail(context, step, died_message(context.tuning.max_recoveries), report, ended)
         else:
-            _requeue(runtime, job, report)
-    for job in jobs:
-        if job.status in ("started", "queued"):
-            continue
-        if job.status == "failed" and job.recovered < MAX_RECOVERIES:
-            # RQ failed the job but the wrapper never recorded the step: the process running it
-            # died (a killed or OOM work-horse, a hard timeout kill). Not the step's fault: run
-            # it again, a bounded number of times.
-            _requeue(runtime, job, report)
-        elif job.status in ("failed", "stopped", "canceled") or job.status is None:
-            reason = {
-                None: "its RQ job vanished",
-                "failed": DIED,
-                "stopped": "its RQ job was stopped",
-                "canceled": "its RQ job was canceled",
-            }[job.status]
-            _fail(runtime, job, reason, report)
+            _requeue(context, step, report)
+    for step in watched:
+        _settle_ended_job(context, step, report, ended)
     return report
 
 
-def _fail(runtime: Runtime, job: _Job, reason: str, report: WatchReport) -> None:
-    fail_lost_step(runtime, job.run_id, job.step, job.job_id, job.worker or "", reason, report)
+def _waiting_steps(context: Context) -> list[tuple[str, str, str, int]]:
+    """The steps live runs wait for (run, step, job id, times recovered), read in chunks."""
+    tuning = context.tuning
+    run_ids = context.runs.live(older_than=tuning.grace, limit=tuning.watch_limit)
+    waiting = []
+    for first in range(0, len(run_ids), tuning.watch_read_chunk):
+        chunk = run_ids[first : first + tuning.watch_read_chunk]
+        for run_id, steps in zip(chunk, context.runs.read_steps(chunk), strict=True):
+            for step, fields in steps.items():
+                if fields.get("status") == "queued" and fields.get("job"):
+                    waiting.append((run_id, step, fields["job"], int(fields.get("recovered") or 0)))
+    return waiting
+
+
+def _read_jobs(
+    context: Context, waiting: list[tuple[str, str, str, int]]
+) -> tuple[list[WatchedStep], list[str]]:
+    """What RQ says of each waiting step's job, and the ezgraph workers, in one round trip."""
+    commands: list[tuple[str, ...]] = [("SMEMBERS", context.keys.workers)]
+    commands += [("HMGET", rq_compat.job_key(job_id), *_JOB_FIELDS) for _, _, job_id, _ in waiting]
+    replies = context.scripts.read_pipelined(commands)
+    workers = sorted(as_text(name) or "" for name in replies[0])
+    watched = []
+    for (run_id, step, job_id, recovered), fields in zip(waiting, replies[1:], strict=True):
+        status, worker, origin, started, enqueued = (as_text(v) for v in fields)
+        queue = origin or step.rsplit("-", 1)[0]
+        execution = (started or "") if status == "started" else f"{enqueued}/{recovered}"
+        watched.append(
+            WatchedStep(run_id, step, job_id, recovered, status, worker, queue, execution)
+        )
+    return watched, workers
+
+
+def _lost(context: Context, watched: list[WatchedStep], workers: list[str]) -> list[WatchedStep]:
+    """Steps started by a worker that no longer beats, or queued in no list."""
+    started_by = sorted({s.worker for s in watched if s.status == "started" and s.worker})
+    beating = liveness.alive(context.connection, context.keys, started_by)
+    queued = [s for s in watched if s.status == "queued"]
+    listed = _listed(context, workers, queued)
+    return [
+        step
+        for step in watched
+        if (step.status == "started" and step.worker and not beating[step.worker])
+        or (step.status == "queued" and step.job_id not in listed)
+    ]
+
+
+def _settle_ended_job(context: Context, step: WatchedStep, report: Report, ended: RunEnded) -> None:
+    """A step whose RQ job ended without the step being recorded: its process died (a killed
+    or OOM work-horse, a hard timeout kill): run it again, a bounded number of times; or its
+    job was stopped, canceled or vanished: fail it."""
+    if step.status in ("started", "queued"):
+        return
+    max_recoveries = context.tuning.max_recoveries
+    if step.status == "failed" and step.recovered < max_recoveries:
+        _requeue(context, step, report)
+    elif step.status == "failed":
+        _fail(context, step, died_message(max_recoveries), report, ended)
+    elif step.status in _FAILED:
+        _fail(context, step, _FAILED[step.status], report, ended)
+
+
+def _fail(
+    context: Context, step: WatchedStep, reason: str, report: Report, ended: RunEnded
+) -> None:
+    fail_lost_step(
+        context, step.run_id, step.step, step.job_id, step.worker or "", reason, report, ended
+    )
 
 
 def fail_lost_step(
-    runtime: Runtime,
+    context: Context,
     run_id: str,
     step: str,
     job_id: str,
     worker: str,
     reason: str,
-    report: WatchReport,
+    report: Report,
+    ended: RunEnded,
 ) -> None:
     """Fail ``step`` of ``run_id`` for ``reason`` (a step no worker will finish), and so its
-    run; the watchdog's and the dead workers' reaper's (:mod:`ezgraph.workers.fast`) one way."""
-    outcome = runtime.book.fail(run_id, step, f"{step}: {reason}", "", worker, 0, "")
+    run; the one way both recoveries fail a step."""
+    failure = Failure(run_id, step, f"{step}: {reason}", f"{step}: {reason}", "", worker, 0, "")
+    outcome = context.runs.fail_step(failure)
     if outcome.status == "ok":
         logger.warning("run %s step %s: %s, step failed", run_id, step, reason)
         report.failed.append(job_id)
         if outcome.run_ended:
-            runtime.save_runs([run_id])
+            ended(run_id)
 
 
-def _listed(book: RunBook, prefix: str, workers: Sequence[str], jobs: Sequence[_Job]) -> set[str]:
-    """The ids of ``jobs`` found in a list: their queue, its intermediate list (a stock worker's
-    dequeue) or an ezgraph worker's claimed list. One round trip for them all, each job's lists
-    looked at in that order (a claim moves a job from the first to the last)."""
+def _listed(context: Context, workers: Sequence[str], steps: Sequence[WatchedStep]) -> set[str]:
+    """The job ids of ``steps`` found in a list: their queue, its intermediate list (a stock
+    worker's dequeue) or an ezgraph worker's claimed list, looked at in that order (a claim
+    moves a job from the first to the last). One round trip for them all."""
     lookups = [
-        (job.job_id, key)
-        for job in jobs
+        (step.job_id, key)
+        for step in steps
         for key in (
-            f"rq:queue:{job.queue}",
-            f"rq:queue:{job.queue}:intermediate",
-            *(f"{prefix}:claimed:{worker}" for worker in workers),
+            rq_compat.queue_key(step.queue),
+            rq_compat.intermediate_key(step.queue),
+            *(context.keys.claimed(worker) for worker in workers),
         )
     ]
-    positions = book.read_pipelined([("LPOS", key, job_id) for job_id, key in lookups])
-    return {job_id for (job_id, _), at in zip(lookups, positions, strict=True) if at is not None}
+    positions = context.scripts.read_pipelined([("LPOS", key, job) for job, key in lookups])
+    return {job for (job, _), at in zip(lookups, positions, strict=True) if at is not None}
 
 
-def _looked_lost_for(book: RunBook, prefix: str, jobs: Sequence[_Job]) -> list[float]:
-    """Seconds each of ``jobs`` (each execution of it) has looked lost, by Redis's clock: 0.0
+def _looked_lost_for(context: Context, steps: Sequence[WatchedStep]) -> list[float]:
+    """Seconds each of ``steps`` (each execution of it) has looked lost, by Redis's clock: 0.0
     when it looks lost for the first time now. One round trip for them all."""
-    if not jobs:
+    if not steps:
         return []
+    ttl = context.tuning.suspect_ttl_ms
     commands: list[tuple[object, ...]] = []
-    for job in jobs:
-        key = f"{prefix}:suspect:{job.job_id}:{job.execution}"
-        commands += [("SET", key, 1, "NX", "PX", SUSPECT_TTL), ("PTTL", key)]
-    replies = book.read_pipelined(commands)
+    for step in steps:
+        key = context.keys.suspect(step.job_id, step.execution)
+        commands += [("SET", key, 1, "NX", "PX", ttl), ("PTTL", key)]
+    replies = context.scripts.read_pipelined(commands)
     looked = []
-    for n in range(len(jobs)):
+    for n in range(len(steps)):
         first, left = replies[2 * n], int(replies[2 * n + 1])
-        looked.append(0.0 if first or left < 0 else (SUSPECT_TTL - left) / 1000)
+        looked.append(0.0 if first or left < 0 else (ttl - left) / 1000)
     return looked
 
 
-def _requeue(runtime: Runtime, job: _Job, report: WatchReport) -> None:
-    """Put ``job`` back at the front of its queue, if it is still as this pass saw it."""
-    status = job.status or ""
-    if runtime.book.call("requeue_job", job.run_id, job.job_id, job.queue, status):
-        logger.warning("run %s step %s: %s", job.run_id, job.step, _LOST[status])
-        report.requeued.append(job.job_id)
+def _requeue(context: Context, step: WatchedStep, report: Report) -> None:
+    """Put a lost step's job back at the front of its queue, if it is still as seen."""
+    status = step.status or ""
+    if context.runs.requeue_step(step.run_id, step.job_id, step.queue, status):
+        logger.warning("run %s step %s: %s", step.run_id, step.step, _REQUEUED[status])
+        report.requeued.append(step.job_id)

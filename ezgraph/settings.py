@@ -21,6 +21,7 @@ MAX_SECONDS = 1_000_000_000  # ~31 years: the largest timeout, interval or TTL a
 
 ENV_VARS = (
     "REDIS_URL",
+    "RQ_REDIS_URL",
     "REDIS_HOST",
     "REDIS_PORT",
     "REDIS_DB",
@@ -97,9 +98,59 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """The timings and sizes of ezgraph's machinery, in one place (as rq's ``defaults.py``).
+
+    They are not settings a user needs to change; tests may pass a copy with other values.
+    """
+
+    # Liveness: a worker that runs steps keeps ``<prefix>:alive:<worker>`` fresh.
+    beat_every: float = 1.0  # seconds between heartbeats
+    beat_ttl: int = 5  # seconds a heartbeat lasts: a worker silent this long counts as dead
+    beat_after: float = 0.5  # a stock worker's step beats once it has run this long
+    # Recovery (the watchdog pass and the dead workers' reaper), once a second.
+    grace: float = 2.0  # seconds a step may look lost before it is acted on
+    suspect_ttl_ms: int = 30_000  # how long a suspicion lasts (a step that looked lost)
+    max_recoveries: int = 3  # times a step whose process died runs again before its run fails
+    watch_read_chunk: int = 50  # runs whose steps one watchdog read takes (a memory bound)
+    watch_limit: int = 500  # live runs one watchdog pass looks at, oldest first
+    # Hand-over to SQL: ended runs are written in batches, one writer at a time.
+    write_every: float = 0.2  # seconds between writes while steps keep ending...
+    write_batch: int = 100  # ...or this many ended runs; also the runs per transaction
+    idle_write_gap: float = 0.02  # an idle worker writes at once, at most this often
+    write_retry: float = 0.02  # seconds before asking again for a held write lock
+    write_lock_ms: int = 2_000  # the write lock's lifetime (a writer that died holds it so long)
+    sweep_age: float = 2.0  # the once-a-second sweep writes runs left unsaved this long
+    follower_renew_every: float = 1.0  # persist --follow renews its announcement so often...
+    follower_ttl: float = 3.0  # ...which lasts this long...
+    follower_look_every: float = 1.0  # ...and a worker trusts a look at it this long
+    follower_tick: float = 0.02  # seconds between the follower's looks at the unsaved set
+    follower_retry: float = 1.0  # seconds before the follower tries again after a failed write
+    stock_tick: float = 0.25  # a stock worker's thread looks this often when nothing waits
+    # The fast worker's loop.
+    idle_wait: float = 1.0  # seconds an idle worker blocks on its queues' wake list
+    idle_mark: float = 3.0  # seconds an empty claim marks its queues idle (only then they wake)
+    batch_wait: float = 0.1  # how long an idle worker with runs to write waits for work
+    long_step: float = 0.05  # after a step this long (seconds), claim one job at a time
+    wake_list_max: int = 8  # wake-ups waiting in one queue's list at most
+    max_join_input: int = 1_000  # outputs a claim reads for a join (more: the step reads them)
+    # Jobs and runs.
+    compress_over: int = 1_024  # job data over this many bytes is compressed, as RQ does
+    canceled_ttl: int = 86_400  # seconds a canceled job stays in RQ's canceled registry
+    failed_ttl: int = 31_536_000  # seconds a lost job stays in RQ's failed registry (RQ's)
+    wait_recheck: float = 0.5  # GraphOrchestrator.wait reads the status this often
+
+
+TUNING = Tuning()
+
+
 def _redis_url_from_env(env: Mapping[str, str]) -> str | None:
-    if env.get("REDIS_URL"):
-        return env["REDIS_URL"]
+    """REDIS_URL, else RQ's own RQ_REDIS_URL (what ``rq worker`` reads), else the seed's
+    REDIS_HOST/PORT/DB/PASSWORD; None when none is set (the embedded server)."""
+    for name in ("REDIS_URL", "RQ_REDIS_URL"):
+        if env.get(name):
+            return env[name]
     if not any(env.get(name) for name in ("REDIS_HOST", "REDIS_PORT", "REDIS_DB")):
         return None
     host = env.get("REDIS_HOST") or "127.0.0.1"

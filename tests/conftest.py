@@ -20,10 +20,13 @@ import sqlalchemy
 from redis import Redis
 
 from ezgraph import embedded
-from ezgraph.context import Runtime
-from ezgraph.settings import Settings
+from ezgraph.completion import Attempt, StepRun, run_and_record
+from ezgraph.context import Context
+from ezgraph.handover import RunWriter
+from ezgraph.model.step_job import StepJob
+from ezgraph.settings import TUNING, Settings, Tuning
 from ezgraph.state.sql import dispose_engines
-from ezgraph.workers.module_worker import run_worker
+from ezgraph.workers.fast import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_BASE = os.environ.get("EZGRAPH_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -102,12 +105,12 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def make_runtime(
+def make_context(
     redis_conn: Redis, redis_url: str, sqlite_url: str
-) -> Iterator[Callable[..., Runtime]]:
-    """Build a runtime on the test Redis for a test graph package (SQLite unless told)."""
+) -> Iterator[Callable[..., Context]]:
+    """Build a context on the test Redis for a test graph package (SQLite unless told)."""
 
-    def build(package: str, **overrides: Any) -> Runtime:
+    def build(package: str, tuning: Tuning = TUNING, **overrides: Any) -> Context:
         values: dict[str, Any] = {
             "redis_url": redis_url,
             "database_url": sqlite_url,
@@ -115,15 +118,30 @@ def make_runtime(
             "home": Path(sqlite_url.removeprefix("sqlite:///")).parent / ".ezgraph",
         }
         values.update(overrides)
-        return Runtime(Settings(**values), redis_conn)
+        return Context(Settings(**values), redis_conn, tuning)
 
     yield build
     dispose_engines()
 
 
-def drain(runtime: Runtime) -> None:
+def run_step_here(
+    context: Context,
+    run_id: str,
+    node: str,
+    package: str,
+    state: dict[str, Any] | None = None,
+    ended: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run one step in this process, as a stock worker's step function does, and record its
+    end; a run it ends goes to ``ended`` (default: written to SQL at once)."""
+    writer = RunWriter(context, "test")
+    step = StepRun(context, StepJob(run_id, node, package, state=state), Attempt.of(None))
+    return run_and_record(step, ended or (lambda run_id: writer.write_runs([run_id]) and None))
+
+
+def drain(context: Context) -> None:
     """Run every queued step in this process until the queues are empty."""
-    run_worker(runtime, burst=True, with_scheduler=False, log_level="WARNING")
+    serve(context, burst=True, with_scheduler=False, log_level="WARNING")
 
 
 def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:

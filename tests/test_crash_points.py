@@ -13,7 +13,7 @@ import sqlalchemy
 from redis import Redis
 
 from ezgraph.client import GraphOrchestrator
-from ezgraph.context import Runtime
+from ezgraph.context import Context
 
 from .conftest import ROOT, subprocess_env
 
@@ -34,16 +34,16 @@ def launch(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 @pytest.mark.parametrize("point", POINTS)
 @pytest.mark.parametrize("crashing", ["ezgraph worker", "stock rq worker"])
 def test_a_crash_at_each_point_of_the_wrapper_loses_and_doubles_nothing(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
     redis_conn: Redis,
     redis_url: str,
     point: str,
     crashing: str,
 ) -> None:
-    runtime = make_runtime("tests.graphs.slowchain")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.slowchain")
+    orchestrator = GraphOrchestrator(context=context)
     run_id = orchestrator.submit("a", ledger_url=redis_url, ledger_key="test:ledger", sleep=0)
-    env = subprocess_env(runtime.settings)
+    env = subprocess_env(context.settings)
     if crashing == "ezgraph worker":
         command = ["ezgraph", "worker"]
     else:
@@ -68,7 +68,7 @@ def test_a_crash_at_each_point_of_the_wrapper_loses_and_doubles_nothing(
     rescuer = launch(["ezgraph", "worker"], env)
     try:
         deadline = time.monotonic() + 40
-        while runtime.store.load_run(run_id) is None:
+        while context.store.load_run(run_id) is None:
             assert time.monotonic() < deadline, "the run was never stored"
             time.sleep(0.2)
     finally:
@@ -78,9 +78,9 @@ def test_a_crash_at_each_point_of_the_wrapper_loses_and_doubles_nothing(
     assert executions[f"{run_id}:a"] == 1
     assert executions[f"{run_id}:b"] == (2 if point == "after_module:b" else 1)
     assert executions[f"{run_id}:c"] == 1, "a successor ran twice"
-    stored = runtime.store.load_run(run_id)
+    stored = context.store.load_run(run_id)
     assert stored is not None and stored.status == "finished"
-    engine = sqlalchemy.create_engine(runtime.settings.database_url)
+    engine = sqlalchemy.create_engine(context.settings.database_url)
     with engine.connect() as connection:
         rows = connection.execute(sqlalchemy.text("select count(*) from ezgraph_runs")).scalar()
     engine.dispose()

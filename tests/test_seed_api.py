@@ -10,7 +10,7 @@ import pytest
 from redis import Redis
 
 from ezgraph import GraphOrchestrator, ModuleWorker, status, submit
-from ezgraph.context import Runtime
+from ezgraph.context import Context
 from ezgraph.errors import GraphError
 from ezgraph.settings import Settings
 
@@ -41,7 +41,7 @@ def test_seed_submit_status_and_list_queues(seed_env: Settings, redis_conn: Redi
         "planner": 0,
         "answer": 0,
     }
-    drain(Runtime(seed_env, redis_conn))
+    drain(Context(seed_env, redis_conn))
     final = status(run_id)
     assert set(final) >= {"run_id", "status", "nodes", "result", "error"}
     assert final["status"] == "finished"
@@ -61,7 +61,7 @@ def test_seed_submit_status_and_list_queues(seed_env: Settings, redis_conn: Redi
 
 def test_seed_invalid_question_is_routed_to_reject(seed_env: Settings, redis_conn: Redis) -> None:
     run_id = submit(start_module="intent_validator", username="ana", pergunta="bom dia!")
-    drain(Runtime(seed_env, redis_conn))
+    drain(Context(seed_env, redis_conn))
     final = status(run_id)
     assert final["status"] == "finished"
     assert final["nodes"]["reject"] == "finished"
@@ -73,32 +73,32 @@ def test_seed_empty_question_fails_the_run_with_a_clear_error(
     seed_env: Settings, redis_conn: Redis
 ) -> None:
     run_id = submit(start_module="intent_validator", username="ana", pergunta="   ")
-    drain(Runtime(seed_env, redis_conn))
+    drain(Context(seed_env, redis_conn))
     final = status(run_id)
     assert final["status"] == "failed"
     assert final["error"].startswith("intent_validator: ValueError:")
 
 
 def test_module_worker_subclasses_serve_their_queue_with_start(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
     from .graphs.seedstyle.count_chars import CountChars
     from .graphs.seedstyle.shout import Shout
 
-    runtime = make_runtime("tests.graphs.seedstyle")
-    run_id = GraphOrchestrator(runtime=runtime).submit("shout", pergunta="oi")
-    assert issubclass(Shout, ModuleWorker) and Shout.node_name() == "shout"
-    assert CountChars.node_name() == "count_chars"
-    Shout().start(burst=True, settings=runtime.settings)
+    context = make_context("tests.graphs.seedstyle")
+    run_id = GraphOrchestrator(context=context).submit("shout", pergunta="oi")
+    assert issubclass(Shout, ModuleWorker) and Shout().node_name() == "shout"
+    assert CountChars().node_name() == "count_chars"
+    Shout().start(burst=True, settings=context.settings)
     assert redis_conn.llen("rq:queue:count_chars") == 1
-    CountChars().start(burst=True, settings=runtime.settings)
-    final = GraphOrchestrator(runtime=runtime).status(run_id)
+    CountChars().start(burst=True, settings=context.settings)
+    final = GraphOrchestrator(context=context).status(run_id)
     assert final["status"] == "finished"
     assert final["result"] == {"pergunta": "oi", "shouted": "OI", "chars": 2}
 
 
 def test_a_module_worker_s_node_drops_a_worker_suffix_and_must_be_in_the_graph(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
 ) -> None:
     class ShoutWorker(ModuleWorker):
         def process(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +111,7 @@ def test_a_module_worker_s_node_drops_a_worker_suffix_and_must_be_in_the_graph(
     class Worker(ModuleWorker):
         name = "count_chars"
 
-    assert ShoutWorker.node_name() == "shout" and Worker.node_name() == "count_chars"
-    runtime = make_runtime("tests.graphs.seedstyle")
+    assert ShoutWorker().node_name() == "shout" and Worker().node_name() == "count_chars"
+    context = make_context("tests.graphs.seedstyle")
     with pytest.raises(GraphError, match="Elsewhere serves node 'elsewhere', which is not in"):
-        Elsewhere().start(burst=True, settings=runtime.settings)
+        Elsewhere().start(burst=True, settings=context.settings)

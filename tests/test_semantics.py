@@ -8,23 +8,23 @@ import pytest
 from redis import Redis
 
 from ezgraph.client import GraphOrchestrator
-from ezgraph.context import Runtime
+from ezgraph.context import Context
 
 from .conftest import drain
 
 
-def run_once(make_runtime: Callable[..., Runtime], package: str, start: str, **fields: object):
-    runtime = make_runtime(package)
-    orchestrator = GraphOrchestrator(runtime=runtime)
+def run_once(make_context: Callable[..., Context], package: str, start: str, **fields: object):
+    context = make_context(package)
+    orchestrator = GraphOrchestrator(context=context)
     run_id = orchestrator.submit(start, fields)
-    drain(runtime)
-    return orchestrator.status(run_id), runtime
+    drain(context)
+    return orchestrator.status(run_id), context
 
 
 def test_diamond_join_merges_predecessor_states_in_graph_order(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
 ) -> None:
-    status, _ = run_once(make_runtime, "tests.graphs.diamond", "a")
+    status, _ = run_once(make_context, "tests.graphs.diamond", "a")
     assert status["status"] == "finished"
     assert status["nodes"] == {n: "finished" for n in "abcd"}
     # b's state and c's state both carry a trail; c comes later in GRAPH_CONNECTIONS, so wins.
@@ -32,30 +32,30 @@ def test_diamond_join_merges_predecessor_states_in_graph_order(
     assert status["result"]["b"] is True and status["result"]["c"] is True
 
 
-def test_join_sees_each_predecessor_output_by_name(make_runtime: Callable[..., Runtime]) -> None:
-    status, _ = run_once(make_runtime, "tests.graphs.mapped", "m", items=[3, 1, 2])
+def test_join_sees_each_predecessor_output_by_name(make_context: Callable[..., Context]) -> None:
+    status, _ = run_once(make_context, "tests.graphs.mapped", "m", items=[3, 1, 2])
     outputs = status["result"]["outputs"]
     assert outputs == {"square": [{"value": 9}, {"value": 1}, {"value": 4}]}
 
 
-def test_wide_fan_out_and_fan_in(make_runtime: Callable[..., Runtime]) -> None:
-    status, _ = run_once(make_runtime, "tests.graphs.wide", "s")
+def test_wide_fan_out_and_fan_in(make_context: Callable[..., Context]) -> None:
+    status, _ = run_once(make_context, "tests.graphs.wide", "s")
     assert status["status"] == "finished"
     assert set(status["nodes"].values()) == {"finished"} and len(status["nodes"]) == 10
     assert status["result"]["trail"] == ["s", "p7", "j"]
 
 
-def test_nested_joins(make_runtime: Callable[..., Runtime]) -> None:
-    status, _ = run_once(make_runtime, "tests.graphs.nested", "a")
+def test_nested_joins(make_context: Callable[..., Context]) -> None:
+    status, _ = run_once(make_context, "tests.graphs.nested", "a")
     assert status["status"] == "finished"
     assert status["nodes"] == {n: "finished" for n in "abcdefg"}
     assert status["result"]["f"] is True and status["result"]["g"] is True
 
 
 def test_routing_skips_the_branch_not_chosen_and_the_join_waits_only_for_the_other(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
 ) -> None:
-    status, _ = run_once(make_runtime, "tests.graphs.routed", "r", route=["x"])
+    status, _ = run_once(make_context, "tests.graphs.routed", "r", route=["x"])
     assert status["status"] == "finished"
     assert status["nodes"] == {
         "r": "finished",
@@ -69,9 +69,9 @@ def test_routing_skips_the_branch_not_chosen_and_the_join_waits_only_for_the_oth
 
 
 def test_a_join_whose_predecessors_are_all_skipped_is_skipped(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
 ) -> None:
-    status, _ = run_once(make_runtime, "tests.graphs.routed", "r", route=["z"])
+    status, _ = run_once(make_context, "tests.graphs.routed", "r", route=["z"])
     assert status["status"] == "finished"
     assert status["nodes"]["j"] == "skipped"
     assert status["nodes"]["x"] == status["nodes"]["y"] == "skipped"
@@ -79,17 +79,17 @@ def test_a_join_whose_predecessors_are_all_skipped_is_skipped(
 
 
 def test_routing_to_nothing_finishes_the_run_with_everything_skipped(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
 ) -> None:
-    status, _ = run_once(make_runtime, "tests.graphs.routed", "r", route=[])
+    status, _ = run_once(make_context, "tests.graphs.routed", "r", route=[])
     assert status["status"] == "finished"
     assert [status["nodes"][n] for n in "xyzjk"] == ["skipped"] * 5
 
 
 def test_routing_to_an_undeclared_node_fails_the_step_naming_it(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
 ) -> None:
-    status, _ = run_once(make_runtime, "tests.graphs.routed", "r", route=["j"])
+    status, _ = run_once(make_context, "tests.graphs.routed", "r", route=["j"])
     assert status["status"] == "failed"
     assert status["nodes"]["r"] == "failed"
     assert "node 'r' routed to 'j', which is not a successor" in status["error"]
@@ -97,16 +97,16 @@ def test_routing_to_an_undeclared_node_fails_the_step_naming_it(
 
 @pytest.mark.parametrize("count", [0, 1, 100])
 def test_map_runs_one_step_per_item_and_the_join_gets_them_in_order(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis, count: int
+    make_context: Callable[..., Context], redis_conn: Redis, count: int
 ) -> None:
     items = list(range(count))
-    status, runtime = run_once(make_runtime, "tests.graphs.mapped", "m", items=items)
+    status, context = run_once(make_context, "tests.graphs.mapped", "m", items=items)
     assert status["status"] == "finished"
     assert status["result"]["values"] == [i * i for i in items]
     assert status["result"]["total"] == sum(i * i for i in items)
     assert status["nodes"]["square"] == "finished"
     assert [status["nodes"][f"square-{i}"] for i in items] == ["finished"] * count
-    stored = runtime.store.load_run(status["run_id"])
+    stored = context.store.load_run(status["run_id"])
     assert stored is not None
     assert [s.step for s in stored.steps] == ["m", "square"] + [f"square-{i}" for i in items] + [
         "collect"
@@ -116,42 +116,42 @@ def test_map_runs_one_step_per_item_and_the_join_gets_them_in_order(
 
 
 def test_a_failed_predecessor_fails_the_run_and_the_join_never_runs(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    status, runtime = run_once(make_runtime, "tests.graphs.failing", "a")
+    status, context = run_once(make_context, "tests.graphs.failing", "a")
     assert status["status"] == "failed"
     assert status["nodes"]["c"] == "failed"
     assert status["nodes"]["b"] == "finished"
     assert "d" not in status["nodes"]
     assert status["error"].startswith("c: ValueError: boom in c")
     assert all(redis_conn.llen(f"rq:queue:{n}") == 0 for n in "abcd")
-    stored = runtime.store.load_run(status["run_id"])
+    stored = context.store.load_run(status["run_id"])
     assert stored is not None and stored.status == "failed"
     failed = next(s for s in stored.steps if s.step == "c")
     assert "Traceback" in (failed.error or "")
 
 
 def test_failure_cancels_steps_still_queued(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    runtime = make_runtime("tests.graphs.failing")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.failing")
+    orchestrator = GraphOrchestrator(context=context)
     run_id = orchestrator.submit("a")
-    from ezgraph.workers.module_worker import run_worker
+    from ezgraph.workers.fast import serve as run_worker
 
     # Only a and c are served: c fails while b still waits in its queue.
-    run_worker(runtime, ["a", "c"], burst=True, with_scheduler=False, log_level="WARNING")
+    run_worker(context, ["a", "c"], burst=True, with_scheduler=False, log_level="WARNING")
     status = orchestrator.status(run_id)
     assert status["status"] == "failed"
     assert status["nodes"]["b"] == "canceled"
     assert redis_conn.llen("rq:queue:b") == 0
     assert redis_conn.hget(f"rq:job:{run_id}-b", "status") == b"canceled"
-    assert runtime.store.load_run(run_id) is not None
+    assert context.store.load_run(run_id) is not None
 
 
 def test_starting_mid_graph_treats_unreachable_predecessors_as_skipped(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
 ) -> None:
-    status, _ = run_once(make_runtime, "tests.graphs.diamond", "b")
+    status, _ = run_once(make_context, "tests.graphs.diamond", "b")
     assert status["status"] == "finished"
     assert status["nodes"] == {"b": "finished", "d": "finished"}

@@ -18,9 +18,11 @@ from rq.job import Job
 from rq.utils import str_to_date
 
 from ezgraph.client import GraphOrchestrator
-from ezgraph.context import COMPRESS_OVER, Runtime
-from ezgraph.state.runs import RQ_DATE_FORMAT, utcnow_iso
-from ezgraph.step import install_runtime
+from ezgraph.context import Context
+from ezgraph.handover import RunWriter
+from ezgraph.rq_compat import RQ_DATE_FORMAT, utcnow_iso
+from ezgraph.settings import TUNING
+from ezgraph.workers.stock import StockProcess
 
 from .conftest import ROOT, drain, subprocess_env
 
@@ -36,12 +38,12 @@ def dashboard(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[objec
 
 
 def test_finished_steps_read_like_rq_jobs_in_job_fetch_and_rq_info(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis, redis_url: str
+    make_context: Callable[..., Context], redis_conn: Redis, redis_url: str
 ) -> None:
-    runtime = make_runtime("tests.graphs.chain")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(context=context)
     run_ids = [orchestrator.submit("a", n=i) for i in range(3)]
-    drain(runtime)
+    drain(context)
     job = Job.fetch(f"{run_ids[0]}-b", connection=redis_conn)
     assert job.get_status() == "finished"
     assert job.return_value() == {"b": True, "trail": ["a", "b"]}
@@ -63,13 +65,13 @@ def test_finished_steps_read_like_rq_jobs_in_job_fetch_and_rq_info(
 
 
 def test_rq_dashboard_reads_queues_jobs_and_a_busy_fast_worker(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis, dashboard: object, redis_url: str
+    make_context: Callable[..., Context], redis_conn: Redis, dashboard: object, redis_url: str
 ) -> None:
-    runtime = make_runtime("tests.graphs.slowchain")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.slowchain")
+    orchestrator = GraphOrchestrator(context=context)
     worker = subprocess.Popen(
         [sys.executable, "-m", "ezgraph", "worker"],
-        env=subprocess_env(runtime.settings),
+        env=subprocess_env(context.settings),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -132,28 +134,35 @@ def test_dates_are_stamped_in_rqs_format_and_read_back_by_rq() -> None:
 
 @pytest.mark.parametrize("worker", ["fast", "stock"])
 def test_small_job_data_is_stored_as_is_and_large_compressed_and_both_read_by_rq(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis, worker: str
+    make_context: Callable[..., Context],
+    redis_conn: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    worker: str,
 ) -> None:
-    runtime = make_runtime("tests.graphs.chain")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(context=context)
     small = orchestrator.submit("a", note="short")
-    large = orchestrator.submit("a", note="x" * (COMPRESS_OVER * 4))
+    large = orchestrator.submit("a", note="x" * (TUNING.compress_over * 4))
     stored = {run: redis_conn.hget(f"rq:job:{run}-a", "data") or b"" for run in (small, large)}
     assert stored[small].startswith(b"\x80")  # a bare pickle
-    assert len(stored[large]) < COMPRESS_OVER and zlib.decompress(stored[large])
+    assert len(stored[large]) < TUNING.compress_over and zlib.decompress(stored[large])
     for run in (small, large):  # RQ reads both (Job.restore falls back to uncompressed)
         assert Job.fetch(f"{run}-a", connection=redis_conn).kwargs["run_id"] == run
     if worker == "fast":
-        drain(runtime)
-    else:  # a stock SimpleWorker in this process, running the steps with this runtime
-        install_runtime(runtime)
+        drain(context)
+    else:  # a stock SimpleWorker in this process, its settings from the environment
+        for name, value in subprocess_env(context.settings).items():
+            monkeypatch.setenv(name, value)
+        processes: dict[object, StockProcess] = {}
+        monkeypatch.setattr(StockProcess, "_by_connection", processes)
         try:
             queues = [Queue(node, connection=redis_conn) for node in ("b", "a")]
             SimpleWorker(queues, connection=redis_conn).work(burst=True, with_scheduler=False)
         finally:
-            install_runtime(None)
-        runtime.save_unsaved()
-    for run, note in ((small, "short"), (large, "x" * (COMPRESS_OVER * 4))):
-        record = runtime.store.load_run(run)
+            for process in processes.values():
+                process.stop()
+        RunWriter(context, "test").write_unsaved()
+    for run, note in ((small, "short"), (large, "x" * (TUNING.compress_over * 4))):
+        record = context.store.load_run(run)
         assert record is not None and record.status == "finished"
         assert record.result["note"] == note and record.result["trail"] == ["a", "b"]

@@ -10,7 +10,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from ezgraph.client import GraphOrchestrator
-from ezgraph.context import Runtime
+from ezgraph.context import Context
 from ezgraph.state.sql import SCHEMA_REVISION, VERSION_TABLE, Store, metadata
 
 from .conftest import drain, ezgraph_cli, subprocess_env
@@ -23,9 +23,9 @@ def test_schema_revision_is_the_head_of_the_migrations() -> None:
 
 
 def test_init_db_migrates_a_fresh_database_and_is_idempotent(
-    make_runtime: Callable[..., Runtime], database_url: str
+    make_context: Callable[..., Context], database_url: str
 ) -> None:
-    env = subprocess_env(make_runtime("tests.graphs.chain", database_url=database_url).settings)
+    env = subprocess_env(make_context("tests.graphs.chain", database_url=database_url).settings)
     for _ in range(2):
         done = ezgraph_cli("init-db", env=env)
         assert done.returncode == 0, done.stderr
@@ -40,14 +40,14 @@ def test_init_db_migrates_a_fresh_database_and_is_idempotent(
 
 
 def test_a_database_made_before_migrations_is_adopted_with_its_rows(
-    make_runtime: Callable[..., Runtime], sqlite_url: str
+    make_context: Callable[..., Context], sqlite_url: str
 ) -> None:
     engine = sqlalchemy.create_engine(sqlite_url)
     metadata.create_all(engine)  # the schema as ezgraph made it before migrations existed
     engine.dispose()
-    runtime = make_runtime("tests.graphs.chain", database_url=sqlite_url)
-    run_id = GraphOrchestrator(runtime=runtime).submit("a")
-    drain(runtime)
+    context = make_context("tests.graphs.chain", database_url=sqlite_url)
+    run_id = GraphOrchestrator(context=context).submit("a")
+    drain(context)
     store = Store(sqlite_url)
     assert store._revision() == SCHEMA_REVISION
     assert store.load_run(run_id) is not None
@@ -61,7 +61,7 @@ def test_a_database_made_before_migrations_is_adopted_with_its_rows(
     ],
 )
 def test_sql_holds_the_values_redis_held(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
     database_url: str,
     package: str,
     start: str,
@@ -69,16 +69,18 @@ def test_sql_holds_the_values_redis_held(
 ) -> None:
     """The hand-over writes the JSON text Redis holds as it is: read back from SQL, the input,
     the result (one sink, or several merged) and every step's output equal the live record."""
-    runtime = make_runtime(package, database_url=database_url)
-    run_id = GraphOrchestrator(runtime=runtime).submit(start, fields)
-    drain(runtime)
-    live = runtime.read_run(run_id)  # still in Redis after the write, parsed from it
-    stored = runtime.store.load_run(run_id)
+    context = make_context(package, database_url=database_url)
+    run_id = GraphOrchestrator(context=context).submit(start, fields)
+    drain(context)
+    live = GraphOrchestrator(context=context).get_run(
+        run_id
+    )  # still in Redis after the write, parsed from it
+    stored = context.store.load_run(run_id)
     assert live is not None and stored is not None
     assert stored.status == live.status == "finished"
     assert stored.input == live.input == fields
     assert isinstance(stored.result, dict) and stored.result == live.result
-    sinks = runtime.graph(package).sinks()
+    sinks = context.graph(package).sinks()
     assert all(stored.result[sink] is True for sink in sinks)  # every sink's state is in it
     assert [(s.step, s.output) for s in stored.steps] == [(s.step, s.output) for s in live.steps]
     assert all(isinstance(s.output, dict) for s in stored.steps if s.status == "finished")

@@ -3,6 +3,7 @@ not on its periodic status check (set here to longer than the test may take)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -10,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from ezgraph import client as orchestrator_module
 from ezgraph.client import GraphOrchestrator
-from ezgraph.context import Runtime
+from ezgraph.context import Context
+from ezgraph.settings import TUNING
 
 from .conftest import drain, wait_for
 
@@ -39,8 +40,8 @@ def wait_through(orchestrator: GraphOrchestrator, run_id: str, stop: Callable[[]
     subscribed, and return the status the wait returned, checking it woke on the message."""
     waiter = Waiter(orchestrator, run_id)
     waiter.start()
-    channel = orchestrator.runtime.book.stopped_channel(run_id).encode()
-    connection = orchestrator.runtime.connection
+    channel = orchestrator.context.keys.stopped(run_id).encode()
+    connection = orchestrator.context.connection
     wait_for(
         lambda: bool(dict(connection.pubsub_numsub(channel)).get(channel)), 10, "the subscription"
     )
@@ -51,34 +52,36 @@ def wait_through(orchestrator: GraphOrchestrator, run_id: str, stop: Callable[[]
     return str(waiter.status["status"])
 
 
-@pytest.fixture(autouse=True)
-def no_periodic_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(orchestrator_module, "WAIT_RECHECK", WAIT_TIMEOUT)
+@pytest.fixture
+def make_context(make_context: Callable[..., Context]) -> Callable[..., Context]:
+    """Contexts whose wait() reads the status only when a message wakes it."""
+    tuning = dataclasses.replace(TUNING, wait_recheck=WAIT_TIMEOUT)
+    return lambda package, **overrides: make_context(package, tuning=tuning, **overrides)
 
 
-def test_wait_returns_when_the_run_ends(make_runtime: Callable[..., Runtime]) -> None:
-    runtime = make_runtime("tests.graphs.chain")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+def test_wait_returns_when_the_run_ends(make_context: Callable[..., Context]) -> None:
+    context = make_context("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(context=context)
     run_id = orchestrator.submit("a")
-    assert wait_through(orchestrator, run_id, lambda: drain(runtime)) == "finished"
+    assert wait_through(orchestrator, run_id, lambda: drain(context)) == "finished"
 
 
-def test_wait_returns_when_the_run_is_canceled(make_runtime: Callable[..., Runtime]) -> None:
-    runtime = make_runtime("tests.graphs.chain")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+def test_wait_returns_when_the_run_is_canceled(make_context: Callable[..., Context]) -> None:
+    context = make_context("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(context=context)
     run_id = orchestrator.submit("a")
-    waiting = GraphOrchestrator(runtime=runtime)
+    waiting = GraphOrchestrator(context=context)
     assert wait_through(waiting, run_id, lambda: orchestrator.cancel(run_id)) == "canceled"
 
 
 def test_waits_one_after_another_reuse_the_connection(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
 ) -> None:
     """A second wait on the same orchestrator hears its own run, not the first one's channel."""
-    runtime = make_runtime("tests.graphs.chain")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(context=context)
     first = orchestrator.submit("a")
-    drain(runtime)
+    drain(context)
     assert orchestrator.wait(first, timeout=5)["status"] == "finished"
     second = orchestrator.submit("a")
-    assert wait_through(orchestrator, second, lambda: drain(runtime)) == "finished"
+    assert wait_through(orchestrator, second, lambda: drain(context)) == "finished"

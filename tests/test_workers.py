@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,16 +13,16 @@ from redis import Redis
 from rq import Queue
 
 from ezgraph.client import GraphOrchestrator
-from ezgraph.context import Runtime, StepInput
-from ezgraph.state.runs import GATHER_FIELD, RunBook
-from ezgraph.step import execute_step
+from ezgraph.context import Context
+from ezgraph.state.protocol import JOIN_INPUT_FIELD
+from ezgraph.state.runs import RedisRuns
 from ezgraph.workers.fast import FastWorker, serve
 
-from .conftest import ROOT, ezgraph_cli, subprocess_env
+from .conftest import ROOT, ezgraph_cli, run_step_here, subprocess_env
 
 
-def rq_worker_burst(runtime: Runtime, *queues: str) -> subprocess.CompletedProcess[str]:
-    settings = runtime.settings
+def rq_worker_burst(context: Context, *queues: str) -> subprocess.CompletedProcess[str]:
+    settings = context.settings
     return subprocess.run(
         [
             sys.executable,
@@ -42,75 +43,75 @@ def rq_worker_burst(runtime: Runtime, *queues: str) -> subprocess.CompletedProce
 
 
 def test_stock_rq_worker_runs_a_chain_and_the_run_is_persisted(
-    make_runtime: Callable[..., Runtime], database_url: str
+    make_context: Callable[..., Context], database_url: str
 ) -> None:
-    runtime = make_runtime("tests.graphs.chain", database_url=database_url)
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.chain", database_url=database_url)
+    orchestrator = GraphOrchestrator(context=context)
     run_id = orchestrator.submit("a", question="hoje?")
-    done = rq_worker_burst(runtime, "a", "b")
+    done = rq_worker_burst(context, "a", "b")
     assert done.returncode == 0, done.stderr
-    stored = runtime.store.load_run(run_id)
+    stored = context.store.load_run(run_id)
     assert stored is not None and stored.status == "finished"
     assert stored.result == {"question": "hoje?", "trail": ["a", "b"], "a": True, "b": True}
 
 
 def test_stock_rq_worker_serves_a_joined_graph(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    runtime = make_runtime("tests.graphs.wide")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.wide")
+    orchestrator = GraphOrchestrator(context=context)
     run_ids = [orchestrator.submit("s") for _ in range(5)]
-    done = rq_worker_burst(runtime, "s", *(f"p{i}" for i in range(8)), "j")
+    done = rq_worker_burst(context, "s", *(f"p{i}" for i in range(8)), "j")
     assert done.returncode == 0, done.stderr
     for run_id in run_ids:
-        stored = runtime.store.load_run(run_id)
+        stored = context.store.load_run(run_id)
         assert stored is not None and stored.status == "finished"
         assert len(stored.steps) == 10
         assert sorted(stored.result["trail"])[-1] == "s"
 
 
 def test_ezgraph_worker_burst_serves_every_node_by_default(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
 ) -> None:
-    runtime = make_runtime("tests.graphs.diamond")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.diamond")
+    orchestrator = GraphOrchestrator(context=context)
     run_id = orchestrator.submit("a")
-    done = ezgraph_cli("worker", "--burst", env=subprocess_env(runtime.settings))
+    done = ezgraph_cli("worker", "--burst", env=subprocess_env(context.settings))
     assert done.returncode == 0, done.stderr
-    stored = runtime.store.load_run(run_id)
+    stored = context.store.load_run(run_id)
     assert stored is not None and stored.status == "finished"
     assert [s.step for s in stored.steps] == ["a", "b", "c", "d"]
 
 
 def test_ezgraph_worker_takes_later_steps_of_started_runs_before_new_runs(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
 ) -> None:
-    runtime = make_runtime("tests.graphs.chain")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(context=context)
     run_ids = [orchestrator.submit("a") for _ in range(3)]
-    serve(runtime, burst=True, with_scheduler=False, log_level="WARNING", claim_batch=1)
+    serve(context, burst=True, with_scheduler=False, log_level="WARNING", claim_batch=1)
     started = []
     for n, run_id in enumerate(run_ids):
-        stored = runtime.store.load_run(run_id)
+        stored = context.store.load_run(run_id)
         assert stored is not None and stored.status == "finished"
         started += [(step.started_at, f"{step.step}{n}") for step in stored.steps]
     # Sink first: each run's b runs before the next run's a (declared order: a0 a1 a2 b0 b1 b2).
     assert [name for _, name in sorted(started)] == ["a0", "b0", "a1", "b1", "a2", "b2"]
 
 
-def test_ezgraph_worker_refuses_an_unknown_node(make_runtime: Callable[..., Runtime]) -> None:
-    runtime = make_runtime("tests.graphs.chain")
-    done = ezgraph_cli("worker", "nope", "--burst", env=subprocess_env(runtime.settings))
+def test_ezgraph_worker_refuses_an_unknown_node(make_context: Callable[..., Context]) -> None:
+    context = make_context("tests.graphs.chain")
+    done = ezgraph_cli("worker", "nope", "--burst", env=subprocess_env(context.settings))
     assert done.returncode == 2
     assert done.stderr.strip() == "error: unknown node 'nope' (graph nodes: a, b)"
 
 
 def test_rq_worker_with_the_fast_worker_class_runs_a_chain(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
 ) -> None:
-    runtime = make_runtime("tests.graphs.chain")
-    run_id = GraphOrchestrator(runtime=runtime).submit("a")
-    settings = runtime.settings
+    context = make_context("tests.graphs.chain")
+    run_id = GraphOrchestrator(context=context).submit("a")
+    settings = context.settings
     done = subprocess.run(
         [
             sys.executable,
@@ -132,86 +133,87 @@ def test_rq_worker_with_the_fast_worker_class_runs_a_chain(
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    stored = runtime.store.load_run(run_id)
+    stored = context.store.load_run(run_id)
     assert stored is not None and stored.status == "finished"
 
 
-def test_a_successor_rings_its_queue_only_while_an_ezgraph_worker_waits_on_it(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+def test_a_successor_wakes_its_queue_only_while_an_ezgraph_worker_waits_on_it(
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    """An idle ezgraph worker blocks on its queues' bells and wakes when a job arrives; a queue
-    nobody waits on (its workers are busy, or stock workers) costs no bell per job."""
-    runtime = make_runtime("tests.graphs.chain")
-    orchestrator = GraphOrchestrator(runtime=runtime)
-    bell = "ezgraph:bell:b"
+    """An idle ezgraph worker blocks on its queues' wake lists and wakes when a job arrives; a queue
+    nobody waits on (its workers are busy, or stock workers) costs no wake-up per job."""
+    context = make_context("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(context=context)
+    wake = "ezgraph:wake:b"
 
     def run_a() -> str:
         run_id = orchestrator.submit("a")
-        execute_step(runtime, None, run_id, "a", "tests.graphs.chain", StepInput(state={}))
+        run_step_here(context, run_id, "a", "tests.graphs.chain", {})
         return run_id
 
     first = run_a()
-    assert redis_conn.llen(bell) == 0  # no ezgraph worker waits on b
-    worker = FastWorker([Queue("b", connection=redis_conn)], connection=redis_conn, runtime=runtime)
-    assert [job.id for job in worker._fast_call(["b"], 8)] == [f"{first}-b"]
+    assert redis_conn.llen(wake) == 0  # no ezgraph worker waits on b
+    worker = FastWorker([Queue("b", connection=redis_conn)], connection=redis_conn, context=context)
+    assert [job.id for job in worker._finish_and_claim(["b"], 8)] == [f"{first}-b"]
     run_a()
-    assert redis_conn.llen(bell) == 0  # the worker is busy: it claims again when done
-    assert worker._fast_call(["b"], 8) != []
-    assert worker._fast_call(["b"], 8) == []  # nothing left: the worker waits on b's bell
+    assert redis_conn.llen(wake) == 0  # the worker is busy: it claims again when done
+    assert worker._finish_and_claim(["b"], 8) != []
+    assert (
+        worker._finish_and_claim(["b"], 8) == []
+    )  # nothing left: the worker waits on b's wake list
     third = run_a()
-    assert redis_conn.blpop([bell], timeout=1) is not None
-    assert [job.id for job in worker._fast_call(["b"], 8)] == [f"{third}-b"]
+    assert redis_conn.blpop([wake], timeout=1) is not None
+    assert [job.id for job in worker._finish_and_claim(["b"], 8)] == [f"{third}-b"]
 
 
 def test_a_successor_its_own_worker_claims_in_the_same_call_wakes_nobody(
-    make_runtime: Callable[..., Runtime], redis_conn: Redis
+    make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
     """The call that finishes a step claims after creating its successors: a successor that
-    worker takes itself rings no bell, one left in the queue wakes an idle worker."""
-    runtime = make_runtime("tests.graphs.chain")
-    orchestrator = GraphOrchestrator(runtime=runtime)
-    bell = "ezgraph:bell:b"
-    idle = FastWorker([Queue("b", connection=redis_conn)], connection=redis_conn, runtime=runtime)
+    worker takes itself wakes nobody, one left in the queue wakes an idle worker."""
+    context = make_context("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(context=context)
+    wake = "ezgraph:wake:b"
+    idle = FastWorker([Queue("b", connection=redis_conn)], connection=redis_conn, context=context)
 
     def finish_a(queues: list[str]) -> list[str]:
         """A worker of ``queues`` claims and runs a new run's step a, then makes its next call."""
         worker = FastWorker(
             [Queue(name, connection=redis_conn) for name in queues],
             connection=redis_conn,
-            runtime=runtime,
+            context=context,
         )
         orchestrator.submit("a")
-        (claimed,) = worker._fast_call(["a"], 8)
-        finished = worker._perform(claimed)
-        assert finished is not None
-        worker._finished.append(finished)
-        return [job.id for job in worker._fast_call(queues, 8)]
+        (claimed,) = worker._finish_and_claim(["a"], 8)
+        worker._perform(claimed)
+        assert len(worker._pending) == 1  # it succeeded: the next call finishes it
+        return [job.id for job in worker._finish_and_claim(queues, 8)]
 
-    assert idle._fast_call(["b"], 8) == []  # idle: waits on b's bell
-    redis_conn.delete(bell)
+    assert idle._finish_and_claim(["b"], 8) == []  # idle: waits on b's wake list
+    redis_conn.delete(wake)
     claimed = finish_a(["a", "b"])
     assert [job_id.rsplit("-", 1)[1] for job_id in claimed] == ["b"]
-    assert redis_conn.llen(bell) == 0
+    assert redis_conn.llen(wake) == 0
     assert finish_a(["a"]) == []  # b waits in its queue for the idle worker
-    assert redis_conn.llen(bell) == 1
+    assert redis_conn.llen(wake) == 1
 
 
 def spy_on_gathers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The runs whose join read its input itself (RunBook.gather), in call order."""
+    """The runs whose join read its input itself (RedisRuns.read_join_input), in call order."""
     reads: list[str] = []
-    original = RunBook.gather
+    original = RedisRuns.read_join_input
 
-    def gather(book: RunBook, run_id: str, predecessors: Any, states: Any) -> Any:
-        reads.append(run_id)
-        return original(book, run_id, predecessors, states)
+    def read_join_input(runs: RedisRuns, spec: str, predecessors: Any, states: Any) -> Any:
+        reads.append(json.loads(spec)["run"])
+        return original(runs, spec, predecessors, states)
 
-    monkeypatch.setattr(RunBook, "gather", gather)
+    monkeypatch.setattr(RedisRuns, "read_join_input", read_join_input)
     return reads
 
 
 @pytest.mark.parametrize(("items", "reads_itself"), [([3, 1, 2], False), (list(range(1001)), True)])
 def test_the_ezgraph_worker_hands_a_join_its_input_with_the_claim(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
     monkeypatch: pytest.MonkeyPatch,
     items: list[int],
     reads_itself: bool,
@@ -219,15 +221,15 @@ def test_the_ezgraph_worker_hands_a_join_its_input_with_the_claim(
     """The claim of a join reads its predecessors' outputs and states (no round trip of the
     step's own), except for a map too large to read in one call."""
     reads = spy_on_gathers(monkeypatch)
-    diamond = make_runtime("tests.graphs.diamond")
-    orchestrator = GraphOrchestrator(runtime=diamond)
+    diamond = make_context("tests.graphs.diamond")
+    orchestrator = GraphOrchestrator(context=diamond)
     run_id = orchestrator.submit("a")
     serve(diamond, burst=True, with_scheduler=False, log_level="WARNING")
     result = orchestrator.status(run_id)["result"]
     assert result["trail"] == ["a", "c", "d"] and result["b"] is True and result["c"] is True
 
-    mapped = make_runtime("tests.graphs.mapped")
-    orchestrator = GraphOrchestrator(runtime=mapped)
+    mapped = make_context("tests.graphs.mapped")
+    orchestrator = GraphOrchestrator(context=mapped)
     map_run = orchestrator.submit("m", items=items)
     serve(mapped, burst=True, with_scheduler=False, log_level="WARNING")
     status = orchestrator.status(map_run)
@@ -237,29 +239,29 @@ def test_the_ezgraph_worker_hands_a_join_its_input_with_the_claim(
 
 
 @pytest.mark.parametrize(
-    "field", [None, '{{"run": "{run}", "preds": ["b"], "states": ["b"]}}', "not json"]
+    "field", [None, '{{"run": "{run}", "predecessors": ["b"], "states": ["b"]}}', "not json"]
 )
 def test_a_join_job_the_claim_cannot_read_for_reads_its_input_itself(
-    make_runtime: Callable[..., Runtime],
+    make_context: Callable[..., Context],
     redis_conn: Redis,
     monkeypatch: pytest.MonkeyPatch,
     field: str | None,
 ) -> None:
     """A join queued without what to read for it (by an older ezgraph), or for another version
     of the graph, still gets its whole input: the step reads it as it starts."""
-    runtime = make_runtime("tests.graphs.diamond")
-    orchestrator = GraphOrchestrator(runtime=runtime)
+    context = make_context("tests.graphs.diamond")
+    orchestrator = GraphOrchestrator(context=context)
     run_id = orchestrator.submit("a")
-    serve(runtime, ["a", "b", "c"], burst=True, with_scheduler=False, log_level="WARNING")
+    serve(context, ["a", "b", "c"], burst=True, with_scheduler=False, log_level="WARNING")
     join = f"rq:job:{run_id}-d"
-    assert redis_conn.hexists(join, GATHER_FIELD)
+    assert redis_conn.hexists(join, JOIN_INPUT_FIELD)
     if field is None:
-        redis_conn.hdel(join, GATHER_FIELD)
+        redis_conn.hdel(join, JOIN_INPUT_FIELD)
     else:
-        redis_conn.hset(join, GATHER_FIELD, field.format(run=run_id))
+        redis_conn.hset(join, JOIN_INPUT_FIELD, field.format(run=run_id))
     reads = spy_on_gathers(monkeypatch)
 
-    serve(runtime, ["d"], burst=True, with_scheduler=False, log_level="WARNING")
+    serve(context, ["d"], burst=True, with_scheduler=False, log_level="WARNING")
 
     status = orchestrator.status(run_id)
     assert status["status"] == "finished"

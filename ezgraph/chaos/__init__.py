@@ -18,10 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import rq_compat
 from ..client import GraphOrchestrator
-from ..context import Runtime
+from ..connection import redis_url
+from ..context import Context
+from ..handover import RunWriter
 from ..model.records import RunStatus
-from ..state.runs import as_text
+from ..state.protocol import as_text
 
 CHAOS_GRAPH = "ezgraph.chaos.graph"
 
@@ -87,11 +90,11 @@ class ChaosReport:
 
 
 class Chaos:
-    """Runs the audit against ``runtime``'s Redis and database."""
+    """Runs the audit against the Redis and database of ``context``."""
 
     def __init__(
         self,
-        runtime: Runtime,
+        context: Context,
         workers: int = 2,
         every: float = 5.0,
         jitter: float = 2.0,
@@ -99,29 +102,26 @@ class Chaos:
         timeout: float = 600.0,
         log: Callable[[str], None] = print,
     ) -> None:
-        self.runtime = runtime
+        self.context = context
         self.workers = workers
         self.every = every
         self.jitter = jitter
         self.work_ms = work_ms
         self.timeout = timeout
         self.log = log
-        self.ledger = f"{runtime.settings.key_prefix}:chaos:{os.getpid()}:{int(time.time())}"
+        self.ledger = f"{context.settings.key_prefix}:chaos:{os.getpid()}:{int(time.time())}"
 
     def run(self, runs: int) -> ChaosReport:
         """Submit ``runs``, kill workers until they all ended (or the timeout), report."""
-        orchestrator = GraphOrchestrator(runtime=self.runtime)
-        connection = self.runtime.connection
-        ledger_url = _url_of(self.runtime)
+        orchestrator = GraphOrchestrator(context=self.context)
+        connection = self.context.connection
         report = ChaosReport(runs=runs)
         started = time.monotonic()
         procs = [self._spawn() for _ in range(self.workers)]
         pending_recoveries: list[tuple[float, str, list[str]]] = []
         try:
             run_ids = [
-                orchestrator.submit(
-                    "start", ledger_url=ledger_url, ledger_prefix=self.ledger, work_ms=self.work_ms
-                )
+                orchestrator.submit("start", ledger_prefix=self.ledger, work_ms=self.work_ms)
                 for _ in range(runs)
             ]
             next_kill = time.monotonic() + self._interval()
@@ -153,8 +153,8 @@ class Chaos:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        # Runs end in Redis first; give the workers' hand-over to SQL its moment.
-        self.runtime.save_unsaved()
+        # Runs end in Redis first; write what the workers' hand-over to SQL left.
+        RunWriter(self.context, f"chaos-{os.getpid()}").write_unsaved()
         report.seconds = time.monotonic() - started
         self._tally(run_ids, orchestrator, report)
         connection.delete(f"{self.ledger}:executions", f"{self.ledger}:effects")
@@ -166,12 +166,12 @@ class Chaos:
         return max(0.5, self.every + random.uniform(-self.jitter, self.jitter))
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        settings = self.runtime.settings
+        settings = self.context.settings
         env = dict(os.environ)
         env.update(
-            REDIS_URL=_url_of(self.runtime),
+            REDIS_URL=redis_url(settings),  # as configured: user, password and TLS kept
             DATABASE_URL=settings.database_url,
-            EZGRAPH_MODULES=self.runtime.graph().package,
+            EZGRAPH_MODULES=self.context.graph().package,
             EZGRAPH_KEY_PREFIX=settings.key_prefix,
         )
         env["PYTHONPATH"] = os.pathsep.join(
@@ -186,19 +186,19 @@ class Chaos:
 
     def _kill_busy(self, procs: list[subprocess.Popen[bytes]]) -> tuple[str, list[str]] | None:
         """SIGKILL a live worker holding a step; returns its name and the job ids it held."""
-        connection = self.runtime.connection
-        prefix = self.runtime.settings.key_prefix
+        connection = self.context.connection
+        keys = self.context.keys
         by_pid: dict[int, str] = {}
-        for raw in connection.smembers(f"{prefix}:workers"):
+        for raw in connection.smembers(keys.workers):
             name = as_text(raw) or ""
-            pid = connection.get(f"{prefix}:alive:{name}")
+            pid = connection.get(keys.alive(name))
             if pid is not None:
                 by_pid[int(pid)] = name
         alive = [p for p in procs if p.poll() is None and p.pid in by_pid]
         random.shuffle(alive)
         for proc in alive:
             name = by_pid[proc.pid]
-            held = [as_text(i) or "" for i in connection.lrange(f"{prefix}:claimed:{name}", 0, -1)]
+            held = [as_text(i) or "" for i in connection.lrange(keys.claimed(name), 0, -1)]
             if held:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
@@ -208,14 +208,14 @@ class Chaos:
     def _measure(self, pending: list[tuple[float, str, list[str]]], report: ChaosReport) -> None:
         """A kill is recovered when every job the dead worker held was taken up again by
         another worker (or ended)."""
-        connection = self.runtime.connection
+        connection = self.context.connection
         for item in list(pending):
             killed_at, dead, held = item
             back = True
             for job_id in held:
                 status, worker = (
                     as_text(v)
-                    for v in connection.hmget(f"rq:job:{job_id}", "status", "worker_name")
+                    for v in connection.hmget(rq_compat.job_key(job_id), "status", "worker_name")
                 )
                 if status == "queued" or (status == "started" and worker == dead):
                     back = False
@@ -224,19 +224,18 @@ class Chaos:
                 pending.remove(item)
 
     def _still_live(self, run_ids: set[str]) -> set[str]:
-        connection = self.runtime.connection
-        prefix = self.runtime.settings.key_prefix
+        connection = self.context.connection
         pipe = connection.pipeline(transaction=False)
         ordered = list(run_ids)
         for run_id in ordered:
-            pipe.hget(f"{prefix}:run:{run_id}", "ended_at")
+            pipe.hget(self.context.keys.run(run_id), "ended_at")
         return {r for r, ended in zip(ordered, pipe.execute(), strict=True) if not ended}
 
     def _tally(
         self, run_ids: list[str], orchestrator: GraphOrchestrator, report: ChaosReport
     ) -> None:
         """Count outcomes from the database (where every run must be) and the ledger."""
-        for status, (rows, distinct) in self.runtime.store.count_by_status(run_ids).items():
+        for status, (rows, distinct) in self.context.store.count_by_status(run_ids).items():
             report.sql_runs += distinct
             report.duplicated_sql_rows += rows - distinct
             if status == RunStatus.FINISHED:
@@ -245,22 +244,11 @@ class Chaos:
                 report.failed += distinct
         # A run that never reached the database, finished or not, is lost.
         report.lost = len(run_ids) - report.sql_runs
-        connection = self.runtime.connection
+        connection = self.context.connection
         executions = connection.hgetall(f"{self.ledger}:executions")
         report.executions = sum(int(v) for v in executions.values())
-        report.steps = len(run_ids) * len(self.runtime.graph().nodes)
+        report.steps = len(run_ids) * len(self.context.graph().nodes)
         effects = [as_text(e) for e in connection.lrange(f"{self.ledger}:effects", 0, -1)]
         report.side_effects = len(effects)
         report.duplicate_side_effects = len(effects) - len(set(effects))
         report.missing_side_effects = report.steps - len(set(effects))
-
-
-def _url_of(runtime: Runtime) -> str:
-    """The URL worker subprocesses use to reach the runtime's Redis."""
-    kwargs = runtime.connection.connection_pool.connection_kwargs
-    if kwargs.get("path"):
-        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
-    password = kwargs.get("password")
-    auth = f":{password}@" if password else ""
-    host, port, db = kwargs.get("host", "127.0.0.1"), kwargs.get("port", 6379), kwargs.get("db", 0)
-    return f"redis://{auth}{host}:{port}/{db}"

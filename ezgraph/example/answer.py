@@ -6,8 +6,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ezgraph import current_step
 from ezgraph.errors import StepError
-from ezgraph.model.module_api import current_step
 
 # entity -> (article, noun) in Portuguese; the article agrees with the noun's gender.
 PORTUGUESE_ENTITIES = {

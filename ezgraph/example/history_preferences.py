@@ -18,8 +18,8 @@ from sqlalchemy import DateTime, Engine, String, Text, create_engine, func, sele
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from ezgraph import StepContext, current_step
 from ezgraph.errors import StepError
-from ezgraph.model.module_api import StepContext, current_step
 
 DEFAULT_DATABASE_URL = "sqlite:///ezgraph.db"
 HISTORY_LIMIT = 5

@@ -10,7 +10,7 @@ import re
 import unicodedata
 from typing import Any
 
-from ezgraph.model.module_api import Route
+from ezgraph import Route
 
 MAX_QUESTION_CHARS = 500
 

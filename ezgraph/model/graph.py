@@ -35,7 +35,7 @@ class NodePolicy:
     retry_intervals: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: plans are cached per graph
 class Graph:
     """A validated graph: ``connections`` maps each node to its successors, in declared order.
 
@@ -97,18 +97,30 @@ class Graph:
         predecessors = self._predecessors[node]
         return predecessors[0] if len(predecessors) == 1 else None
 
-    def gathered_states(self, node: str) -> tuple[str, ...]:
-        """The kept states a step of ``node`` that gathers its input reads: its predecessors',
+    def join_state_sources(self, node: str) -> tuple[str, ...]:
+        """The kept states a step of ``node`` reads for its join input: its predecessors',
         then the mapper's of each predecessor (it may have been mapped)."""
-        return self._gathered_states[node]
+        return self._join_state_sources[node]
 
     @cached_property
-    def _gathered_states(self) -> dict[str, tuple[str, ...]]:
+    def _join_state_sources(self) -> dict[str, tuple[str, ...]]:
         found = {}
         for node, predecessors in self._predecessors.items():
             mappers = [m for m in map(self.mapper, predecessors) if m is not None]
             found[node] = tuple(dict.fromkeys([*predecessors, *mappers]))
         return found
+
+    def join_arrivals_from(self, start: str) -> dict[str, int]:
+        """The arrivals each join reachable from ``start`` can receive, for the joins that
+        cannot receive all of theirs (a predecessor no path from ``start`` reaches counts as
+        skipped from the outset)."""
+        reachable = {start, *self.descendants(start)}
+        arrivals = {
+            node: sum(1 for p in self.predecessors(node) if p in reachable)
+            for node in reachable
+            if self.is_join(node) and node != start
+        }
+        return {node: n for node, n in arrivals.items() if n < len(self.predecessors(node))}
 
     def is_join(self, node: str) -> bool:
         """True when ``node`` has more than one predecessor."""
@@ -179,9 +191,25 @@ def build_graph(
         GraphError: naming the node, for a non-identifier name, an unknown successor, a cycle,
             a node with no importable function, or a route target that is not a successor.
     """
+    graph_connections = _connections(connections)
+    paths = _function_paths(functions, graph_connections, package)
+    graph_routes = _routes(routes, graph_connections)
+    for node, policy in _mapping(policies, "POLICIES", '{node: {"timeout": 30, ...}}').items():
+        if node not in graph_connections:
+            raise GraphError(f"POLICIES names {node!r}, which is not in GRAPH_CONNECTIONS")
+        _check_policy(node, policy)
+    graph = Graph(graph_connections, paths, package, graph_routes, dict(policies or {}))
+    if check_functions:
+        for node in graph.nodes:
+            graph.resolve(node)
+    return graph
+
+
+def _connections(connections: Any) -> dict[str, tuple[str, ...]]:
+    """GRAPH_CONNECTIONS checked: identifiers, known successors listed once, no cycle."""
     if not isinstance(connections, Mapping) or not connections:
         raise GraphError("GRAPH_CONNECTIONS must be a non-empty dict {node: [successors]}")
-    graph_connections: dict[str, tuple[str, ...]] = {}
+    checked: dict[str, tuple[str, ...]] = {}
     for node, successors in connections.items():
         _check_name(node)
         if isinstance(successors, str) or not isinstance(successors, (list, tuple)):
@@ -192,39 +220,38 @@ def build_graph(
                 raise GraphError(f"node {node!r}: unknown successor {successor!r}")
         if len(set(successors)) != len(successors):
             raise GraphError(f"node {node!r}: a successor is listed twice")
-        graph_connections[node] = tuple(successors)
-    _check_acyclic(graph_connections)
+        checked[node] = tuple(successors)
+    _check_acyclic(checked)
+    return checked
 
-    functions = dict(_mapping(functions, "MODULES", '{node: "package.module:function"}'))
-    for node, path in functions.items():
-        if node not in graph_connections:
+
+def _function_paths(
+    functions: Any, connections: Mapping[str, tuple[str, ...]], package: str
+) -> dict[str, str]:
+    """What each node runs: its MODULES entry, else ``<package>.<node>`` (its ``process``, or
+    its ModuleWorker class)."""
+    declared = _mapping(functions, "MODULES", '{node: "package.module:function"}')
+    for node, path in declared.items():
+        if node not in connections:
             raise GraphError(f"MODULES names {node!r}, which is not in GRAPH_CONNECTIONS")
         if not isinstance(path, str):
             raise GraphError(f"MODULES[{node!r}] must be a string, got {type(path).__name__}")
-    # A path without ":func" means the module's process() (or its ModuleWorker class).
-    paths = {node: functions.get(node, f"{package}.{node}") for node in graph_connections}
+    return {node: declared.get(node, f"{package}.{node}") for node in connections}
 
-    graph_routes: dict[str, tuple[str, ...]] = {}
+
+def _routes(routes: Any, connections: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """ROUTES checked: each target a declared successor of its node."""
+    checked: dict[str, tuple[str, ...]] = {}
     for node, targets in _mapping(routes, "ROUTES", "{node: [successors]}").items():
-        if node not in graph_connections:
+        if node not in connections:
             raise GraphError(f"ROUTES names {node!r}, which is not in GRAPH_CONNECTIONS")
         if isinstance(targets, str) or not isinstance(targets, (list, tuple)):
             raise GraphError(f"ROUTES[{node!r}] must be a list of successors")
         for target in targets:
-            if target not in graph_connections[node]:
+            if target not in connections[node]:
                 raise GraphError(f"node {node!r}: route target {target!r} is not a successor")
-        graph_routes[node] = tuple(targets)
-
-    for node, policy in _mapping(policies, "POLICIES", '{node: {"timeout": 30, ...}}').items():
-        if node not in graph_connections:
-            raise GraphError(f"POLICIES names {node!r}, which is not in GRAPH_CONNECTIONS")
-        _check_policy(node, policy)
-
-    graph = Graph(graph_connections, paths, package, graph_routes, dict(policies or {}))
-    if check_functions:
-        for node in graph.nodes:
-            graph.resolve(node)
-    return graph
+        checked[node] = tuple(targets)
+    return checked
 
 
 def _mapping(value: Any, name: str, shape: str) -> Mapping[str, Any]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import StepError
+from .step_job import step_name
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class StepContext:
     @property
     def step(self) -> str:
         """The step's name within its run: ``node``, or ``node-<index>`` for a mapped instance."""
-        return self.node if self.index is None else f"{self.node}-{self.index}"
+        return step_name(self.node, self.index)
 
     @property
     def idempotency_key(self) -> str:

@@ -1,4 +1,4 @@
-"""Runs and steps as records: statuses, and the conversion from Redis bookkeeping.
+"""Runs and steps as records, with their statuses.
 
 The same :class:`RunRecord` is what ``status()`` returns (as a dict) and what the store writes.
 """
@@ -6,13 +6,9 @@ The same :class:`RunRecord` is what ``status()`` returns (as a dict) and what th
 from __future__ import annotations
 
 import enum
-import functools
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-
-from ..state.runs import LiveRun
 
 
 class RunStatus(enum.StrEnum):
@@ -31,9 +27,8 @@ class RunStatus(enum.StrEnum):
 
 
 class StepStatus(enum.StrEnum):
-    """Where a step is. ``mapped`` is a node fanned out over items; ``ready`` awaits its job."""
+    """Where a step is. ``mapped`` is a node fanned out over items."""
 
-    READY = "ready"
     QUEUED = "queued"
     RUNNING = "running"
     MAPPED = "mapped"
@@ -55,7 +50,7 @@ class StepRecord:
     step: str
     node: str
     index: int | None
-    status: str
+    status: StepStatus
     attempts: int = 0
     input: Any = None
     output: Any = None
@@ -72,7 +67,7 @@ class RunRecord:
     run_id: str
     package: str
     start: str
-    status: str
+    status: RunStatus
     input: Any
     result: Any = None
     error: str | None = None
@@ -80,7 +75,7 @@ class RunRecord:
     ended_at: datetime | None = None
     steps: tuple[StepRecord, ...] = field(default_factory=tuple)
 
-    def node_statuses(self) -> dict[str, str]:
+    def node_statuses(self) -> dict[str, StepStatus]:
         """Node (or mapped instance) -> status, graph order first."""
         return {step.step: step.status for step in self.steps}
 
@@ -88,9 +83,9 @@ class RunRecord:
         """The dict ``ezgraph.status()`` returns."""
         return {
             "run_id": self.run_id,
-            "status": self.status,
+            "status": str(self.status),
             "start": self.start,
-            "nodes": self.node_statuses(),
+            "nodes": {name: str(status) for name, status in self.node_statuses().items()},
             "result": self.result,
             "error": self.error,
             "created_at": _iso(self.created_at),
@@ -100,7 +95,7 @@ class RunRecord:
                     "step": s.step,
                     "node": s.node,
                     "index": s.index,
-                    "status": s.status,
+                    "status": str(s.status),
                     "attempts": s.attempts,
                     "output": s.output,
                     "error": s.error,
@@ -111,92 +106,6 @@ class RunRecord:
                 for s in self.steps
             ],
         }
-
-
-def record_from_live(
-    live: LiveRun, job_statuses: dict[str, str] | None = None, encoded: bool = False
-) -> RunRecord:
-    """Build a :class:`RunRecord` from Redis bookkeeping.
-
-    ``job_statuses`` (step -> RQ job status) lets a queued step show as running while RQ runs it.
-    ``encoded``: the input, outputs and result stay JSON text (:class:`EncodedJSON`), for the
-    store; otherwise they are parsed.
-    """
-    header = live.header
-    graph = _graph(header["graph"])
-    order: list[str] = list(graph["succ"])
-    steps: list[StepRecord] = []
-    for node in order:
-        fields = live.steps.get(node)
-        if fields:
-            steps.append(_step(node, node, None, fields, job_statuses, encoded))
-        count = int(fields.get("map", 0)) if fields else 0
-        for i in range(count):
-            name = f"{node}-{i}"
-            steps.append(_step(name, node, i, live.steps.get(name, {}), job_statuses, encoded))
-    status = header["status"]
-    if status == RunStatus.QUEUED and any(s.status != StepStatus.QUEUED for s in steps):
-        status = RunStatus.RUNNING
-    result: Any = None
-    if status == RunStatus.FINISHED:
-        kept = [live.states[n] for n in order if not graph["succ"][n] and n in live.states]
-        if encoded and len(kept) == 1:
-            result = EncodedJSON(kept[0])
-        else:
-            result = {}
-            for state in kept:
-                result.update(json.loads(state))
-    return RunRecord(
-        run_id=live.run_id,
-        package=header.get("package", ""),
-        start=header.get("start", ""),
-        status=status,
-        input=_json(header.get("input") or "null", encoded),
-        result=result,
-        error=header.get("error") or None,
-        created_at=parse_rq_date(header.get("created_at")),
-        ended_at=parse_rq_date(header.get("ended_at")),
-        steps=tuple(steps),
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def _graph(text: str) -> dict[str, Any]:
-    """A run's graph shape, parsed once per distinct graph (every run of a graph has it).
-    Callers must not change it."""
-    graph: dict[str, Any] = json.loads(text)
-    return graph
-
-
-def _json(text: str, encoded: bool) -> Any:
-    return EncodedJSON(text) if encoded else json.loads(text)
-
-
-def _step(
-    name: str,
-    node: str,
-    index: int | None,
-    fields: dict[str, str],
-    jobs: dict[str, str] | None,
-    encoded: bool = False,
-) -> StepRecord:
-    status = fields.get("status", StepStatus.QUEUED.value)
-    if status == StepStatus.QUEUED and jobs and jobs.get(name) == "started":
-        status = StepStatus.RUNNING.value
-    step_input, output = fields.get("input"), fields.get("output")
-    return StepRecord(
-        step=name,
-        node=node,
-        index=index,
-        status=status,
-        attempts=int(fields.get("attempts") or 0),
-        input=_json(step_input, encoded) if step_input else None,
-        output=_json(output, encoded) if output else None,
-        error=fields.get("error") or None,
-        started_at=parse_rq_date(fields.get("started_at")),
-        ended_at=parse_rq_date(fields.get("ended_at")),
-        worker=fields.get("worker") or None,
-    )
 
 
 def parse_rq_date(text: str | None) -> datetime | None:

@@ -38,7 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.expression import Executable
 
 from ..errors import ConnectionFailed
-from ..model.records import EncodedJSON, RunRecord, StepRecord
+from ..model.records import EncodedJSON, RunRecord, RunStatus, StepRecord, StepStatus
 from ..settings import redact_url
 
 # SQLAlchemy Core tables: workers write through these without importing the ORM (a few MiB of
@@ -213,7 +213,7 @@ class Store:
             run_id=row.run_id,
             package=row.package,
             start=row.start_node,
-            status=row.status,
+            status=RunStatus(row.status),
             input=row.input,
             result=row.result,
             error=row.error,
@@ -224,7 +224,7 @@ class Store:
                     step=s.step,
                     node=s.node,
                     index=s.item_index,
-                    status=s.status,
+                    status=StepStatus(s.status),
                     attempts=s.attempts,
                     input=s.input,
                     output=s.output,

@@ -1,151 +1,139 @@
-"""The companion thread of a stock RQ worker's process running ezgraph steps.
+"""What a stock RQ worker's process needs to run ezgraph steps: a heartbeat and a run writer.
 
-Stock workers only call the step function, so ezgraph's own background duties there live in
-one daemon thread per process:
+Stock workers (``rq worker``, fork or SimpleWorker) only call the step function with its job,
+so ezgraph keeps one :class:`StockProcess` per process and connection, made at its first step:
 
-- **heartbeat**: it refreshes ``<prefix>:beat:<job>`` every second for a step that has run
-  for :data:`BEAT_AFTER` seconds, so the watchdog tells a dead worker (no heartbeat: the step
-  is requeued) from a long step. The watchdog leaves a step alone for its first two seconds,
-  so a shorter step never needs a beat. A step pays no extra Redis round trip for it.
-- **hand-over to SQL**: runs that ended in this process are written in batches (many runs per
-  transaction) every 0.2 s, or as soon as the worker has run no step for 20 ms (it is idle),
-  and once more when the process exits normally (``rq worker --burst`` ending). A forked
-  work-horse leaves with ``os._exit`` right after its job, so there the step writes its run at
-  once instead (see ``ezgraph.step.run_step``). A run whose process was killed before writing
-  it waits in Redis for any ezgraph worker or ``ezgraph persist``.
-
-  While ``ezgraph persist --follow`` runs (:mod:`ezgraph.handover`; it keeps
-  :func:`writer_key` fresh), the thread leaves the writing to it: one process writing every
-  worker's ended runs, in bigger batches and outside the workers, costs less CPU per step
-  (README, Benchmarks).
-
-The thread looks every :data:`TICK` while runs wait to be written, else every
-:data:`SLOW_TICK`: a step that ends a run wakes it, so a busy worker's process is not
-interrupted 50 times a second for nothing.
+- **liveness**: a :class:`~ezgraph.liveness.Heartbeat` beats for the worker while one of its
+  steps has run ``beat_after`` seconds;
+- **the hand-over to SQL**: runs that end here are written by a thread, in batches, with the
+  one policy of :class:`~ezgraph.handover.RunWriter` (unless ``persist --follow`` writes them),
+  and once more when the process exits normally. A forked work-horse exits (``os._exit``)
+  right after its job, so there a run that ends is written at once.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import ClassVar
 
 from redis.exceptions import RedisError
+from rq.job import Job
 
-from ..context import Runtime
+from .. import completion
+from ..context import Context
+from ..handover import RunWriter
+from ..liveness import Heartbeat
+from ..model.step_job import StepJob
+from ..settings import Settings
 
 logger = logging.getLogger(__name__)
 
-BEAT_EVERY = 1.0  # seconds between step heartbeats...
-BEAT_AFTER = 0.5  # ...once a step has run this long (the watchdog's grace is 2 s)
-BEAT_TTL = 5  # seconds a heartbeat lasts: the watchdog acts on a started step without one
-FLUSH_EVERY = 0.2  # seconds between batched writes of ended runs...
-IDLE_FLUSH = 0.02  # ...or sooner, once no step has run for this long
-TICK = 0.02  # seconds between the thread's looks while ended runs wait to be written...
-SLOW_TICK = 0.25  # ...and otherwise
-WRITER_RENEW_EVERY = 1.0  # seconds between a follower's renewals of its announcement...
-WRITER_TTL = 3.0  # ...which lasts this long
-WRITER_LOOK_EVERY = 1.0  # seconds a look at the announcement is trusted
 
+class StockProcess:
+    """ezgraph's duties in one stock worker process (see the module doc)."""
 
-def writer_key(prefix: str) -> str:
-    """The key a running ``ezgraph persist --follow`` keeps fresh."""
-    return f"{prefix}:writer"
+    _by_connection: ClassVar[dict[tuple[int, int], StockProcess]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
-
-class Companion(threading.Thread):
-    """Heartbeat of the running step, and batched writes of ended runs (see module doc)."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        super().__init__(name="ezgraph-companion", daemon=True)
-        self.runtime = runtime
-        self._step: tuple[str, float] | None = None  # the running step's beat key, its start
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.writer = RunWriter(context, f"stock-{os.getpid()}")
+        self._step: tuple[str, float] | None = None  # the running step's worker, its start
         self._last_step = 0.0  # when the last step ended (monotonic)
-        self._first_ended = 0.0  # when the oldest run waiting to be written ended
-        self._ended: list[str] = []
-        self._lock = threading.Lock()
-        self._writer_seen = (-WRITER_LOOK_EVERY, False)  # (when looked, a follower writes)
         self._wake = threading.Event()
+        self._stopped = threading.Event()
+        tuning = context.tuning
+        self.heartbeat = Heartbeat(
+            context.connection, context.keys, tuning, self._beating, tick=tuning.stock_tick
+        )
+        self._writer_thread = threading.Thread(
+            target=self._write_when_due, name="ezgraph-stock-writer", daemon=True
+        )
 
-    @contextmanager
-    def running(self, job_id: str) -> Iterator[None]:
-        """Beat for ``job_id`` while the block runs."""
-        self._step = (f"{self.runtime.settings.key_prefix}:beat:{job_id}", time.monotonic())
+    @classmethod
+    def for_rq_job(cls, job: Job) -> StockProcess:
+        """This process's duties for the connection of ``job``, started at the first step
+        (settings from the worker's environment: ``DATABASE_URL``, ``EZGRAPH_KEY_PREFIX``...)."""
+        key = (os.getpid(), id(job.connection))  # a forked child starts its own
+        with cls._registry_lock:
+            process = cls._by_connection.get(key)
+            if process is None:
+                process = cls(Context(Settings.from_env(), job.connection))
+                process.start()
+                cls._by_connection[key] = process
+            return process
+
+    def start(self) -> None:
+        """Start the heartbeat and the writer; write what is left when the process exits."""
+        self.heartbeat.start()
+        self._writer_thread.start()
+        atexit.register(self._write_at_exit)
+
+    def run(self, job: StepJob, rq_job: Job) -> dict:  # type: ignore[type-arg]
+        """Run one step of ``rq_job`` and record its end."""
+        step = completion.StepRun(self.context, job, completion.Attempt.of(rq_job))
+        in_forked_child = os.environ.get("RQ_JOB_ID") == rq_job.id  # RQ sets it in a horse
+        ended = self._write_now if in_forked_child else self.run_ended
+        self._step = (rq_job.worker_name or "", time.monotonic())
         try:
-            yield
+            return completion.run_and_record(step, ended)
         finally:
             self._step = None
             self._last_step = time.monotonic()
 
-    def save_later(self, run_id: str) -> None:
-        """Write the ended run ``run_id`` to SQL in the next batch, unless a follower was seen
-        writing within the last look's lifetime (the run waits in Redis's unsaved set for it)."""
-        if self._last_look() is True:
-            return
-        with self._lock:
-            first = not self._ended
-            if first:
-                self._first_ended = time.monotonic()
-            self._ended.append(run_id)
+    def _beating(self) -> str | None:
+        """The worker to beat for: the running step's, once it has run ``beat_after``."""
+        step = self._step
+        if step is None or not step[0]:
+            return None
+        return step[0] if time.monotonic() - step[1] >= self.context.tuning.beat_after else None
+
+    def run_ended(self, run_id: str) -> None:
+        """A step of this process ended run ``run_id``: the writer thread writes it soon."""
+        if self.writer.follower_writes():
+            return  # it waits in Redis's unsaved set for persist --follow
+        first = not self.writer.waiting
+        self.writer.ended(run_id)
         if first:
             self._wake.set()
 
-    def flush(self) -> None:
-        """Write the ended runs collected so far, unless a follower writes them."""
-        with self._lock:
-            ended, self._ended = self._ended, []
-        if ended and not self.follower_writes():
-            self.runtime.save_runs(ended)
+    def _write_now(self, run_id: str) -> None:
+        self.writer.write_runs([run_id])
 
-    def follower_writes(self) -> bool:
-        """Whether an ``ezgraph persist --follow`` is writing ended runs (looked up at most
-        once every :data:`WRITER_LOOK_EVERY` seconds)."""
-        present = self._last_look()
-        if present is None:
-            key = writer_key(self.runtime.settings.key_prefix)
-            present = bool(self.runtime.connection.exists(key))
-            self._writer_seen = (time.monotonic(), present)
-        return present
-
-    def _last_look(self) -> bool | None:
-        """What the last look at the announcement saw, or None when it is too old to trust."""
-        looked, present = self._writer_seen
-        return present if time.monotonic() - looked < WRITER_LOOK_EVERY else None
-
-    def run(self) -> None:
-        """Beat and flush until the process ends; a failing pass is logged, never fatal."""
-        beaten, last_beat = "", 0.0
-        while True:
-            self._wake.wait(TICK if self._ended else SLOW_TICK)
+    def _write_when_due(self) -> None:
+        """The writer thread: write ended runs when the policy says, retrying a held lock."""
+        tuning = self.context.tuning
+        while not self._stopped.is_set():
+            self._wake.wait(tuning.write_retry if self.writer.waiting else tuning.stock_tick)
             self._wake.clear()
             try:
-                step = self._step
-                now = time.monotonic()
-                if step is not None and now - step[1] >= BEAT_AFTER:
-                    key = step[0]
-                    if key != beaten or now - last_beat >= BEAT_EVERY:
-                        beaten, last_beat = key, now
-                        self.runtime.connection.set(key, 1, ex=BEAT_TTL)
-                idle = step is None and now - self._last_step >= IDLE_FLUSH
-                if self._ended and (idle or now - self._first_ended >= FLUSH_EVERY):
-                    self.flush()
+                busy = self._step is not None or (
+                    time.monotonic() - self._last_step < tuning.idle_write_gap
+                )
+                self.flush(busy)
             except (RedisError, OSError) as error:
-                logger.warning("companion pass failed: %s", error)
+                logger.warning("writing ended runs failed, trying again: %s", error)
 
+    def flush(self, busy: bool = False) -> None:
+        """Write the runs this process ended, when the policy says (``persist --follow``, when
+        it runs, writes them instead; a held write lock is asked for again next time)."""
+        if not self.writer.waiting:
+            return
+        if self.writer.follower_writes() or (self.writer.due(busy) and self.writer.take_turn()):
+            self.writer.wrote()
 
-_companion: Companion | None = None
-_companion_lock = threading.Lock()
+    def stop(self) -> None:
+        """Stop the threads, writing what waits (a process that ends does so at exit)."""
+        self._stopped.set()
+        self._wake.set()
+        self.heartbeat.stop()
+        self._writer_thread.join(timeout=5)
+        self._write_at_exit()
 
-
-def companion_for(runtime: Runtime) -> Companion:
-    """This process's companion, started on first use."""
-    global _companion
-    with _companion_lock:
-        if _companion is None or not _companion.is_alive():  # first step, or after a fork
-            _companion = Companion(runtime)
-            _companion.start()
-            atexit.register(_companion.flush)
-        return _companion
+    def _write_at_exit(self) -> None:
+        if self.writer.waiting and not self.writer.follower_writes():
+            self.writer.take_turn(final=True)

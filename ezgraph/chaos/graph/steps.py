@@ -8,7 +8,8 @@ from typing import Any
 
 from redis import Redis
 
-from ezgraph.model.module_api import current_step
+from ezgraph import Settings, current_step
+from ezgraph.connection import connect
 
 # The side effect and its guard in one atomic call: written once per idempotency key.
 _EFFECT = """
@@ -19,16 +20,15 @@ end
 return 0
 """
 
-_connections: dict[str, Redis] = {}
+_connection: list[Redis] = []  # this worker's connection to the ledger, made once
 
 
 def work(data: dict[str, Any]) -> dict[str, Any]:
     """Count this execution, sleep ``work_ms`` (±50%), then write the step's effect once."""
     step = current_step()
-    url = data["ledger_url"]
-    connection = _connections.get(url)
-    if connection is None:
-        connection = _connections[url] = Redis.from_url(url)
+    if not _connection:  # the audit's Redis, as this worker's settings name it
+        _connection.append(connect(Settings.from_env(), check=False))
+    connection = _connection[0]
     prefix = data["ledger_prefix"]
     connection.hincrby(f"{prefix}:executions", step.idempotency_key, 1)
     time.sleep(float(data.get("work_ms", 20)) / 1000 * random.uniform(0.5, 1.5))

@@ -1,0 +1,192 @@
+"""Commands about runs: submit, run, status, cancel, retry, queues."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import ConnectionFailed, EzgraphError, UsageError
+from ..model.records import RunStatus
+from ..workers.fast import serve_until_ended
+from .app import CliState, cli, one_line, pass_state, seconds
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+FIELD_HELP = "A field of the payload: key=value (a string) or key:=JSON (any JSON value)."
+
+
+def parse_fields(data: str | None, fields: Sequence[str]) -> dict[str, Any]:
+    """Build a payload from ``--data`` JSON and ``-f key=value`` / ``-f key:=json`` fields."""
+    payload: dict[str, Any] = {}
+    if data is not None:
+        try:
+            loaded = json.loads(data)
+        except (ValueError, RecursionError) as error:  # also: nested too deep, too many digits
+            raise UsageError(f"--data is not valid JSON: {one_line(error)}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError("--data must be a JSON object")
+        payload.update(loaded)
+    for field in fields:
+        if ":=" in field and field.index(":=") < field.find("=") + 1:
+            key, _, raw = field.partition(":=")
+            try:
+                payload[key] = json.loads(raw)
+            except (ValueError, RecursionError) as error:
+                raise UsageError(f"-f {key}:= is not valid JSON: {one_line(error)}") from None
+        elif "=" in field:
+            key, _, value = field.partition("=")
+            payload[key] = value
+        else:
+            raise UsageError(f"-f {field!r}: expected key=value or key:=JSON")
+        if not key:
+            raise UsageError(f"-f {field!r}: empty key")
+    return payload
+
+
+def payload_options(function: F) -> F:
+    """The ``--data`` and ``-f`` options shared by submit and run."""
+    function = click.option("--field", "-f", "fields", multiple=True, help=FIELD_HELP)(function)
+    function = click.option("--data", help="The payload as a JSON object.")(function)
+    return function
+
+
+def print_outcome(outcome: dict[str, Any], waited: float | None = None) -> None:
+    """The result on stdout, or one line on stderr: the run's error, or that it goes on."""
+    run_id, current = outcome["run_id"], RunStatus(outcome["status"])
+    if current == RunStatus.FINISHED:
+        click.echo(json.dumps(outcome["result"], ensure_ascii=False, indent=2))
+    elif current.terminal:
+        click.echo(f"run {run_id} {current}: {one_line(outcome['error'])}", err=True)
+    else:
+        after = f" after {waited:g} s" if waited is not None else ""
+        click.echo(
+            f"run {run_id} is still {current}{after}; it goes on (ezgraph status {run_id})",
+            err=True,
+        )
+
+
+@cli.command()
+@click.argument("start")
+@payload_options
+@click.option("--wait", is_flag=True, help="Wait for the run to end and print its result.")
+@click.option(
+    "--timeout", callback=seconds(), default=60.0, show_default=True, help="Seconds --wait waits."
+)
+@pass_state
+def submit(
+    state: CliState,
+    start: str,
+    data: str | None,
+    fields: tuple[str, ...],
+    wait: bool,
+    timeout: float,
+) -> None:
+    """Submit a run starting at module START; prints the run id last."""
+    payload = parse_fields(data, fields)
+    orchestrator = state.orchestrator
+    run_id = orchestrator.submit(start, payload)
+    if wait:
+        try:
+            outcome = orchestrator.wait(run_id, timeout=timeout)
+        except KeyboardInterrupt:
+            click.echo(run_id)
+            click.echo(f"interrupted; run {run_id} goes on (ezgraph status {run_id})", err=True)
+            sys.exit(130)
+        print_outcome(outcome, waited=timeout)
+        click.echo(run_id)
+        if outcome["status"] != RunStatus.FINISHED:
+            sys.exit(1)
+        return
+    click.echo(run_id)
+
+
+@cli.command()
+@click.argument("start")
+@payload_options
+@pass_state
+def run(state: CliState, start: str, data: str | None, fields: tuple[str, ...]) -> None:
+    """Run one submission to its end in this process and print its result.
+
+    With nothing configured this uses the embedded server, so it works on a machine with no
+    Redis installed.
+    """
+    payload = parse_fields(data, fields)
+    context, orchestrator = state.context, state.orchestrator
+    if logging.getLogger().level > logging.INFO:
+        # The run's error (or the database's) is printed once, below; without -v, do not log
+        # it first as well, once per attempt to write the run.
+        for name in ("ezgraph.completion", "ezgraph.handover"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    run_id = orchestrator.submit(start, payload)
+    serve_until_ended(context, run_id)
+    outcome = orchestrator.status(run_id)
+    print_outcome(outcome)
+    try:
+        context.store.load_run(run_id)  # the worker wrote it as it stopped, unless the database
+    except ConnectionFailed as error:  # is down: then say so, once
+        raise EzgraphError(
+            f"run {run_id} {outcome['status']}, but is not in SQL: {error}; it waits in Redis"
+            " for ezgraph persist"
+        ) from None
+    if outcome["status"] != RunStatus.FINISHED:
+        sys.exit(1)
+    click.echo(f"run {run_id} finished", err=True)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole status as JSON.")
+@pass_state
+def status(state: CliState, run_id: str, as_json: bool) -> None:
+    """Show a run: its status, each step's status, its result or error."""
+    current = state.orchestrator.status(run_id)
+    if as_json:
+        click.echo(json.dumps(current, ensure_ascii=False, indent=2))
+        return
+    click.echo(f"run {current['run_id']}: {current['status']}")
+    for step in current["steps"]:
+        attempts = f" (attempts: {step['attempts']})" if step["attempts"] > 1 else ""
+        click.echo(f"  {step['step']:<28} {step['status']}{attempts}")
+    if current["error"]:
+        click.echo(f"error: {current['error']}")
+    if current["result"] is not None:
+        click.echo("result: " + json.dumps(current["result"], ensure_ascii=False))
+
+
+@cli.command()
+@click.argument("run_id")
+@pass_state
+def cancel(state: CliState, run_id: str) -> None:
+    """Cancel a run: its queued steps are canceled, its running steps stopped where RQ can."""
+    current = state.orchestrator.cancel(run_id)
+    running = [name for name, status in current["nodes"].items() if status == "running"]
+    still = f" ({len(running)} still running: {', '.join(running)})" if running else ""
+    click.echo(f"run {run_id}: {current['status']}{still}")
+
+
+@cli.command()
+@click.argument("run_id")
+@pass_state
+def retry(state: CliState, run_id: str) -> None:
+    """Resume a failed run: its failed and canceled steps run again, finished ones do not."""
+    current = state.orchestrator.retry(run_id)
+    again = [name for name, status in current["nodes"].items() if status in ("queued", "running")]
+    click.echo(f"run {run_id}: {current['status']} (steps to run again: {', '.join(again)})")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@pass_state
+def queues(state: CliState, as_json: bool) -> None:
+    """Jobs waiting in each module's queue."""
+    counts = state.orchestrator.list_queues()
+    if as_json:
+        click.echo(json.dumps(counts))
+        return
+    for node, count in counts.items():
+        click.echo(f"{node:<28} {count}")

@@ -1,0 +1,105 @@
+"""Commands that keep runs moving: worker, reap, persist, init-db."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import click
+
+from .. import handover, recovery
+from ..errors import ConnectionFailed, UsageError
+from ..handover import RunWriter
+from ..settings import redact_url
+from ..state.sql import Store
+from ..workers.fast import serve
+from .app import CliState, cli, pass_state
+
+
+@cli.command()
+@click.argument("nodes", nargs=-1)
+@click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
+@pass_state
+def worker(state: CliState, nodes: tuple[str, ...], burst: bool) -> None:
+    """Serve the queues of NODES (default: every node of the graph)."""
+    context = state.context
+    graph = context.graph()
+    unknown = [node for node in nodes if node not in graph.connections]
+    if unknown:
+        raise UsageError(f"unknown node {unknown[0]!r} (graph nodes: {', '.join(graph.nodes)})")
+    level = "INFO" if logging.getLogger().level <= logging.INFO else "WARNING"
+    serve(context, list(nodes) or None, burst=burst, log_level=level)
+
+
+@cli.command("init-db")
+@pass_state
+def init_db(state: CliState) -> None:
+    """Create ezgraph's tables in the database (first use does it too)."""
+    Store(state.settings.database_url).create_schema()
+    click.echo(f"schema ready in {redact_url(state.settings.database_url)}")
+
+
+@cli.command()
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep writing runs as they end, in batches, until stopped; stock workers leave the "
+    "writing to it meanwhile.",
+)
+@pass_state
+def persist(state: CliState, follow: bool) -> None:
+    """Write every ended run still waiting in Redis to the database now (or as they end)."""
+    context = state.context
+    try:
+        context.store.create_schema()  # fails in one line when the database does not answer
+    except ConnectionFailed as error:
+        waiting = context.runs.unsaved_count()
+        raise ConnectionFailed(f"{error} ({waiting} runs keep waiting in Redis)") from None
+    name = f"persist-{os.getpid()}"
+    if not follow:
+        count = RunWriter(context, name).write_unsaved()
+        click.echo(f"{count} runs written")
+        return
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signum, _frame: stopped.set())
+    click.echo("writing ended runs to the database as they end (Ctrl-C stops)")
+    handover.follow(context, stopped, name)
+    click.echo("stopped")
+
+
+@cli.command()
+@click.option("--loop", is_flag=True, help="Keep watching, one pass a second, until interrupted.")
+@pass_state
+def reap(state: CliState, loop: bool) -> None:
+    """Recover steps whose worker died, or that got lost from their queue.
+
+    Every ezgraph worker does this each second; run it where only stock rq workers run. It
+    looks at runs over 2 s old, and acts on a step once it has looked lost for 2 s: a single
+    pass that finds one looks again 2 s later. With --loop, Ctrl-C ends it (exit 0).
+    """
+    context = state.context
+    writer = RunWriter(context, f"reap-{os.getpid()}")
+
+    def ended(run_id: str) -> None:
+        writer.write_runs([run_id])
+
+    try:
+        while True:
+            report = recovery.recover(context, ended)
+            if report.suspected and not loop:
+                time.sleep(context.tuning.grace + 0.1)  # the watchdog times by Redis's clock
+                recovery.watch_runs(context, ended, report)
+            if report.requeued or report.failed or not loop:
+                click.echo(
+                    f"requeued {len(report.requeued)} steps, failed {len(report.failed)} lost steps"
+                )
+            if not loop:
+                return
+            time.sleep(1)
+    except KeyboardInterrupt:
+        if not loop:
+            raise

@@ -1,0 +1,203 @@
+"""The end of a step, for every worker: call its module, plan its completion, record it.
+
+A stock RQ worker runs a step through :func:`ezgraph.step.run_step`, which records its
+completion with one script call; ezgraph's own worker batches the same completion requests
+into its next claim. Both record a failure with :func:`fail` and settle each recorded outcome
+with :func:`settle`. In Redis, ``run.complete`` (``state/lua/lib/run.lua``) does the rest::
+
+    StepRun.call():  join input -> module -> check_result -> flow.plan -> CompletionRequest
+    recorded:        one Lua call (complete_step, or inside finish_and_claim)
+    settle():        the run ended? hand it to the writer (SQL)
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rq.job import Job
+
+from . import flow
+from .context import Context
+from .errors import StepError
+from .faults import crash_point
+from .model.graph import Graph
+from .model.module_api import StepContext, reset_current_step, set_current_step
+from .model.payload import to_json, to_json_or_repr
+from .model.step_job import StepJob
+from .rq_compat import ClaimedJob, utcnow_iso
+from .state.protocol import (
+    Completion,
+    CompletionRequest,
+    Failure,
+    JoinInput,
+    JoinInputError,
+    Outcome,
+    join_input_spec,
+)
+
+logger = logging.getLogger(__name__)
+
+RunEnded = Callable[[str], None]  # hands a run that ended to the SQL writer
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Which try of a step this is, who runs it, and what its claim read for it."""
+
+    number: int
+    retries_left: int | None
+    worker: str
+    join_input: list[Any] | None = None  # a join's input, read as the job was claimed
+
+    @property
+    def final(self) -> bool:
+        """True when RQ will not retry the step if this attempt fails."""
+        return not self.retries_left
+
+    @classmethod
+    def of(cls, job: Job | ClaimedJob | None) -> Attempt:
+        """The attempt an RQ job (or an ezgraph worker's claimed job) is on: 1 for the first
+        try (RQ keeps only ``retries_left``; the job's meta keeps the maximum)."""
+        if job is None:
+            return cls(1, None, "")
+        retries = job.meta.get("retries")
+        number = int(retries) - int(job.retries_left or 0) + 1 if retries else 1
+        join_input = job.join_input if isinstance(job, ClaimedJob) else None
+        return cls(number, job.retries_left, job.worker_name or "", join_input)
+
+
+class StepRun:
+    """One attempt at one step: :meth:`call` runs its module and plans its completion."""
+
+    def __init__(self, context: Context, job: StepJob, attempt: Attempt) -> None:
+        self.context = context
+        self.job = job
+        self.attempt = attempt
+        self.started_at = utcnow_iso()
+        self.data: dict[str, Any] = {}
+
+    def call(self) -> CompletionRequest:
+        """Run the module and build what recording its success needs; raises what the module
+        raised, or :class:`~ezgraph.errors.StepError` / ``PayloadError`` for a bad result."""
+        context, job = self.context, self.job
+        graph = context.graph(job.package)
+        state: dict[str, Any] = job.state or {}
+        outputs: dict[str, Any] = {}
+        if job.reads_join_input:
+            state, outputs = self._join_input(graph)
+        self.data = data = dict(state)
+        if job.index is not None:
+            data[job.item_key] = job.item
+        step_context = StepContext(
+            job.run_id,
+            job.node,
+            job.index,
+            self.attempt.number,
+            context.settings.database_url,
+            outputs,
+        )
+        token = set_current_step(step_context)
+        try:
+            value = context.function(graph, job.node)(data)
+        finally:
+            reset_current_step(token)
+        result = flow.check_result(graph, job.node, job.index, value)
+        output_json = to_json(
+            result.output, f"step {job.step!r}: output", context.settings.max_payload_bytes
+        )
+        crash_point(context.connection, context.keys, "after_module", job.step)
+        new_state = {**data, **result.output}
+        plan = flow.plan(graph, job, result, new_state)
+        completion = Completion(
+            run_id=job.run_id,
+            step=job.step,
+            node=job.node,
+            item_index="" if job.index is None else str(job.index),
+            output=output_json,
+            state=to_json(new_state, f"step {job.step!r}: state") if plan.keeps_state else "",
+            chosen="" if result.chosen is None else to_json(list(result.chosen), "route"),
+            mapped_node=result.mapped.node if result.mapped else "",
+            mapped_count=len(result.mapped.items) if result.mapped else 0,
+            started_at=self.started_at,
+            worker=self.attempt.worker,
+            attempt=self.attempt.number,
+        )
+        jobs = tuple(context.jobs.build(graph, planned) for planned in plan.jobs)
+        return CompletionRequest(completion, jobs, plan.walk, result.output)
+
+    def _join_input(self, graph: Graph) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A join's input: what its claim read, or (without it, or when it was read for
+        another version of the graph) read now."""
+        node = self.job.node
+        predecessors, states = graph.predecessors(node), graph.join_state_sources(node)
+        read = None
+        if self.attempt.join_input is not None:
+            try:
+                read = JoinInput.parse(predecessors, states, self.attempt.join_input)
+            except JoinInputError:
+                read = None
+        if read is None:
+            spec = join_input_spec(self.job.run_id, predecessors, states)
+            try:
+                read = self.context.runs.read_join_input(spec, predecessors, states)
+            except (JoinInputError, TypeError, ValueError) as error:
+                raise StepError(f"node {node!r}: cannot read its join input: {error}") from None
+        return flow.merge_join_input(graph, node, read)
+
+    def failure(self, error: BaseException) -> Failure:
+        """What recording this attempt's failure writes."""
+        summary = f"{type(error).__name__}: {error}"
+        return Failure(
+            run_id=self.job.run_id,
+            step=self.job.step,
+            error=f"{self.job.step}: {summary}",
+            step_error=f"{summary}\n\n{''.join(traceback.format_exception(error))}",
+            started_at=self.started_at,
+            worker=self.attempt.worker,
+            attempt=self.attempt.number,
+            input=to_json_or_repr(self.data),
+        )
+
+
+def fail(step: StepRun, error: BaseException, ended: RunEnded) -> None:
+    """Record a step that raised: its failure and its run's, when RQ will not retry it."""
+    job = step.job
+    if not step.attempt.final:
+        logger.info(
+            "run %s step %s attempt %d failed, RQ retries it",
+            job.run_id,
+            job.step,
+            step.attempt.number,
+        )
+        return
+    failure = step.failure(error)
+    logger.warning("run %s step %s failed: %s", job.run_id, job.step, failure.error)
+    outcome = step.context.runs.fail_step(failure)
+    if outcome.run_ended:
+        ended(job.run_id)
+
+
+def settle(context: Context, request: CompletionRequest, outcome: Outcome, ended: RunEnded) -> None:
+    """After a completion was recorded: hand its run to the writer if it ended."""
+    completion = request.completion
+    crash_point(context.connection, context.keys, "after_record", completion.step)
+    if outcome.run_ended:
+        ended(completion.run_id)
+    logger.debug("run %s step %s finished (%s)", completion.run_id, completion.step, outcome.status)
+
+
+def run_and_record(step: StepRun, ended: RunEnded) -> dict[str, Any]:
+    """Run a step and record its end with one script call (a stock RQ worker's way); returns
+    its output, or raises what the module raised, after recording the failure."""
+    try:
+        request = step.call()
+    except Exception as error:
+        fail(step, error, ended)
+        raise
+    outcome = step.context.runs.complete(request)
+    settle(step.context, request, outcome, ended)
+    return request.output

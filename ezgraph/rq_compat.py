@@ -1,0 +1,255 @@
+"""RQ's storage, Python side: the one module that knows how RQ keeps jobs, queues and workers.
+
+Step jobs are built here as RQ's ``Job.create(...).to_dict()`` would write them; job data is
+decoded as ``Job.restore`` does; a failed job goes through RQ's own failure handling. The Lua
+side is ``state/lua/lib/rq.lua``. ``tests/integration/test_rq_contract.py`` compares both with
+what RQ itself writes for the same job, so the next RQ version is this module's work.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import time
+import zlib
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+from rq.command import PUBSUB_CHANNEL_TEMPLATE, send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.executions import Execution
+from rq.job import Job, JobStatus, Retry
+from rq.queue import Queue
+from rq.timeouts import JobTimeoutException
+from rq.worker import SimpleWorker
+
+from .model.graph import Graph
+from .model.step_job import StepJob
+from .settings import Settings, Tuning
+from .state.protocol import JOIN_INPUT_FIELD, Claimed, PlannedJob, join_input_spec
+
+RQ_PREFIX = "rq:"  # RQ 2.x names every key under it
+RQ_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+STEP_FUNCTION = "ezgraph.step.run_step"  # what every step job calls (pickled into it)
+PICKLE_START = pickle.PROTO  # the first byte of a pickle of protocol 2 or later
+
+
+def job_key(job_id: str) -> str:
+    """A job's hash."""
+    return f"{RQ_PREFIX}job:{job_id}"
+
+
+def queue_key(queue: str) -> str:
+    """A queue's list of job ids."""
+    return f"{RQ_PREFIX}queue:{queue}"
+
+
+def intermediate_key(queue: str) -> str:
+    """Where a stock worker's dequeue holds a job before it starts it."""
+    return f"{RQ_PREFIX}queue:{queue}:intermediate"
+
+
+_second: tuple[int, str] = (0, "")  # the last whole second formatted, and its text
+
+
+def utcnow_iso() -> str:
+    """Now, in the format RQ stores dates in. The part up to the second is formatted once a
+    second (a step stamps several dates)."""
+    global _second
+    now = time.time()
+    whole = int(now)
+    cached = _second
+    if cached[0] != whole:
+        cached = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{cached[1]}.{int((now - whole) * 1_000_000):06d}Z"
+
+
+class JobFactory:
+    """Builds step jobs as RQ would write them: id ``<run>-<step>``, on the node's queue."""
+
+    def __init__(self, settings: Settings, tuning: Tuning) -> None:
+        self.settings = settings
+        self.tuning = tuning
+        self._node_fields: dict[tuple[str, str], tuple[Any, ...]] = {}
+
+    def build(self, graph: Graph, job: StepJob) -> PlannedJob:
+        """The RQ job of ``job`` (the hash Job.create(...).to_dict() writes, built directly:
+        this runs for every successor of every step, and Job objects are slow to build)."""
+        now_iso = utcnow_iso()
+        data = pickle.dumps(
+            (STEP_FUNCTION, None, (), job.kwargs()), protocol=pickle.HIGHEST_PROTOCOL
+        )
+        if len(data) > self.tuning.compress_over:  # RQ reads both (Job.restore)
+            data = zlib.compress(data)
+        fields: list[Any] = [
+            "created_at", now_iso,
+            "enqueued_at", now_iso,
+            "data", data,
+            "description", f"{job.step} ({graph.functions[job.node]}) run {job.run_id}",
+            *self._fields_of_node(graph, job.node),
+        ]  # fmt: skip
+        if job.reads_join_input:
+            spec = join_input_spec(
+                job.run_id, graph.predecessors(job.node), graph.join_state_sources(job.node)
+            )
+            fields += [JOIN_INPUT_FIELD, spec]
+        return PlannedJob(job.step, job.job_id, job.node, fields)
+
+    def _fields_of_node(self, graph: Graph, node: str) -> tuple[Any, ...]:
+        """The hash fields every job of ``node`` shares (queue, policy, TTLs), built once."""
+        cache_key = (graph.package, node)
+        fields = self._node_fields.get(cache_key)
+        if fields is None:
+            settings = self.settings
+            policy = graph.policy(
+                node, settings.job_timeout, settings.retries, settings.retry_intervals
+            )
+            fields = (
+                "origin", node,
+                "timeout", policy.timeout,
+                "result_ttl", settings.result_ttl,
+                "failure_ttl", settings.result_ttl,
+                "status", JobStatus.QUEUED.value,
+            )  # fmt: skip
+            if policy.retries > 0:
+                retry = Retry(max=policy.retries, interval=list(policy.retry_intervals) or 0)
+                fields += (
+                    "retries_left", retry.max,
+                    "retry_intervals", json.dumps(retry.intervals),
+                    "meta", pickle.dumps({"retries": retry.max}, protocol=pickle.HIGHEST_PROTOCOL),
+                )  # fmt: skip
+            self._node_fields[cache_key] = fields
+        return fields
+
+
+def decode_call(data: bytes) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    """A job's function name, args and kwargs from its data, compressed or not (RQ compresses,
+    ezgraph leaves small ones as they are; RQ's own ``Job.restore`` reads both)."""
+    if data[:1] != PICKLE_START:  # a pickle is never a zlib stream (first byte 0x08...0x78)
+        with suppress(zlib.error):
+            data = zlib.decompress(data)
+    func_name, _instance, args, kwargs = pickle.loads(data)
+    return func_name, tuple(args), dict(kwargs)
+
+
+def encode_return_value(value: Any) -> str:
+    """A return value as RQ's results stream holds it (its pickle, base64)."""
+    return base64.b64encode(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)).decode()
+
+
+def raise_timeout(signum: int, frame: Any) -> None:
+    """A SIGALRM handler raising RQ's own timeout exception, as RQ's death penalty does."""
+    raise JobTimeoutException("Task exceeded maximum timeout value")
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a step needs of an RQ job an ezgraph worker claimed (no Job object built)."""
+
+    id: str
+    queue: str
+    retries_left: int | None
+    meta: dict[str, Any]
+    worker_name: str
+    timeout: int
+    result_ttl: int
+    execution_id: str
+    started: float
+    data: bytes = b""
+    join_input: list[Any] | None = None  # what the claim read for a join's job
+
+
+def claimed_job(
+    claimed: Claimed, worker: str, execution_id: str, default_timeout: int
+) -> ClaimedJob:
+    """What a claim read of a job, as the step needs it (RQ's defaults where a field is unset:
+    a ``result_ttl`` of 500 s)."""
+    return ClaimedJob(
+        id=claimed.job_id.decode(),
+        queue=claimed.queue.decode(),
+        retries_left=None if claimed.retries_left is None else int(claimed.retries_left),
+        meta=pickle.loads(claimed.meta) if claimed.meta else {},
+        worker_name=worker,
+        timeout=default_timeout if claimed.timeout is None else int(claimed.timeout),
+        result_ttl=500 if claimed.result_ttl is None else int(claimed.result_ttl),
+        execution_id=execution_id,
+        started=time.time(),
+        data=claimed.data or b"",
+        join_input=claimed.join_input,
+    )
+
+
+def beat_worker(pipe: Any, worker: SimpleWorker, held: Sequence[ClaimedJob], ttl: float) -> None:
+    """What an ezgraph worker's heartbeat refreshes in RQ's storage: its worker hash (as RQ's
+    heartbeat does), and its claimed jobs' started-registry entries, which ``rq info`` would
+    otherwise fail as abandoned once their score passed."""
+    pipe.hset(worker.key, "last_heartbeat", utcnow_iso())
+    pipe.expire(worker.key, worker.worker_ttl + 60)
+    score = time.time() + ttl
+    for job in held:
+        pipe.zadd(f"{RQ_PREFIX}wip:{job.queue}", {f"{job.id}:{job.execution_id}": score}, xx=True)
+
+
+def fail_job(worker: SimpleWorker, job: ClaimedJob, exc_string: str) -> None:
+    """Hand a job that raised to RQ's own failure handling: a retry (queued again, or
+    scheduled after its interval) or the failed registry, with its traceback."""
+    rq_job = Job.fetch(job.id, connection=worker.connection)
+    worker.execution = Execution(job.execution_id, job.id, connection=worker.connection)
+    queue = Queue(job.queue, connection=worker.connection)
+    worker.handle_job_failure(rq_job, queue, exc_string=exc_string)
+    worker.set_current_job_id(None)  # as RQ: an empty id would read as a job
+
+
+def perform_job(worker: SimpleWorker, job: ClaimedJob) -> None:
+    """Run a claimed job that is no ezgraph step the way a SimpleWorker runs it."""
+    rq_job = Job.fetch(job.id, connection=worker.connection)
+    queue = Queue(job.queue, connection=worker.connection)
+    worker.connection.zrem(f"{RQ_PREFIX}wip:{job.queue}", f"{job.id}:{job.execution_id}")
+    worker.execute_job(rq_job, queue)
+
+
+def job_statuses(connection: Redis, job_ids: Sequence[str]) -> list[str | None]:
+    """The RQ status of each job (None for a job that is gone), in one round trip."""
+    if not job_ids:
+        return []
+    pipe = connection.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hget(job_key(job_id), "status")
+    return [None if s is None else s.decode() for s in pipe.execute()]
+
+
+def queue_lengths(connection: Redis, queues: Sequence[str]) -> list[int]:
+    """How many jobs wait in each queue, in one round trip."""
+    pipe = connection.pipeline(transaction=False)
+    for queue in queues:
+        pipe.llen(queue_key(queue))
+    return [int(n) for n in pipe.execute()]
+
+
+def stop_job(connection: Redis, job_id: str) -> bool:
+    """Send RQ's stop command for a running job; True when its worker listens for commands
+    (a forking worker kills the step; ezgraph's worker and a SimpleWorker let it finish)."""
+    worker = connection.hget(job_key(job_id), "worker_name")
+    if not worker:
+        return False
+    name = worker.decode() if isinstance(worker, bytes) else str(worker)
+    with suppress(InvalidJobOperation, NoSuchJobError):  # it ended meanwhile
+        send_stop_job_command(connection, job_id)
+        return bool(connection.pubsub_numsub(PUBSUB_CHANNEL_TEMPLATE % name)[0][1])
+    return False
+
+
+def run_id_of_job(connection: Redis, job_id: str) -> str | None:
+    """The run of a step job (None for a job that is gone or no ezgraph step)."""
+    data = connection.hget(job_key(job_id), "data")
+    if not isinstance(data, bytes) or not data:
+        return None
+    try:
+        func_name, _args, kwargs = decode_call(data)
+    except Exception:
+        return None
+    return str(kwargs["run_id"]) if func_name == STEP_FUNCTION and "run_id" in kwargs else None

@@ -1,0 +1,122 @@
+"""The names of ezgraph's own Redis keys, all under one prefix (``EZGRAPH_KEY_PREFIX``).
+
+The Lua scripts build the same names (``lua/lib/prelude.lua``); a test checks they agree.
+RQ's keys are named by :mod:`ezgraph.rq_compat` (and ``lua/lib/rq.lua``).
+
+- ``run:<id>`` hash: status, start, package, graph (JSON), input, created_at, ended_at,
+  pending (steps created and not yet ended), error.
+- ``run:<id>:steps`` hash: ``<step>.<field>`` for status, job, output, error, started_at,
+  ended_at, worker, attempts, input (failed steps), map (item count of a mapped node),
+  recovered (times recovery requeued it), stopped_while_running (it finished after its run
+  stopped, so it created no successors: a retry runs it again).
+- ``run:<id>:state`` hash: the state a step passed on, kept where a join or the result reads it.
+- ``run:<id>:join`` hash: join arrivals (``left:<node>``, ``any:<node>``) and map counters.
+- ``run:<id>:jobs`` hash: RQ job id -> queue, for every step job of the run.
+- ``run:<id>:stopped`` channel: a message when the run stops (failed, canceled) or ends.
+- ``runs:live`` / ``runs:unsaved`` sorted sets: runs in flight / ended and not yet in SQL.
+- ``alive:<worker>``: a worker running steps is alive while this lives (its heartbeat).
+- ``workers`` set and ``claimed:<worker>`` lists: ezgraph workers and the jobs each claimed.
+- ``idle:<queue>`` / ``wake:<queue>``: an idle ezgraph worker's mark and its wake-up list.
+- ``suspect:<job>:<execution>``: since when the watchdog has seen a step look lost.
+- ``lock:watch``, ``lock:write``, ``follower``: one watchdog pass and one SQL writer at a
+  time; a running ``persist --follow`` announces itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """ezgraph's key names under ``prefix``."""
+
+    prefix: str = "ezgraph"
+
+    def run(self, run_id: str) -> str:
+        """A run's header."""
+        return f"{self.prefix}:run:{run_id}"
+
+    def steps(self, run_id: str) -> str:
+        """A run's steps (``<step>.<field>``)."""
+        return f"{self.prefix}:run:{run_id}:steps"
+
+    def state(self, run_id: str) -> str:
+        """The states a run's steps passed on, where something reads them."""
+        return f"{self.prefix}:run:{run_id}:state"
+
+    def join(self, run_id: str) -> str:
+        """A run's join arrivals and map counters."""
+        return f"{self.prefix}:run:{run_id}:join"
+
+    def jobs(self, run_id: str) -> str:
+        """A run's RQ job ids and their queues."""
+        return f"{self.prefix}:run:{run_id}:jobs"
+
+    def stopped(self, run_id: str) -> str:
+        """The channel a message is published on when the run stops or ends."""
+        return f"{self.prefix}:run:{run_id}:stopped"
+
+    def run_keys(self, run_id: str) -> tuple[str, ...]:
+        """Every key one run holds."""
+        return (
+            self.run(run_id),
+            self.steps(run_id),
+            self.state(run_id),
+            self.join(run_id),
+            self.jobs(run_id),
+        )
+
+    @property
+    def live_runs(self) -> str:
+        """Runs in flight, scored by their start."""
+        return f"{self.prefix}:runs:live"
+
+    @property
+    def unsaved_runs(self) -> str:
+        """Ended runs not yet in SQL, scored by their end."""
+        return f"{self.prefix}:runs:unsaved"
+
+    def alive(self, worker: str) -> str:
+        """A worker's heartbeat."""
+        return f"{self.prefix}:alive:{worker}"
+
+    @property
+    def workers(self) -> str:
+        """The ezgraph workers that may hold claimed jobs."""
+        return f"{self.prefix}:workers"
+
+    def claimed(self, worker: str) -> str:
+        """The jobs an ezgraph worker claimed and has not finished."""
+        return f"{self.prefix}:claimed:{worker}"
+
+    def idle(self, queue: str) -> str:
+        """Set while an ezgraph worker waits for jobs of ``queue``."""
+        return f"{self.prefix}:idle:{queue}"
+
+    def wake(self, queue: str) -> str:
+        """The list idle ezgraph workers of ``queue`` block on."""
+        return f"{self.prefix}:wake:{queue}"
+
+    def suspect(self, job_id: str, execution: str) -> str:
+        """Since when (its remaining TTL) one execution of a job has looked lost."""
+        return f"{self.prefix}:suspect:{job_id}:{execution}"
+
+    @property
+    def watch_lock(self) -> str:
+        """Held by the worker making this second's watchdog pass."""
+        return f"{self.prefix}:lock:watch"
+
+    @property
+    def write_lock(self) -> str:
+        """Held by the process writing ended runs to SQL."""
+        return f"{self.prefix}:lock:write"
+
+    @property
+    def follower(self) -> str:
+        """Set while an ``ezgraph persist --follow`` writes every ended run."""
+        return f"{self.prefix}:follower"
+
+    def crashed(self, point: str, step: str) -> str:
+        """Set once a fault-injection crash point has fired (tests and audits)."""
+        return f"{self.prefix}:crashed:{point}:{step}"

@@ -1,0 +1,157 @@
+-- RQ's storage, written as RQ 2.x's own code writes it: the one Lua code that names RQ's keys
+-- (ezgraph/rq_compat.py is its Python side). tests/integration/test_rq_contract.py compares
+-- what these functions write with what RQ writes for the same job.
+local rq = {}
+function rq.job_key(id) return RQ_PREFIX .. 'job:' .. id end
+function rq.results_key(id) return RQ_PREFIX .. 'results:' .. id end
+function rq.queue_key(queue) return RQ_PREFIX .. 'queue:' .. queue end
+function rq.worker_key(worker) return RQ_PREFIX .. 'worker:' .. worker end
+-- A registry of `queue`: 'wip' (started), 'finished', 'failed', 'canceled', 'scheduled'.
+function rq.registry_key(kind, queue) return RQ_PREFIX .. kind .. ':' .. queue end
+local function execution_key(id, execution) return RQ_PREFIX .. 'execution:' .. id .. ':' .. execution end
+
+-- Put job `id` in `queue` (at the back, or at the front); a new queue is listed for rq info.
+function rq.push(queue, id, at_front)
+  local length = redis.call(at_front and 'LPUSH' or 'RPUSH', rq.queue_key(queue), id)
+  if length == 1 then redis.call('SADD', RQ_PREFIX .. 'queues', rq.queue_key(queue)) end
+end
+
+-- Create job `id` from the hash fields ARGV[first..last] and queue it, unless its id exists
+-- (the atomic create that makes a step's job once-only). Returns whether it was created.
+function rq.create_job(id, queue, first, last)
+  local job_key = rq.job_key(id)
+  if redis.call('EXISTS', job_key) == 1 then return false end
+  redis.call('HSET', job_key, unpack(ARGV, first, last))
+  rq.push(queue, id)
+  return true
+end
+
+function rq.job_status(id) return redis.call('HGET', rq.job_key(id), 'status') end
+
+-- Start job `id` for `worker` (execution `execution`, which expires after `ttl` seconds without a
+-- heartbeat), as a worker's prepare_job_execution does.
+function rq.start_job(id, queue, worker, execution, ttl)
+  redis.call('HSET', rq.job_key(id), 'status', 'started', 'started_at', NOW_ISO,
+    'worker_name', worker, 'last_heartbeat', NOW_ISO)
+  redis.call('ZADD', rq.registry_key('wip', queue), NOW + ttl, id .. ':' .. execution)
+  local exec_key = execution_key(id, execution)
+  redis.call('HSET', exec_key, 'id', execution, 'created_at', NOW, 'last_heartbeat', NOW,
+    'worker_name', worker)
+  redis.call('EXPIRE', exec_key, ttl)
+  redis.call('ZADD', RQ_PREFIX .. 'executions:' .. id, NOW + ttl, execution)
+end
+
+-- Finish job `id` that succeeded, as handle_job_success does: its result (RQ's pickle, base64,
+-- or '' for none) in the results stream, out of the started registry, into the finished one,
+-- kept `result_ttl` seconds (0: deleted, -1: for ever).
+function rq.finish_job(id, queue, worker, execution, execution_started, result_ttl, value)
+  local job_key, results_key = rq.job_key(id), rq.results_key(id)
+  redis.call('HSET', job_key, 'status', 'finished', 'ended_at', NOW_ISO, 'last_heartbeat', NOW_ISO)
+  local entry = {'type', 1, 'worker_name', worker, 'execution_id', execution,
+    'execution_started_at', execution_started, 'execution_ended_at', NOW}
+  if value ~= '' then
+    table.insert(entry, 'return_value')
+    table.insert(entry, value)
+  end
+  redis.call('XADD', results_key, 'MAXLEN', 10, '*', unpack(entry))
+  redis.call('ZREM', rq.registry_key('wip', queue), id .. ':' .. execution)
+  redis.call('DEL', execution_key(id, execution))
+  redis.call('ZREM', RQ_PREFIX .. 'executions:' .. id, execution)
+  if result_ttl > 0 then
+    redis.call('EXPIRE', job_key, result_ttl)
+    redis.call('EXPIRE', results_key, result_ttl)
+    redis.call('ZADD', rq.registry_key('finished', queue), NOW + result_ttl, id)
+  elseif result_ttl < 0 then
+    redis.call('ZADD', rq.registry_key('finished', queue), '+inf', id)
+  else
+    redis.call('DEL', job_key)
+  end
+end
+
+-- Drop every execution of job `id` (its started-registry entries and execution hashes).
+function rq.forget_executions(id, queue)
+  local wip = rq.registry_key('wip', queue)
+  local prefix = id .. ':'
+  for _, member in ipairs(redis.call('ZRANGE', wip, 0, -1)) do
+    if string.sub(member, 1, #prefix) == prefix then
+      redis.call('ZREM', wip, member)
+      redis.call('DEL', RQ_PREFIX .. 'execution:' .. member)
+      redis.call('ZREM', RQ_PREFIX .. 'executions:' .. id, string.sub(member, #prefix + 1))
+    end
+  end
+end
+
+-- Queue job `id` again, as FailedJobRegistry.requeue does: out of its registries and
+-- executions, started_at and ended_at cleared, no exc_info, enqueued now; at the front (a job
+-- recovered from a dead worker was taken first) or at the back (a retried run's step).
+function rq.requeue(id, queue, at_front)
+  rq.forget_executions(id, queue)
+  for _, kind in ipairs({'failed', 'canceled', 'finished', 'scheduled'}) do
+    redis.call('ZREM', rq.registry_key(kind, queue), id)
+  end
+  redis.call('LREM', rq.queue_key(queue) .. ':intermediate', 0, id)
+  local job_key = rq.job_key(id)
+  redis.call('HSET', job_key, 'status', 'queued', 'started_at', '', 'ended_at', '',
+    'enqueued_at', NOW_ISO)
+  redis.call('HDEL', job_key, 'exc_info', 'worker_name')
+  rq.push(queue, id, at_front)
+end
+
+-- Cancel job `id` where it waits: its queue ('queued') or the scheduled registry (a retry's
+-- delay), as Job.cancel does. Returns whether it was waiting.
+function rq.cancel_waiting(id, queue, status)
+  if status == 'queued' then
+    redis.call('LREM', rq.queue_key(queue), 0, id)
+  elseif status == 'scheduled' then
+    redis.call('ZREM', rq.registry_key('scheduled', queue), id)
+  else
+    return false
+  end
+  redis.call('HSET', rq.job_key(id), 'status', 'canceled', 'ended_at', NOW_ISO)
+  redis.call('ZADD', rq.registry_key('canceled', queue), NOW + TUNING.canceled_ttl, id)
+  return true
+end
+
+-- Fail job `id`, whose worker died running it, as the failed registry holds such a job.
+function rq.fail_lost(id, queue)
+  redis.call('HSET', rq.job_key(id), 'status', 'failed', 'ended_at', NOW_ISO)
+  redis.call('ZADD', rq.registry_key('failed', queue), NOW + TUNING.failed_ttl, id)
+end
+
+-- Move the retries of `queue` whose delay has passed back to it, as RQ's scheduler does.
+-- Returns the ids moved.
+function rq.enqueue_due(queue)
+  local registry = rq.registry_key('scheduled', queue)
+  local moved = {}
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', registry, '-inf', NOW)) do
+    redis.call('ZREM', registry, id)
+    if redis.call('EXISTS', rq.job_key(id)) == 1 then
+      redis.call('HSET', rq.job_key(id), 'status', 'queued', 'enqueued_at', NOW_ISO)
+      rq.push(queue, id)
+      table.insert(moved, id)
+    end
+  end
+  return moved
+end
+
+-- The worker hash, as RQ's worker writes it.
+function rq.worker_busy(worker, id)
+  redis.call('HSET', rq.worker_key(worker), 'state', 'busy', 'current_job', id)
+end
+function rq.worker_idle(worker)
+  redis.call('HSET', rq.worker_key(worker), 'state', 'idle')
+  redis.call('HDEL', rq.worker_key(worker), 'current_job')  -- as RQ: '' would read as a job
+end
+function rq.worker_succeeded(worker, count)
+  redis.call('HINCRBY', rq.worker_key(worker), 'successful_job_count', count)
+end
+-- Forget a dead worker, as RQ's clean_worker_registry does.
+function rq.remove_worker(worker)
+  local worker_key = rq.worker_key(worker)
+  redis.call('SREM', RQ_PREFIX .. 'workers', worker_key)
+  redis.call('DEL', worker_key)
+  local queue_prefix = #(RQ_PREFIX .. 'queue:')
+  for _, queue_key in ipairs(redis.call('SMEMBERS', RQ_PREFIX .. 'queues')) do
+    redis.call('SREM', RQ_PREFIX .. 'workers:' .. string.sub(queue_key, queue_prefix + 1), worker_key)
+  end
+end

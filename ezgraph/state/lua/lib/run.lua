@@ -1,0 +1,256 @@
+-- A run's bookkeeping: the one place a step's end is recorded (run.complete, run.fail_step),
+-- the graph walk that creates the ready successors, and the end of a run.
+local run = {id = nil}
+local TERMINAL = {finished = true, failed = true, skipped = true, canceled = true}
+
+-- Point the run's keys at run `id` (finish_and_claim records several runs in one call).
+function run.bind(id)
+  run.id = id
+  run.key, run.steps, run.state = key.run(id), key.steps(id), key.state(id)
+  run.join, run.jobs = key.join(id), key.jobs(id)
+  run.pending_delta = 0  -- changes to the count of steps created and not yet ended
+end
+
+-- Write the summed pending changes; returns the run's pending count.
+function run.apply_pending()
+  local delta = run.pending_delta
+  run.pending_delta = 0
+  if delta == 0 then return tonumber(redis.call('HGET', run.key, 'pending')) end
+  return redis.call('HINCRBY', run.key, 'pending', delta)
+end
+
+function run.step_status(step) return redis.call('HGET', run.steps, step .. '.status') end
+
+-- Create the RQ job of `step` (a planned job: its id, queue and hash fields), unless it exists.
+function run.create_job(step, job)
+  if not rq.create_job(job.job_id, job.queue, job.first, job.last) then return false end
+  wake.queue(job.queue)
+  redis.call('HSET', run.jobs, job.job_id, job.queue)
+  redis.call('HSET', run.steps, step .. '.status', 'queued', step .. '.job', job.job_id)
+  run.pending_delta = run.pending_delta + 1
+  return true
+end
+
+-- The planned jobs of a request, read from ARGV at i: a count, then per job its record
+-- (FIELDS.job) and that many hash fields. Returns them by step, and the next position.
+function run.read_jobs(i)
+  local jobs = {}
+  local count = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, count do
+    local job
+    job, i = read_record(FIELDS.job, i)
+    job.first, job.last = i, i + tonumber(job.field_count) - 1
+    jobs[job.step] = job
+    i = job.last + 1
+  end
+  return jobs, i
+end
+
+-- The part of the graph a completion's walk may visit, read from ARGV at i: a count, then per
+-- node its name, in-degree, number of successors and their names.
+function run.read_walk(i)
+  local walk = {indegree = {}, successors = {}}
+  local count = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, count do
+    local node, indegree, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+    walk.indegree[node] = indegree
+    walk.successors[node] = {unpack(ARGV, i + 3, i + 2 + n)}
+    i = i + 3 + n
+  end
+  return walk, i
+end
+
+-- Stop the run: set its terminal status, and cancel every step still waiting in RQ.
+function run.abort(status, error_text)
+  local current = redis.call('HGET', run.key, 'status')
+  if current ~= 'queued' and current ~= 'running' then return end
+  redis.call('HSET', run.key, 'status', status, 'error', error_text)
+  redis.call('PUBLISH', key.stopped(run.id), status)
+  local jobs = redis.call('HGETALL', run.jobs)
+  local prefix_len = #run.id + 2
+  for n = 1, #jobs, 2 do
+    local id, queue = jobs[n], jobs[n + 1]
+    local step = string.sub(id, prefix_len)
+    if run.step_status(step) == 'queued' and rq.job_status(id) == 'queued'
+        and rq.cancel_waiting(id, queue, 'queued') then
+      redis.call('HSET', run.steps, step .. '.status', 'canceled', step .. '.ended_at', NOW_ISO)
+      redis.call('HINCRBY', run.key, 'pending', -1)
+    end
+  end
+end
+
+-- Walk the graph from a resolved node: each successor gets an arrival, done or skipped. A node
+-- runs when all its predecessors have arrived and one of them was done; it is skipped (and
+-- passes skips on) when all arrivals were skips. A node the walk or the plan does not know (the
+-- run's graph is not the worker's) stops the walk: `walker.unknown` names it.
+local function make_walker(walk, jobs)
+  local walker = {}
+  function walker.ready(node)
+    local job = jobs[node]
+    if job then run.create_job(node, job) else walker.unknown = walker.unknown or node end
+  end
+  function walker.skip(node)
+    redis.call('HSET', run.steps, node .. '.status', 'skipped', node .. '.ended_at', NOW_ISO)
+    for _, successor in ipairs(walk.successors[node] or {}) do walker.arrive(successor, false) end
+  end
+  function walker.arrive(node, done)
+    local indegree = walk.indegree[node]
+    if not indegree then
+      walker.unknown = walker.unknown or node
+      return
+    end
+    if indegree <= 1 then
+      if done then walker.ready(node) else walker.skip(node) end
+      return
+    end
+    redis.call('HSETNX', run.join, 'left:' .. node, indegree)
+    if done then redis.call('HSET', run.join, 'any:' .. node, 1) end
+    if redis.call('HINCRBY', run.join, 'left:' .. node, -1) == 0 then
+      if redis.call('HEXISTS', run.join, 'any:' .. node) == 1 then walker.ready(node)
+      else walker.skip(node) end
+    end
+  end
+  function walker.resolve(node)  -- every successor of `node` arrives done
+    for _, successor in ipairs(walk.successors[node] or {}) do walker.arrive(successor, true) end
+  end
+  return walker
+end
+
+-- End the run when nothing of it is pending; returns 1 when this call ended it.
+function run.end_if_idle()
+  if run.apply_pending() > 0 then return 0 end
+  local status, ended_at = unpack(redis.call('HMGET', run.key, 'status', 'ended_at'))
+  if ended_at then return 0 end
+  if status == 'queued' or status == 'running' then
+    redis.call('HSET', run.key, 'status', 'finished', 'ended_at', NOW_ISO)
+  else
+    redis.call('HSET', run.key, 'ended_at', NOW_ISO)
+  end
+  redis.call('ZREM', key.live_runs, run.id)
+  redis.call('ZADD', key.unsaved_runs, NOW, run.id)
+  redis.call('PUBLISH', key.stopped(run.id), 'ended')
+  return 1
+end
+
+-- The map's successor of a Map result: its instances' jobs, or (no items) straight on.
+local function start_map(walker, jobs, mapped, count)
+  redis.call('HSET', run.join, 'mapn:' .. mapped, count, 'mapleft:' .. mapped, count)
+  redis.call('HSET', run.steps, mapped .. '.status', 'mapped', mapped .. '.map', count)
+  if count == 0 then
+    redis.call('HSET', run.steps, mapped .. '.status', 'finished', mapped .. '.ended_at', NOW_ISO)
+    walker.resolve(mapped)
+    return
+  end
+  for n = 0, count - 1 do
+    local step = mapped .. '-' .. n
+    if jobs[step] then run.create_job(step, jobs[step]) else walker.unknown = step end
+  end
+end
+
+-- A step succeeded: record it, walk its successors, create the ready ones, end the run if
+-- idle. `c` is a completion (FIELDS.completion) with its planned `jobs` and `walk`.
+-- Returns {outcome, run ended (0/1)}: ok, duplicate (recorded before) or gone (no run).
+function run.complete(c)
+  run.bind(c.run_id)
+  local status = redis.call('HGET', run.key, 'status')
+  if not status then return {'gone', 0} end
+  if TERMINAL[run.step_status(c.step)] then return {'duplicate', 0} end
+  redis.call('HSET', run.steps, c.step .. '.status', 'finished', c.step .. '.output', c.output,
+    c.step .. '.started_at', c.started_at, c.step .. '.ended_at', NOW_ISO,
+    c.step .. '.worker', c.worker, c.step .. '.attempts', c.attempt)
+  if c.state ~= '' then redis.call('HSET', run.state, c.step, c.state) end
+  run.pending_delta = run.pending_delta - 1
+  if status == 'queued' or status == 'running' then
+    if status == 'queued' then redis.call('HSET', run.key, 'status', 'running') end
+    local walker = make_walker(c.walk, c.jobs)
+    if c.item_index ~= '' then
+      -- One instance of a mapped node: the node resolves when its last instance is done.
+      if redis.call('HINCRBY', run.join, 'mapleft:' .. c.node, -1) == 0 then
+        redis.call('HSET', run.steps, c.node .. '.status', 'finished', c.node .. '.ended_at', NOW_ISO)
+        walker.resolve(c.node)
+      end
+    else
+      local chosen = nil
+      if c.chosen ~= '' then
+        chosen = {}
+        for _, name in ipairs(cjson.decode(c.chosen)) do chosen[name] = true end
+      end
+      for _, successor in ipairs(c.walk.successors[c.node] or {}) do
+        if successor == c.mapped_node then
+          start_map(walker, c.jobs, successor, tonumber(c.mapped_count))
+        else
+          walker.arrive(successor, chosen == nil or chosen[successor] == true)
+        end
+      end
+    end
+    if walker.unknown then
+      run.abort('failed', c.step .. ': step ' .. walker.unknown .. ' became ready, but this'
+        .. " worker's graph plans no job for it (was the graph changed while the run was live?)")
+    end
+  end
+  local ended = 0
+  if run.pending_delta < 0 then
+    ended = run.end_if_idle()
+  elseif run.pending_delta > 0 then
+    run.apply_pending()  -- as many steps began as ended: the run goes on
+  end
+  return {'ok', ended}
+end
+
+-- A step failed for good (no retry left): record it and stop the run. `f` is a failure
+-- (FIELDS.failure). Returns {outcome, run ended (0/1)}: ok, duplicate or gone.
+function run.fail_step(f)
+  run.bind(f.run_id)
+  if redis.call('EXISTS', run.key) == 0 then return {'gone', 0} end
+  if TERMINAL[run.step_status(f.step)] then return {'duplicate', 0} end
+  redis.call('HSET', run.steps, f.step .. '.status', 'failed', f.step .. '.error', f.step_error,
+    f.step .. '.started_at', f.started_at, f.step .. '.ended_at', NOW_ISO,
+    f.step .. '.worker', f.worker, f.step .. '.attempts', f.attempt, f.step .. '.input', f.input)
+  redis.call('HINCRBY', run.key, 'pending', -1)
+  run.stop('failed', f.error)
+  return {'ok', run.end_if_idle()}
+end
+
+-- Stop a live run (failed or canceled): abort it, and mark the steps still in flight, which
+-- create no successors when they finish now, so that a retry runs them again.
+function run.stop(status, error_text)
+  local before = redis.call('HGET', run.key, 'status')
+  if before ~= 'queued' and before ~= 'running' then return end
+  run.abort(status, error_text)
+  local fields = redis.call('HGETALL', run.steps)
+  for n = 1, #fields, 2 do
+    local step = string.match(fields[n], '^(.*)%.status$')
+    if step and fields[n + 1] == 'queued' then
+      redis.call('HSET', run.steps, step .. '.stopped_while_running', 1)
+    end
+  end
+end
+
+-- What a join reads of its predecessors, from its job's join-input spec (JSON of {run,
+-- predecessors, states}): their statuses and outputs, the kept states, the map counts and the
+-- mapped instances' outputs in item order. False for a spec it cannot read, or over `limit`
+-- outputs (0: no limit).
+function run.read_join_input(spec_json, limit)
+  local ok, spec = pcall(cjson.decode, spec_json)
+  if not ok or type(spec) ~= 'table' or type(spec.run) ~= 'string'
+      or type(spec.predecessors) ~= 'table' or type(spec.states) ~= 'table'
+      or #spec.predecessors == 0 or #spec.states == 0 then return false end
+  if limit > 0 and (#spec.predecessors > limit or #spec.states > limit) then return false end
+  local steps = key.steps(spec.run)
+  local statuses, outputs, counts = {}, {}, {}
+  for n, predecessor in ipairs(spec.predecessors) do
+    statuses[n] = predecessor .. '.status'
+    outputs[n] = predecessor .. '.output'
+    counts[n] = 'mapn:' .. predecessor
+  end
+  counts = redis.call('HMGET', key.join(spec.run), unpack(counts))
+  local mapped = {}
+  for n, predecessor in ipairs(spec.predecessors) do
+    local count = tonumber(counts[n]) or 0
+    if limit > 0 and #mapped + count > limit then return false end
+    for item = 0, count - 1 do table.insert(mapped, predecessor .. '-' .. item .. '.output') end
+  end
+  if #mapped > 0 then mapped = redis.call('HMGET', steps, unpack(mapped)) end
+  return {redis.call('HMGET', steps, unpack(statuses)), redis.call('HMGET', steps, unpack(outputs)),
+    redis.call('HMGET', key.state(spec.run), unpack(spec.states)), counts, mapped}
+end

@@ -1,0 +1,110 @@
+"""Talking to Redis on the hot path: ezgraph's Lua scripts and pipelined reads, sent directly.
+
+Each script is ``protocol.lua_header()`` + ``lua/lib/prelude.lua`` + ``lua/lib/rq.lua`` +
+``lua/lib/run.lua`` + its own body, and is called with the head every script reads first.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import hiredis
+from redis import Redis
+from redis.commands.core import Script
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..rq_compat import RQ_PREFIX, utcnow_iso
+from ..settings import Tuning
+from .protocol import SCRIPTS, lua_header
+
+LIBRARIES = ("prelude", "rq", "run")
+
+
+def script_sources(tuning: Tuning) -> dict[str, str]:
+    """Every script's full source."""
+    lua = resources.files("ezgraph.state") / "lua"
+    libraries = "\n".join((lua / "lib" / f"{name}.lua").read_text() for name in LIBRARIES)
+    head = lua_header(tuning) + libraries
+    return {name: f"{head}\n{(lua / f'{name}.lua').read_text()}" for name in SCRIPTS}
+
+
+_sources: dict[Tuning, dict[str, str]] = {}
+
+
+class ScriptRunner:
+    """Calls ezgraph's scripts and pipelined reads, on one connection per thread."""
+
+    def __init__(self, connection: Redis, prefix: str, tuning: Tuning) -> None:
+        self.connection = connection
+        self.prefix = prefix
+        sources = _sources.get(tuning)
+        if sources is None:
+            sources = _sources[tuning] = script_sources(tuning)
+        self._scripts: dict[str, Script] = {
+            name: connection.register_script(source) for name, source in sources.items()
+        }
+        self._local = threading.local()  # this thread's connection
+
+    def call(self, name: str, *args: Any) -> Any:
+        """Run script ``name`` with the head (prefixes, now) and ``args``.
+
+        Re-running a script after a lost reply is safe, as with redis-py's own retries: each
+        records an outcome once (``duplicate`` after).
+        """
+        argv = [self.prefix, RQ_PREFIX, utcnow_iso(), repr(time.time()), *args]
+        script = self._scripts[name]
+        try:
+            return self._raw([("EVALSHA", script.sha, 0, *argv)])[0]
+        except (NoScriptError, RedisConnectionError, RedisTimeoutError):
+            # Unusual (the script not loaded after a restart or SCRIPT FLUSH, a connection
+            # that failed): redis-py loads the script and retries.
+            return script(args=argv)
+
+    def read_pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Raw replies of ``commands`` in one round trip. On any error redis-py's pipeline,
+        with its retries, sends them again: so only commands that may run twice (reads, the
+        watchdog's ``SET NX`` and ``PTTL``)."""
+        try:
+            return self._raw(commands)
+        except (RedisError, OSError):
+            pipe = self.connection.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+            return list(pipe.execute())
+
+    def _raw(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """The replies of ``commands``, sent in one write past redis-py's command and pipeline
+        layers, on this thread's own connection. A connection that failed, or that still owes
+        replies after an error reply, is closed; the next call opens it again."""
+        connection = self._own_connection()
+        replies: list[Any] = []
+        try:
+            # hiredis packs what redis-py's serializer would, without its per-argument checks.
+            packed = b"".join(hiredis.pack_command(command) for command in commands)
+            connection.send_packed_command([packed])  # type: ignore[no-untyped-call]
+            for _ in commands:
+                replies.append(connection.read_response())
+            return replies
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            connection.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        except RedisError:
+            if len(replies) + 1 < len(commands):  # replies after the failed one are unread
+                connection.disconnect()  # type: ignore[no-untyped-call]
+            raise
+
+    def _own_connection(self) -> Any:
+        """A connection of the client's pool that this thread keeps: no check-out and return
+        per call (which redis-py pays in a poll() and locking). A forked child takes its own."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None or connection.pid != os.getpid():
+            connection = self.connection.connection_pool.get_connection()
+            self._local.connection = connection
+        return connection
