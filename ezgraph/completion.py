@@ -99,6 +99,7 @@ class StepRun:
             self.attempt.number,
             context.settings.database_url,
             outputs,
+            graph.successors(job.node),
         )
         token = set_current_step(step_context)
         try:

@@ -1,7 +1,9 @@
 """Validate a question and classify it: language, intent, entity and period, by keyword rules.
 
 Malformed input (no question, an over-long one, no username) raises ``ValueError`` so the step
-fails; a well-formed question the rules cannot classify is routed to ``reject`` instead.
+fails; a well-formed question the rules cannot classify is routed to ``reject`` instead, when
+the graph has that node. It routes among the successors the graph gives it, so the seed's
+two-node graph (``intent_validator -> history_preferences``) runs it too.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import re
 import unicodedata
 from typing import Any
 
-from ezgraph import Route
+from ezgraph import Route, StepError, current_step
 
 MAX_QUESTION_CHARS = 500
 
@@ -113,9 +115,21 @@ def process(data: dict[str, Any]) -> Route:
         "period": classify_period(folded),
     }
     output["valid"] = output["intent"] != "unknown" and output["entity"] is not None
+    # Route by what this graph holds: a question not understood goes to `reject` when there
+    # is one (the seed's two-node graph has none: it goes on, marked not valid).
+    successors = _successors()
     if output["valid"]:
-        return Route(["history_preferences", "planner"], output)
-    return Route(["reject"], output | {"reason": _rejection_reason(output)})
+        return Route([s for s in successors if s != "reject"], output)
+    output["reason"] = _rejection_reason(output)
+    return Route(["reject"] if "reject" in successors else successors, output)
+
+
+def _successors() -> tuple[str, ...]:
+    """This node's successors in the graph it runs in (the example graph's outside a step)."""
+    try:
+        return current_step().successors
+    except StepError:
+        return ("reject", "history_preferences", "planner")
 
 
 def normalize(text: str) -> str:

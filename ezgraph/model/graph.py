@@ -332,42 +332,60 @@ def _import_package(package: str) -> ModuleType:
 
 
 def _import_function(node: str, path: str) -> StepFunction:
+    """What ``node`` runs: ``module:function``, or a module's ``process`` or ModuleWorker class
+    (the seed's style: in ``<package>/<node>.py``, or in ``worker_<node>.py`` beside it)."""
     module_name, _, attribute = path.partition(":")
-    attribute = attribute or "process"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name and module_name.startswith(error.name):
-            raise GraphError(f"node {node!r} has no module: {module_name} not found") from None
-        raise GraphError(f"node {node!r}: importing {module_name} failed: {error}") from error
-    except Exception as error:
-        raise GraphError(
-            f"node {node!r}: importing {module_name} failed: {type(error).__name__}: {error}"
-        ) from error
-    target = getattr(module, attribute, None)
-    if target is None and ":" not in path:
-        # The seed's style: modules/X.py holds a ModuleWorker subclass instead of process().
-        target = next(
-            (
-                value
-                for value in vars(module).values()
-                if inspect.isclass(value)
-                and getattr(value, "_ezgraph_module_worker", False)
-                and value.__module__ == module.__name__
-            ),
-            None,
-        )
+    module = _import_module(node, module_name, fallback=None if attribute else f"worker_{node}")
+    target = getattr(module, attribute or "process", None)
+    if target is None and not attribute:
+        target = _module_worker_class(module)
     if target is None:
-        raise GraphError(f"node {node!r} has no function: {module_name} defines no {attribute!r}")
+        defines = attribute or "process"
+        raise GraphError(f"node {node!r} has no function: {module.__name__} defines no {defines!r}")
     if inspect.isclass(target):
         # A ModuleWorker subclass (the seed's way to write a module): run its process().
-        process = getattr(target(), "process", None)
-        if not callable(process):
-            raise GraphError(f"node {node!r}: class {path} has no process(self, data) method")
-        return process  # type: ignore[no-any-return]
+        try:
+            instance = target()
+        except Exception as error:
+            raise GraphError(
+                f"node {node!r}: class {target.__name__} cannot be created:"
+                f" {type(error).__name__}: {error}"
+            ) from None
+        target = getattr(instance, "process", None)
+        path = f"class {path}"
     if not callable(target):
-        raise GraphError(f"node {node!r}: {path} is not callable")
+        raise GraphError(f"node {node!r}: {path} has no callable process(data)")
     return target  # type: ignore[no-any-return]
+
+
+def _import_module(node: str, name: str, fallback: str | None) -> ModuleType:
+    """Import ``name`` (or, when it does not exist, ``fallback``), in one line when it fails."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if not (error.name and name.startswith(error.name)):
+            raise GraphError(f"node {node!r}: importing {name} failed: {error}") from error
+        if fallback is not None and importlib.util.find_spec(fallback) is not None:
+            return _import_module(node, fallback, None)
+        raise GraphError(f"node {node!r} has no module: {name} not found") from None
+    except Exception as error:
+        raise GraphError(
+            f"node {node!r}: importing {name} failed: {type(error).__name__}: {error}"
+        ) from error
+
+
+def _module_worker_class(module: ModuleType) -> Any:
+    """The ModuleWorker subclass ``module`` defines, or None."""
+    return next(
+        (
+            value
+            for value in vars(module).values()
+            if inspect.isclass(value)
+            and getattr(value, "_ezgraph_module_worker", False)
+            and value.__module__ == module.__name__
+        ),
+        None,
+    )
 
 
 def _check_name(name: object) -> None:

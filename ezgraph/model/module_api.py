@@ -66,6 +66,8 @@ class StepContext:
     ``idempotency_key`` is the same for every attempt of one step of one run: use it to make a
     side effect (a row, an e-mail, a payment) happen once even when the step runs again.
     ``outputs`` maps each upstream node of a join to its own output (a list for a mapped node).
+    ``successors`` are the node's successors in the graph the step runs in: a module that routes
+    chooses among them (so it works in any graph that holds it).
     """
 
     run_id: str
@@ -74,6 +76,7 @@ class StepContext:
     attempt: int
     database_url: str
     outputs: Mapping[str, Any] = field(default_factory=dict)
+    successors: tuple[str, ...] = ()
 
     @property
     def step(self) -> str:
