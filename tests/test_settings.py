@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import pytest
 
+import ezgraph
 from ezgraph.errors import UsageError
 from ezgraph.settings import Settings, redact_url
 
@@ -39,3 +42,7 @@ def test_bad_integer_variable_names_itself() -> None:
 def test_redact_url_hides_only_the_password() -> None:
     assert redact_url("redis://user:secret@host:6379/0") == "redis://user:***@host:6379/0"
     assert redact_url("postgresql://pg@h/db") == "postgresql://pg@h/db"
+
+
+def test_the_version_is_the_installed_distributions() -> None:
+    assert ezgraph.__version__ == importlib.metadata.version("ezgraph")
