@@ -24,7 +24,7 @@ from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
 from ezgraph.settings import Settings
 
-from .conftest import drain, ezgraph_cli, subprocess_env
+from ..conftest import drain, ezgraph_cli, subprocess_env
 
 CHAIN = "tests.graphs.chain"  # a -> b
 BROKEN = "tests.graphs.broken"  # listy / weird / raises -> after

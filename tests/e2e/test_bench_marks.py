@@ -15,7 +15,7 @@ from redis import Redis
 
 from benchmarks import harness
 
-from .conftest import wait_for
+from ..conftest import wait_for
 
 
 def _mark_start_in_child(url: str) -> None:

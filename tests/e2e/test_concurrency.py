@@ -14,7 +14,7 @@ from redis import Redis
 from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
 
-from .conftest import ROOT, subprocess_env
+from ..conftest import ROOT, subprocess_env
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
 from ezgraph.workers.fast import serve as run_worker
 
-from .conftest import drain
+from ..conftest import drain
 
 
 def test_a_step_retried_at_once_succeeds_on_its_second_attempt(

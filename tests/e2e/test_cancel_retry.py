@@ -21,7 +21,7 @@ from ezgraph.errors import InvalidRunOperation, RunNotFound
 from ezgraph.workers.fast import serve as run_worker
 from ezgraph.workers.fast import serve as serve_fast
 
-from .conftest import ROOT, drain, ezgraph_cli, ezgraph_process, subprocess_env, wait_for
+from ..conftest import ROOT, drain, ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 
 LEDGER = "ledger:cancel-retry"
 

@@ -15,7 +15,7 @@ from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
 from ezgraph.settings import TUNING
 
-from .conftest import drain, wait_for
+from ..conftest import drain, wait_for
 
 WAIT_TIMEOUT = 60.0  # far longer than any step here: only the message returns wait() early
 WOKEN_WITHIN = 20.0  # seconds after the run ends; generous, the message takes milliseconds

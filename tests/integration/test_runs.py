@@ -16,7 +16,7 @@ from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
 from ezgraph.models import RunRow, StepRow
 
-from .conftest import drain, run_step_here
+from ..conftest import drain, run_step_here
 
 
 def step_rows(database_url: str, run_id: str) -> dict[str, tuple[str, int]]:

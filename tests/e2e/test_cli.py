@@ -16,7 +16,7 @@ from redis import Redis
 from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
 
-from .conftest import ROOT, drain, ezgraph_cli, ezgraph_process, subprocess_env, wait_for
+from ..conftest import ROOT, drain, ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 
 
 def test_submit_prints_the_run_id_last_and_status_reads_it(

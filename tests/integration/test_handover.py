@@ -21,7 +21,7 @@ from ezgraph.workers.fast import FastWorker
 from ezgraph.workers.maintenance import Maintenance
 from ezgraph.workers.stock import StockProcess
 
-from .conftest import ROOT, drain, run_step_here, subprocess_env, wait_for
+from ..conftest import ROOT, drain, run_step_here, subprocess_env, wait_for
 
 PACKAGE = "tests.graphs.chain"
 

@@ -15,7 +15,7 @@ from redis import Redis
 from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
 
-from .conftest import ROOT, subprocess_env
+from ..conftest import ROOT, subprocess_env
 
 POINTS = ["after_module:b", "after_record:b", "before_persist:run"]
 

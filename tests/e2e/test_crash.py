@@ -23,7 +23,7 @@ from ezgraph.handover import RunWriter
 from ezgraph.recovery import Report
 from ezgraph.rq_compat import RQ_DATE_FORMAT, utcnow_iso
 
-from .conftest import ROOT, drain, ezgraph_cli, ezgraph_process, subprocess_env, wait_for
+from ..conftest import ROOT, drain, ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 
 
 def watch_runs(context: Context, grace: float | None = None) -> Report:

@@ -11,7 +11,7 @@ from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
 from ezgraph.errors import ConnectionFailed, PayloadError, UsageError
 
-from .conftest import drain, ezgraph_cli, subprocess_env
+from ..conftest import drain, ezgraph_cli, subprocess_env
 
 
 def rq_keys(redis_conn: Redis) -> list[bytes]:

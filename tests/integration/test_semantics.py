@@ -10,7 +10,7 @@ from redis import Redis
 from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
 
-from .conftest import drain
+from ..conftest import drain
 
 
 def run_once(make_context: Callable[..., Context], package: str, start: str, **fields: object):

@@ -13,7 +13,7 @@ from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
 from ezgraph.state.sql import SCHEMA_REVISION, VERSION_TABLE, Store, metadata
 
-from .conftest import drain, ezgraph_cli, subprocess_env
+from ..conftest import drain, ezgraph_cli, subprocess_env
 
 
 def test_schema_revision_is_the_head_of_the_migrations() -> None:
