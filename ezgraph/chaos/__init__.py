@@ -109,7 +109,7 @@ class Chaos:
         self.work_ms = work_ms
         self.timeout = timeout
         self.log = log
-        self.ledger = f"{context.settings.key_prefix}:chaos:{os.getpid()}:{int(time.time())}"
+        self.ledger = context.keys.chaos_ledger(f"{os.getpid()}:{int(time.time())}")
 
     def run(self, runs: int) -> ChaosReport:
         """Submit ``runs``, kill workers until they all ended (or the timeout), report."""

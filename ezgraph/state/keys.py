@@ -20,6 +20,7 @@ RQ's keys are named by :mod:`ezgraph.rq_compat` (and ``lua/lib/rq.lua``).
 - ``suspect:<job>:<execution>``: since when the watchdog has seen a step look lost.
 - ``lock:watch``, ``lock:write``, ``follower``: one watchdog pass and one SQL writer at a
   time; a running ``persist --follow`` announces itself.
+- ``crashed:<point>:<step>``, ``chaos:<audit>``: fault injection and the crash audit's ledger.
 """
 
 from __future__ import annotations
@@ -116,6 +117,11 @@ class Keys:
     def follower(self) -> str:
         """Set while an ``ezgraph persist --follow`` writes every ended run."""
         return f"{self.prefix}:follower"
+
+    def chaos_ledger(self, audit: str) -> str:
+        """Where one ``ezgraph chaos`` audit counts executions and side effects (its steps add
+        ``:executions``, ``:effects`` and ``:done:<step>``)."""
+        return f"{self.prefix}:chaos:{audit}"
 
     def crashed(self, point: str, step: str) -> str:
         """Set once a fault-injection crash point has fired (tests and audits)."""
