@@ -73,7 +73,8 @@ class GraphOrchestrator:
         payload = {**(data or {}), **fields}
         input_json = to_json(payload, "payload", self.settings.max_payload_bytes)
         run_id = _check_run_id(run_id or uuid.uuid4().hex)
-        job = self.context.jobs.build(graph, StepJob(run_id, start_module, graph.package, payload))
+        start = StepJob(run_id, start_module, graph.package, payload, graph_version=graph.version)
+        job = self.context.jobs.build(graph, start)
         submission = Submission(
             run_id=run_id,
             start=start_module,
@@ -81,6 +82,7 @@ class GraphOrchestrator:
             graph=graph.to_json(),
             input=input_json,
             joins=json.dumps(graph.join_arrivals_from(start_module)),
+            version=graph.version,
         )
         with _redis_errors(self.context):
             created = self.context.runs.submit(submission, job)
@@ -306,3 +308,28 @@ def _redis_errors(context: Context) -> Iterator[None]:
         kwargs = context.connection.connection_pool.connection_kwargs
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         raise ConnectionFailed(f"Redis at {where} failed: {error}") from error
+
+
+def stranded_runs(context: Context, graph: Graph) -> dict[str, list[tuple[str, list[str]]]]:
+    """The live runs ``graph`` would strand if its workers replaced the running ones, by the
+    version of the graph they started on: each run with the nodes it still needs that
+    ``graph`` lacks (a run finishes on its own graph's shape, but only with nodes the workers
+    have)."""
+    stranded: dict[str, list[tuple[str, list[str]]]] = {}
+    run_ids = context.runs.live()
+    for first in range(0, len(run_ids), context.tuning.watch_read_chunk):
+        chunk = run_ids[first : first + context.tuning.watch_read_chunk]
+        for live in context.runs.read_many(chunk):
+            version = live.header.get("version") if live else None
+            if live is None or version is None or version == graph.version:
+                continue
+            ended = {"finished", "skipped", "failed", "canceled"}
+            needed = [
+                node
+                for node in json.loads(live.header["graph"])["succ"]
+                if node not in graph.connections
+                and live.steps.get(node, {}).get("status") not in ended
+            ]
+            if needed:
+                stranded.setdefault(version, []).append((live.run_id, needed))
+    return stranded

@@ -13,6 +13,7 @@ with :func:`settle`. In Redis, ``run.complete`` (``state/lua/lib/run.lua``) does
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,7 +85,9 @@ class StepRun:
         """Run the module and build what recording its success needs; raises what the module
         raised, or :class:`~ezgraph.errors.StepError` / ``PayloadError`` for a bad result."""
         context, job = self.context, self.job
-        graph = context.graph(job.package)
+        graph = context.graph_of(job)
+        if job.node in graph.unavailable:
+            raise StepError(self._not_here(job.node))
         state: dict[str, Any] = job.state or {}
         outputs: dict[str, Any] = {}
         if job.reads_join_input:
@@ -103,7 +106,7 @@ class StepRun:
         )
         token = set_current_step(step_context)
         try:
-            value = context.function(graph, job.node)(data)
+            value = call_module(context.function(graph, job.node), data, job.node)
         finally:
             reset_current_step(token)
         result = flow.check_result(graph, job.node, job.index, value)
@@ -113,6 +116,9 @@ class StepRun:
         crash_point(context.connection, context.keys, "after_module", job.step)
         new_state = {**data, **result.output}
         plan = flow.plan(graph, job, result, new_state)
+        unavailable = [planned.node for planned in plan.jobs if planned.node in graph.unavailable]
+        if unavailable:
+            raise StepError(self._not_here(unavailable[0]) + ": the run cannot go on")
         completion = Completion(
             run_id=job.run_id,
             step=job.step,
@@ -149,6 +155,14 @@ class StepRun:
                 raise StepError(f"node {node!r}: cannot read its join input: {error}") from None
         return flow.merge_join_input(graph, node, read)
 
+    def _not_here(self, node: str) -> str:
+        """Why a run that started on another graph cannot go on here (a deploy removed a node)."""
+        version = self.context.graph(self.job.package).version
+        return (
+            f"node {node!r} of the run's graph (version {self.job.graph_version}) is not in"
+            f" this worker's graph (version {version})"
+        )
+
     def failure(self, error: BaseException) -> Failure:
         """What recording this attempt's failure writes."""
         summary = f"{type(error).__name__}: {error}"
@@ -162,6 +176,39 @@ class StepRun:
             attempt=self.attempt.number,
             input=to_json_or_repr(self.data),
         )
+
+
+def call_module(function: Callable[[dict[str, Any]], Any], data: dict[str, Any], node: str) -> Any:
+    """Call a module: what it tries in order to end its worker process fails its step instead.
+
+    ``sys.exit()``, ``SystemExit`` and ``KeyboardInterrupt`` become a :class:`StepError`
+    (RQ's own cold shutdown, a SystemExit raised in its signal handler, still ends the worker);
+    a child the module forked that returns here exits at once instead of going on as a worker.
+    """
+    pid = os.getpid()
+    try:
+        return function(data)
+    except (SystemExit, KeyboardInterrupt) as error:
+        if _from_rq_signal_handler(error):
+            raise
+        what = f"{type(error).__name__}({error.args[0]!r})" if error.args else type(error).__name__
+        raise StepError(
+            f"node {node!r} tried to end its worker process ({what}); the step fails instead"
+        ) from None
+    finally:
+        if os.getpid() != pid:  # a forked child: it must not go on as a worker
+            logger.error(
+                "node %s forked; its child %d returned to the worker: it exits", node, os.getpid()
+            )
+            os._exit(0)
+
+
+def _from_rq_signal_handler(error: BaseException) -> bool:
+    """Whether ``error`` was raised by RQ's worker itself (its cold shutdown), not a module."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and "/rq/worker" in frame.tb_frame.f_code.co_filename
 
 
 def fail(step: StepRun, error: BaseException, ended: RunEnded) -> None:

@@ -6,16 +6,22 @@ connection: :class:`~ezgraph.workers.stock.StockProcess`).
 
 from __future__ import annotations
 
+import json
+from typing import TYPE_CHECKING
+
 from redis import Redis
 
 from .connection import connect
 from .model.graph import Graph, StepFunction, load_graph
+from .model.step_job import StepJob
 from .rq_compat import JobFactory
 from .settings import TUNING, Settings, Tuning
 from .state.keys import Keys
 from .state.redis_io import ScriptRunner
 from .state.runs import RedisRuns
-from .state.sql import Store
+
+if TYPE_CHECKING:  # imported where first used: see Context.store
+    from .state.sql import Store
 
 
 class Context:
@@ -29,16 +35,21 @@ class Context:
         self.connection = connection if connection is not None else connect(settings)
         self.keys = Keys(settings.key_prefix)
         self.scripts = ScriptRunner(self.connection, settings.key_prefix, tuning)
-        self.runs = RedisRuns(self.connection, self.keys, self.scripts)
+        self.runs = RedisRuns(self.connection, self.keys, self.scripts, tuning.client_patience)
         self.jobs = JobFactory(settings, tuning)
         self._store: Store | None = None
         self._graphs: dict[str, Graph] = {}
+        self._run_graphs: dict[tuple[str, str], Graph] = {}  # by package and version
         self._functions: dict[tuple[str, str], StepFunction] = {}
 
     @property
     def store(self) -> Store:
         """The SQL store (its engine is created on first use)."""
         if self._store is None:
+            # SQLAlchemy is imported here, not with this module: a stock worker's forked
+            # work-horse imports ezgraph for every job, and needs SQL only if its run ends.
+            from .state.sql import Store
+
             self._store = Store(self.settings.database_url)
         return self._store
 
@@ -48,6 +59,22 @@ class Context:
         graph = self._graphs.get(key)
         if graph is None:
             graph = self._graphs[key] = load_graph(key or None)
+        return graph
+
+    def graph_of(self, job: StepJob) -> Graph:
+        """The graph a step runs on: this process's, or, for a run that started on another
+        version of it (a deploy while the run was live), that run's shape with this process's
+        functions (read from the run once per version)."""
+        own = self.graph(job.package)
+        version = job.graph_version
+        if version is None or version == own.version:
+            return own
+        graph = self._run_graphs.get((own.package, version))
+        if graph is None:
+            shape = self.connection.hget(self.keys.run(job.run_id), "graph")
+            if not isinstance(shape, bytes):
+                return own  # the run is gone: its step will record nothing
+            graph = self._run_graphs[(own.package, version)] = own.for_run(json.loads(shape))
         return graph
 
     def override(self, node: str, function: StepFunction, package: str | None = None) -> None:

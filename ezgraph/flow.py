@@ -86,8 +86,15 @@ def plan(graph: Graph, job: StepJob, result: StepResult, new_state: dict[str, An
     chosen = None if result.chosen is None else frozenset(result.chosen)
     mapped = result.mapped.node if result.mapped is not None else None
     shape = _shape(graph, job.node, job.index is not None, chosen, mapped)
-    jobs = [StepJob(job.run_id, name, graph.package, reads_join_input=True) for name in shape.joins]
-    jobs += [StepJob(job.run_id, name, graph.package, state=new_state) for name in shape.direct]
+    run_id, package, version = job.run_id, graph.package, job.graph_version
+    jobs = [
+        StepJob(run_id, name, package, reads_join_input=True, graph_version=version)
+        for name in shape.joins
+    ]
+    jobs += [
+        StepJob(run_id, name, package, state=new_state, graph_version=version)
+        for name in shape.direct
+    ]
     if result.mapped is not None:
         jobs += [
             StepJob(
@@ -98,6 +105,7 @@ def plan(graph: Graph, job: StepJob, result: StepResult, new_state: dict[str, An
                 index=index,
                 item=item,
                 item_key=result.mapped.key,
+                graph_version=version,
             )
             for index, item in enumerate(result.mapped.items)
         ]

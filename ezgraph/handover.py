@@ -111,6 +111,10 @@ class RunWriter:
 
     # -- when to write -----------------------------------------------------------------------
 
+    def write_now(self, run_id: str) -> None:
+        """Write run ``run_id`` at once (a process about to end)."""
+        self.write_runs([run_id])
+
     def ended(self, run_id: str) -> None:
         """This process ended run ``run_id``: it is written in the next batch."""
         with self._lock:

@@ -37,6 +37,7 @@ class Heartbeat(threading.Thread):
         beating: Callable[[], str | None],
         tick: float,
         extra: BeatExtra | None = None,
+        after_beat: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(name="ezgraph-heartbeat", daemon=True)
         self.connection = connection
@@ -45,6 +46,7 @@ class Heartbeat(threading.Thread):
         self.beating = beating
         self.tick = tick
         self.extra = extra
+        self.after_beat = after_beat  # runs after each beat, in this thread
         self.stopped = threading.Event()
         self._last: tuple[str, float] | None = None  # the worker beaten for, and when
 
@@ -61,12 +63,21 @@ class Heartbeat(threading.Thread):
         name = self.beating()
         if name is None:
             return
-        now = time.monotonic()
         last = self._last
-        if last is not None and last[0] == name and now - last[1] < self.tuning.beat_every:
+        if (
+            last is not None
+            and last[0] == name
+            and time.monotonic() - last[1] < self.tuning.beat_every
+        ):
             return
         self.beat(name)
-        self._last = (name, now)
+        if self.after_beat is not None:
+            self.after_beat()
+
+    @property
+    def has_beaten(self) -> bool:
+        """Whether this heartbeat beat yet."""
+        return self._last is not None
 
     def beat(self, name: str) -> None:
         """Say worker ``name`` is alive (and what ``extra`` adds), in one round trip."""
@@ -75,6 +86,7 @@ class Heartbeat(threading.Thread):
         if self.extra is not None:
             self.extra(pipe)
         pipe.execute()
+        self._last = (name, time.monotonic())
 
     def stop(self) -> None:
         """End the thread and wait for it."""

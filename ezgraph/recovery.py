@@ -74,22 +74,51 @@ def recover_dead_workers(context: Context, ended: RunEnded, report: Report | Non
     keys = context.keys
     workers = sorted(as_text(raw) or "" for raw in context.connection.smembers(keys.workers))
     beating = liveness.alive(context.connection, keys, workers)
+    silent = [name for name in workers if not beating[name]]
+    if len(silent) < len(workers):  # a worker seen alive again is no longer suspected
+        context.connection.delete(*(keys.suspect("worker", n) for n in workers if beating[n]))
+    # A worker is taken for dead once it has been silent for the grace, by Redis's clock: its
+    # heartbeat may have expired while Redis itself stood still (a stall), and it beats again
+    # within a second of Redis waking.
+    suspicions = [keys.suspect("worker", name) for name in silent]
     max_recoveries = context.tuning.max_recoveries
-    for name in (w for w in workers if not beating[w]):
+    for name, looked_dead in zip(silent, _looked_lost_for(context, suspicions), strict=True):
+        if looked_dead < context.tuning.grace:
+            report.suspected.append(name)
+            continue
         requeued, failed = context.runs.requeue_claims(name, max_recoveries)
         if requeued:
             logger.warning("worker %s is gone: requeued %d steps", name, len(requeued))
         report.requeued.extend(requeued)
-        for job_id in failed:
-            run_id = rq_compat.run_id_of_job(context.connection, job_id)
-            if run_id is None:
-                report.failed.append(job_id)  # no ezgraph step: RQ's failed registry has it
-                continue
-            step = job_id[len(run_id) + 1 :]
-            fail_lost_step(
-                context, run_id, step, job_id, name, died_message(max_recoveries), report, ended
-            )
+        _fail_given_back(context, name, failed, died_message(max_recoveries), report, ended)
     return report
+
+
+def give_back_claims(context: Context, worker: str, reason: str, ended: RunEnded) -> None:
+    """A worker about to end gives back what it claimed as a dead one would: each job counts
+    the death, and one past ``max_recoveries`` fails its step (and its run) for ``reason``."""
+    _, failed = context.runs.requeue_claims(worker, context.tuning.max_recoveries)
+    why = f"{reason}, {context.tuning.max_recoveries + 1} times"
+    _fail_given_back(context, worker, failed, why, Report(), ended)
+
+
+def _fail_given_back(
+    context: Context,
+    worker: str,
+    job_ids: list[str],
+    reason: str,
+    report: Report,
+    ended: RunEnded,
+) -> None:
+    """Fail the steps of jobs given back past their death bound (a job that is no ezgraph step
+    stays in RQ's failed registry)."""
+    for job_id in job_ids:
+        run_id = rq_compat.run_id_of_job(context.connection, job_id)
+        if run_id is None:
+            report.failed.append(job_id)
+            continue
+        step = job_id[len(run_id) + 1 :]
+        fail_lost_step(context, run_id, step, job_id, worker, reason, report, ended)
 
 
 class WatchedStep(NamedTuple):
@@ -115,7 +144,8 @@ def watch_runs(context: Context, ended: RunEnded, report: Report | None = None) 
     watched, workers = _read_jobs(context, waiting)
     lost = _lost(context, watched, workers)
     grace = context.tuning.grace
-    for step, looked_lost in zip(lost, _looked_lost_for(context, lost), strict=True):
+    suspicions = [context.keys.suspect(step.job_id, step.execution) for step in lost]
+    for step, looked_lost in zip(lost, _looked_lost_for(context, suspicions), strict=True):
         if looked_lost < grace:
             report.suspected.append(step.job_id)
         elif step.status == "started" and step.recovered >= context.tuning.max_recoveries:
@@ -236,19 +266,18 @@ def _listed(context: Context, workers: Sequence[str], steps: Sequence[WatchedSte
     return {job for (job, _), at in zip(lookups, positions, strict=True) if at is not None}
 
 
-def _looked_lost_for(context: Context, steps: Sequence[WatchedStep]) -> list[float]:
-    """Seconds each of ``steps`` (each execution of it) has looked lost, by Redis's clock: 0.0
-    when it looks lost for the first time now. One round trip for them all."""
-    if not steps:
+def _looked_lost_for(context: Context, suspicions: Sequence[str]) -> list[float]:
+    """Seconds each suspicion (a step's execution, a worker) has looked lost, by Redis's
+    clock: 0.0 when it looks lost for the first time now. One round trip for them all."""
+    if not suspicions:
         return []
     ttl = context.tuning.suspect_ttl_ms
     commands: list[tuple[object, ...]] = []
-    for step in steps:
-        key = context.keys.suspect(step.job_id, step.execution)
+    for key in suspicions:
         commands += [("SET", key, 1, "NX", "PX", ttl), ("PTTL", key)]
     replies = context.scripts.read_pipelined(commands)
     looked = []
-    for n in range(len(steps)):
+    for n in range(len(suspicions)):
         first, left = replies[2 * n], int(replies[2 * n + 1])
         looked.append(0.0 if first or left < 0 else (ttl - left) / 1000)
     return looked

@@ -111,7 +111,7 @@ class Tuning:
     beat_after: float = 0.5  # a stock worker's step beats once it has run this long
     # Recovery (the watchdog pass and the dead workers' reaper), once a second.
     grace: float = 2.0  # seconds a step may look lost before it is acted on
-    suspect_ttl_ms: int = 30_000  # how long a suspicion lasts (a step that looked lost)
+    suspect_ttl_ms: int = 5_000  # a suspicion (a step or worker that looked lost) lasts this
     max_recoveries: int = 3  # times a step whose process died runs again before its run fails
     watch_read_chunk: int = 50  # runs whose steps one watchdog read takes (a memory bound)
     watch_limit: int = 500  # live runs one watchdog pass looks at, oldest first
@@ -133,6 +133,8 @@ class Tuning:
     idle_mark: float = 3.0  # seconds an empty claim marks its queues idle (only then they wake)
     batch_wait: float = 0.1  # how long an idle worker with runs to write waits for work
     long_step: float = 0.05  # after a step this long (seconds), claim one job at a time
+    stuck_grace: float = 5.0  # a step this long past its timeout (it caught it) ends its worker
+    stop_grace: float = 10.0  # a worker told to stop ends its current step within this, or exits
     wake_list_max: int = 8  # wake-ups waiting in one queue's list at most
     max_join_input: int = 1_000  # outputs a claim reads for a join (more: the step reads them)
     # Jobs and runs.
@@ -140,6 +142,12 @@ class Tuning:
     canceled_ttl: int = 86_400  # seconds a canceled job stays in RQ's canceled registry
     failed_ttl: int = 31_536_000  # seconds a lost job stays in RQ's failed registry (RQ's)
     wait_recheck: float = 0.5  # GraphOrchestrator.wait reads the status this often
+    # Redis calls: a call that gets no answer in redis_timeout seconds is sent again (the same
+    # request, whose reply the scripts keep reply_ttl seconds), by a worker until it answers,
+    # by a client for client_patience seconds.
+    redis_timeout: float = 5.0
+    reply_ttl: int = 300
+    client_patience: float = 30.0
 
 
 TUNING = Tuning()

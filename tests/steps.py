@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -97,3 +99,32 @@ def ledger_or_die(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("doomed"):
         os.kill(os.getpid(), signal.SIGKILL)
     return {ctx.step: "ran"}
+
+
+def call_sys_exit(data: dict[str, Any]) -> dict[str, Any]:
+    """End the process the way a script would."""
+    sys.exit()
+
+
+def raise_system_exit(data: dict[str, Any]) -> dict[str, Any]:
+    """End the process with a status."""
+    raise SystemExit(3)
+
+
+def raise_keyboard_interrupt(data: dict[str, Any]) -> dict[str, Any]:
+    """Pretend Ctrl-C was pressed."""
+    raise KeyboardInterrupt
+
+
+def fork_and_return(data: dict[str, Any]) -> dict[str, Any]:
+    """Fork, and return in both processes (the child would go on as a worker)."""
+    child = os.fork()
+    return {"forked": child != 0, "pid": os.getpid()}
+
+
+def ignore_the_timeout(data: dict[str, Any]) -> dict[str, Any]:
+    """Run for ever, catching whatever is raised to stop it (the timeout included)."""
+    Redis.from_url(data["ledger_url"]).rpush(data["ledger_key"], str(os.getpid()))
+    while True:
+        with contextlib.suppress(BaseException):  # the point of this module
+            time.sleep(60)

@@ -31,7 +31,7 @@ def worker(state: CliState, nodes: tuple[str, ...], burst: bool) -> None:
     if unknown:
         raise UsageError(f"unknown node {unknown[0]!r} (graph nodes: {', '.join(graph.nodes)})")
     level = "INFO" if logging.getLogger().level <= logging.INFO else "WARNING"
-    serve(context, list(nodes) or None, burst=burst, log_level=level)
+    serve(context, list(nodes) or None, burst=burst, log_level=level, replace_when_stuck=True)
 
 
 @cli.command("init-db")

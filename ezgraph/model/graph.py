@@ -41,6 +41,8 @@ class Graph:
 
     ``functions`` maps each node to the dotted path of what it runs (``pkg.mod:func``).
     ``routes`` lists, for a node that declares them, the successors it may route to.
+    ``unavailable``: in a run's graph that is not this process's (:meth:`for_run`), the nodes
+    this process has no function for.
     """
 
     connections: Mapping[str, tuple[str, ...]]
@@ -48,6 +50,7 @@ class Graph:
     package: str = DEFAULT_PACKAGE
     routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    unavailable: frozenset[str] = frozenset()
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -158,11 +161,25 @@ class Graph:
         succ = {node: list(s) for node, s in self.connections.items()}
         return json.dumps({"succ": succ, "indeg": indegree}, separators=(",", ":"))
 
-    @property
-    def digest(self) -> str:
-        """A short fingerprint of the graph's shape and functions."""
+    @cached_property
+    def version(self) -> str:
+        """A short fingerprint of the graph's shape and functions: a run keeps the version it
+        started with, and finishes on that graph's shape."""
         text = json.dumps([self.connections, self.functions], sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    def for_run(self, shape: Mapping[str, Any]) -> Graph:
+        """The graph of a run that started on another version: its shape (``to_json``'s
+        ``succ``), with this graph's functions, routes and policies where it has the node."""
+        connections = {node: tuple(successors) for node, successors in shape["succ"].items()}
+        return Graph(
+            connections,
+            {node: self.functions.get(node, f"{self.package}.{node}") for node in connections},
+            self.package,
+            {node: r for node, r in self.routes.items() if node in connections},
+            {node: p for node, p in self.policies.items() if node in connections},
+            frozenset(node for node in connections if node not in self.connections),
+        )
 
     def resolve(self, node: str) -> StepFunction:
         """Import and return the callable that node ``node`` runs.
@@ -325,7 +342,7 @@ def _import_package(package: str) -> ModuleType:
                 " (set EZGRAPH_MODULES, or run from the folder that holds it)"
             ) from None
         raise GraphError(f"importing {package!r} failed: {error}") from error
-    except Exception as error:
+    except (Exception, SystemExit) as error:  # a package that ends the process as it loads
         raise GraphError(
             f"importing {package!r} failed: {type(error).__name__}: {error}"
         ) from error
@@ -368,7 +385,7 @@ def _import_module(node: str, name: str, fallback: str | None) -> ModuleType:
         if fallback is not None and importlib.util.find_spec(fallback) is not None:
             return _import_module(node, fallback, None)
         raise GraphError(f"node {node!r} has no module: {name} not found") from None
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         raise GraphError(
             f"node {node!r}: importing {name} failed: {type(error).__name__}: {error}"
         ) from error

@@ -35,6 +35,7 @@ class StepJob:
     index: int | None = None
     item: Any = None
     item_key: str = "item"
+    graph_version: str | None = None  # the version of the graph its run started on
 
     @property
     def step(self) -> str:
@@ -49,6 +50,8 @@ class StepJob:
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments ``run_step`` is called with (pickled into the job)."""
         kwargs: dict[str, Any] = {"run_id": self.run_id, "node": self.node, "package": self.package}
+        if self.graph_version is not None:
+            kwargs["version"] = self.graph_version
         if self.reads_join_input:
             kwargs["join"] = True
         else:
@@ -70,4 +73,5 @@ class StepJob:
             index=kwargs.get("index"),
             item=kwargs.get("item"),
             item_key=kwargs.get("item_key", kwargs.get("key", "item")),
+            graph_version=kwargs.get("version"),
         )

@@ -3,8 +3,7 @@
 This module alone knows the order of the values a script reads from ARGV and writes in its
 reply. Each record is a NamedTuple whose field order is that order; the scripts read the
 records by name through ``FIELDS``, which :func:`lua_header` generates from these classes and
-prepends to every script. Every script's ARGV starts with the same head: ezgraph's key prefix,
-RQ's, and the time (RQ's ISO format and epoch seconds).
+prepends to every script. Every script's ARGV starts with the same :class:`Head`.
 """
 
 from __future__ import annotations
@@ -31,6 +30,19 @@ SCRIPTS = (
 )
 
 
+class Head(NamedTuple):
+    """What every call starts with: the key prefixes, the time, and who asks. A call sent
+    again with the same caller and request (after a client timeout) gets the first call's
+    reply from the scripts that change state, instead of running again."""
+
+    prefix: str
+    rq_prefix: str
+    now_iso: str  # RQ's date format
+    now: str  # epoch seconds
+    caller: str  # a thread of a process: its last reply is kept
+    request: str  # this call, unique for its caller
+
+
 class Submission(NamedTuple):
     """A new run (``submit_run``); followed by the start step's planned job."""
 
@@ -40,6 +52,7 @@ class Submission(NamedTuple):
     graph: str  # the graph's shape as JSON (Graph.to_json)
     input: str  # the payload as JSON
     joins: str  # JSON {join: arrivals expected}, for joins this start cannot fully reach
+    version: str  # the graph's version (Graph.version)
 
 
 class JobHead(NamedTuple):
@@ -182,6 +195,7 @@ class JoinInputRequest(NamedTuple):
 
 
 RECORDS: dict[str, type[tuple[Any, ...]]] = {
+    "head": Head,
     "submission": Submission,
     "job": JobHead,
     "completion": Completion,
@@ -195,7 +209,7 @@ RECORDS: dict[str, type[tuple[Any, ...]]] = {
     "resume": Resume,
     "join_input_request": JoinInputRequest,
 }
-LUA_TUNING = ("wake_list_max", "canceled_ttl", "failed_ttl")  # what the scripts read of Tuning
+LUA_TUNING = ("wake_list_max", "canceled_ttl", "failed_ttl", "reply_ttl")  # what Lua reads
 
 # ezgraph's own fields in an RQ job's hash (RQ and stock workers ignore them).
 JOIN_INPUT_FIELD = "ezgraph_join_input"  # a join's job: what to read for its input (JSON)
@@ -254,13 +268,14 @@ def finish_and_claim_argv(
     return argv
 
 
-Status = Literal["ok", "duplicate", "gone", "refused"]
+Status = Literal["ok", "duplicate", "gone", "refused", "lost"]
 
 
 class Outcome(NamedTuple):
     """What recording a step's end (or a cancel) did: ``ok``, ``duplicate`` (recorded
-    before), ``gone`` (no such run) or ``refused`` (a cancel of a run that had ended or
-    stopped otherwise), and whether this call ended the run."""
+    before), ``gone`` (no such run), ``refused`` (a cancel of a run that had ended or stopped
+    otherwise) or ``lost`` (a job its worker no longer held: another worker took it over), and
+    whether this call ended the run."""
 
     status: Status
     run_ended: bool

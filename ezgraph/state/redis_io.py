@@ -6,9 +6,11 @@ Each script is ``protocol.lua_header()`` + ``lua/lib/prelude.lua`` + ``lua/lib/r
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -17,14 +19,16 @@ import hiredis
 from redis import Redis
 from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..rq_compat import RQ_PREFIX, utcnow_iso
 from ..settings import Tuning
-from .protocol import SCRIPTS, lua_header
+from .protocol import SCRIPTS, Head, lua_header
 
 LIBRARIES = ("prelude", "rq", "run")
+
+logger = logging.getLogger(__name__)
 
 
 def script_sources(tuning: Tuning) -> dict[str, str]:
@@ -39,33 +43,69 @@ _sources: dict[Tuning, dict[str, str]] = {}
 
 
 class ScriptRunner:
-    """Calls ezgraph's scripts and pipelined reads, on one connection per thread."""
+    """Calls ezgraph's scripts and pipelined reads, on one connection per thread.
+
+    Every call carries this thread's caller id and a request number: a call that times out, or
+    whose connection drops, is sent again as the same request, and the scripts that change state
+    answer it with the first call's reply if Redis ran that one (it may have, and ran the
+    resend after it). So a stalled Redis delays calls and never doubles them.
+    """
 
     def __init__(self, connection: Redis, prefix: str, tuning: Tuning) -> None:
         self.connection = connection
         self.prefix = prefix
+        self.tuning = tuning
         sources = _sources.get(tuning)
         if sources is None:
             sources = _sources[tuning] = script_sources(tuning)
+        self._sources = sources
         self._scripts: dict[str, Script] = {
             name: connection.register_script(source) for name, source in sources.items()
         }
-        self._local = threading.local()  # this thread's connection
+        self._local = threading.local()  # this thread's connection, caller id and requests
 
-    def call(self, name: str, *args: Any) -> Any:
-        """Run script ``name`` with the head (prefixes, now) and ``args``.
+    def call(
+        self, name: str, *args: Any, patience: float = 0.0, until: threading.Event | None = None
+    ) -> Any:
+        """Run script ``name`` with the head and ``args``; a call Redis does not answer (a
+        timeout, a dropped connection, or no memory left) is sent again for ``patience``
+        seconds (or until ``until`` is set), then its error raised."""
+        local = self._local
+        if not hasattr(local, "caller"):
+            local.caller, local.requests = f"{os.getpid()}-{uuid.uuid4().hex[:12]}", 0
+        local.requests += 1
+        head = Head(
+            self.prefix,
+            RQ_PREFIX,
+            utcnow_iso(),
+            repr(time.time()),
+            local.caller,
+            str(local.requests),
+        )
+        argv = [*head, *args]
+        deadline = time.monotonic() + patience
+        delay = 0.05
+        while True:
+            try:
+                return self._evalsha(name, argv)
+            except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as error:
+                if isinstance(error, ResponseError) and not str(error).startswith("OOM"):
+                    raise
+                if time.monotonic() + delay > deadline or (until is not None and until.is_set()):
+                    raise
+                logger.warning("Redis did not answer %s (%s); sending it again", name, error)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
-        Re-running a script after a lost reply is safe, as with redis-py's own retries: each
-        records an outcome once (``duplicate`` after).
-        """
-        argv = [self.prefix, RQ_PREFIX, utcnow_iso(), repr(time.time()), *args]
+    def _evalsha(self, name: str, argv: list[Any]) -> Any:
+        """One EVALSHA; the script is loaded first when Redis does not have it (a restart, or
+        SCRIPT FLUSH)."""
         script = self._scripts[name]
         try:
             return self._raw([("EVALSHA", script.sha, 0, *argv)])[0]
-        except (NoScriptError, RedisConnectionError, RedisTimeoutError):
-            # Unusual (the script not loaded after a restart or SCRIPT FLUSH, a connection
-            # that failed): redis-py loads the script and retries.
-            return script(args=argv)
+        except NoScriptError:
+            self._raw([("SCRIPT", "LOAD", self._sources[name])])
+            return self._raw([("EVALSHA", script.sha, 0, *argv)])[0]
 
     def read_pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Raw replies of ``commands`` in one round trip. On any error redis-py's pipeline,
@@ -106,5 +146,8 @@ class ScriptRunner:
         connection = getattr(self._local, "connection", None)
         if connection is None or connection.pid != os.getpid():
             connection = self.connection.connection_pool.get_connection()
+            # Its own timeout: a call Redis does not answer is sent again (see call()).
+            connection.socket_timeout = self.tuning.redis_timeout
+            connection.disconnect()  # type: ignore[no-untyped-call]  # reconnects with it
             self._local.connection = connection
         return connection

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,47 +59,55 @@ class LiveRun:
 class RedisRuns:
     """The Redis side of runs (the SQL side is :class:`~ezgraph.state.sql.Store`)."""
 
-    def __init__(self, connection: Redis, keys: Keys, scripts: ScriptRunner) -> None:
+    def __init__(
+        self, connection: Redis, keys: Keys, scripts: ScriptRunner, patience: float
+    ) -> None:
         self.connection = connection
         self.keys = keys
         self.scripts = scripts
+        self.patience = patience  # how long a change waits for a Redis that does not answer
 
     # -- changes (one script each) -----------------------------------------------------------
 
     def submit(self, submission: Submission, job: PlannedJob) -> bool:
         """Create the run and its first step; False when the run id is taken."""
-        return bool(self.scripts.call("submit_run", *submission, *jobs_argv([job])))
+        reply = self.scripts.call(
+            "submit_run", *submission, *jobs_argv([job]), patience=self.patience
+        )
+        return bool(reply)
 
     def complete(self, request: CompletionRequest) -> Outcome:
         """Record a step that succeeded and create its ready successors, atomically."""
-        return Outcome.parse(self.scripts.call("complete_step", *request.argv()))
+        reply = self.scripts.call("complete_step", *request.argv(), patience=self.patience)
+        return Outcome.parse(reply)
 
     def fail_step(self, failure: Failure) -> Outcome:
         """Record a step that failed for good, and stop its run."""
-        return Outcome.parse(self.scripts.call("fail_step", *failure))
+        return Outcome.parse(self.scripts.call("fail_step", *failure, patience=self.patience))
 
     def cancel(self, run_id: str, error: str) -> Outcome:
         """Stop a run as canceled; its waiting steps are canceled in RQ."""
-        return Outcome.parse(self.scripts.call("cancel_run", *Cancel(run_id, error)))
+        reply = self.scripts.call("cancel_run", *Cancel(run_id, error), patience=self.patience)
+        return Outcome.parse(reply)
 
     def finish_and_claim(
         self,
         claim: Claim,
         queues: Sequence[str],
         finished: Sequence[tuple[Finished, CompletionRequest | None]],
+        until: threading.Event | None = None,
     ) -> tuple[list[Outcome | None], list[Claimed]]:
         """An ezgraph worker's one call: finish the jobs it ran (recording their steps) and
-        claim the next ones of ``queues``."""
-        reply = self.scripts.call(
-            "finish_and_claim", *finish_and_claim_argv(claim, queues, finished)
-        )
+        claim the next ones of ``queues``; sent again until Redis answers (or ``until``)."""
+        argv = finish_and_claim_argv(claim, queues, finished)
+        reply = self.scripts.call("finish_and_claim", *argv, patience=math.inf, until=until)
         return parse_finish_and_claim(reply)
 
     def requeue_claims(self, worker: str, max_deaths: int | None) -> tuple[list[str], list[str]]:
         """Give back a worker's claimed jobs; returns the job ids requeued, and those failed
         (held by more than ``max_deaths`` dead workers; None: a live worker's own, uncounted)."""
         request = RequeueClaims(worker, "" if max_deaths is None else max_deaths)
-        requeued, failed = self.scripts.call("requeue_claims", *request)
+        requeued, failed = self.scripts.call("requeue_claims", *request, patience=self.patience)
         return [as_text(i) or "" for i in requeued], [as_text(i) or "" for i in failed]
 
     def requeue_step(self, run_id: str, job_id: str, queue: str, expected: str) -> bool:
@@ -111,7 +121,9 @@ class RedisRuns:
 
     def resume(self, run_id: str) -> Resumed:
         """Set a failed run running again and requeue the jobs of its steps to run again."""
-        return Resumed.parse(self.scripts.call("resume_run", *Resume(run_id)))
+        return Resumed.parse(
+            self.scripts.call("resume_run", *Resume(run_id), patience=self.patience)
+        )
 
     def mark_saved(self, written: Sequence[tuple[str, str]], ttl: int) -> None:
         """Runs are in SQL: drop them from the unsaved set and let their keys expire, unless a

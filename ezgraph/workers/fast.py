@@ -16,7 +16,9 @@ its queues that are no ezgraph step run the stock way.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -29,7 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.queue import Queue
 from rq.worker import SimpleWorker, WorkerStatus
 
-from .. import completion, rq_compat
+from .. import completion, recovery, rq_compat
 from ..context import Context
 from ..handover import RunWriter
 from ..liveness import Heartbeat
@@ -64,6 +66,7 @@ class FastWorker(SimpleWorker):
         *args: Any,
         context: Context | None = None,
         claim_batch: int | None = None,
+        replace_when_stuck: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(queues, *args, **kwargs)
@@ -77,6 +80,12 @@ class FastWorker(SimpleWorker):
         self._pending: list[PendingFinish] = []
         self._calls = 0
         self._execution_prefix = uuid.uuid4().hex[:12]
+        self._last_contact = time.monotonic()  # when Redis last answered a claim
+        self._running: tuple[ClaimedJob, float] | None = None  # the step running, since when
+        self._stop_by: float | None = None  # when a worker told to stop must have stopped
+        # A step that caught its timeout and goes on: exec this worker again (its command
+        # line) or, run under another's command (rq worker -w), exit for its supervisor.
+        self.replace_when_stuck = replace_when_stuck
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -99,6 +108,7 @@ class FastWorker(SimpleWorker):
             lambda: self.name,
             tick=self.tuning.beat_every,
             extra=self._beat_extra,
+            after_beat=self._watch_itself,
         )
         heartbeat.beat(self.name)  # alive, and in the workers set, from the start
         heartbeat.start()
@@ -129,6 +139,8 @@ class FastWorker(SimpleWorker):
         worked = False
         while True:
             try:
+                if claimed and time.monotonic() - self._last_contact > self.tuning.beat_ttl:
+                    claimed = self._still_held(claimed)  # this worker may have been taken for dead
                 if claimed:
                     worked = True
                     began = time.monotonic()
@@ -160,8 +172,7 @@ class FastWorker(SimpleWorker):
                     return worked
                 self.connection.blpop(wake_lists, timeout=self.tuning.idle_wait)
             except (RedisConnectionError, RedisTimeoutError) as error:
-                self._pending, claimed = [], []
-                self._recover_from_outage(error)
+                self._wait_for_redis(error)
 
     def _finish_and_claim(self, queues: Sequence[str], batch: int) -> list[ClaimedJob]:
         """Finish (and record) the steps run since the last call, and claim up to ``batch``
@@ -178,10 +189,18 @@ class FastWorker(SimpleWorker):
             max_join_input=self.tuning.max_join_input,
         )
         outcomes, claimed = self.context.runs.finish_and_claim(
-            claim, queues, [(p.finished, p.request) for p in pending]
+            claim, queues, [(p.finished, p.request) for p in pending], until=self._stop
         )
+        self._last_contact = time.monotonic()
         for done, outcome in zip(pending, outcomes, strict=True):
-            if outcome is not None:
+            if outcome is not None and outcome.status == "lost":
+                logger.warning(
+                    "worker %s: step %s was taken over while this worker was silent;"
+                    " its end here is dropped",
+                    self.name,
+                    done.job.id,
+                )
+            elif outcome is not None:
                 completion.settle(self.context, done.request, outcome, self.writer.ended)
             self.steps_done += 1
         timeout = self.context.settings.job_timeout
@@ -208,10 +227,12 @@ class FastWorker(SimpleWorker):
         try:
             if job.timeout > 0:
                 signal.setitimer(signal.ITIMER_REAL, job.timeout)
+            self._running = (job, time.monotonic())
             try:
                 request = step.call()
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
+                self._running = None
         except Exception as error:
             if self._pending:  # record the steps that succeeded before this one, in order
                 self._finish_and_claim([], 0)
@@ -236,12 +257,10 @@ class FastWorker(SimpleWorker):
         self.connection.lrem(self.context.keys.claimed(self.name), 1, job.id)
         self._held = [held for held in self._held if held.id != job.id]
 
-    def _recover_from_outage(self, error: Exception) -> None:
-        """Redis went away mid-call: wait for it, then give back every claim and start over.
-
-        The lost call may or may not have run, so the steps it finished run again (each
-        completion is recorded once) and whatever it may have claimed goes back to its queue.
-        """
+    def _wait_for_redis(self, error: Exception) -> None:
+        """Redis went away outside a claim (a claim waits for it itself): wait for it. What
+        this worker claimed stays claimed; if another worker took it over meanwhile, the claim
+        call drops its end (``lost``)."""
         logger.warning("worker %s: Redis unreachable (%s), waiting for it", self.name, error)
         delay = 0.1
         while not self._stop.is_set():
@@ -253,12 +272,24 @@ class FastWorker(SimpleWorker):
                 delay = min(delay * 2, 2.0)
         else:
             return
-        self._held = []
-        self.context.runs.requeue_claims(self.name, None)
         if not self.connection.exists(self.key):  # a restart without persistence lost it
             self.register_birth()  # type: ignore[no-untyped-call]
-        self.set_state(WorkerStatus.IDLE)  # its claims are given back: nothing is running
+            self.set_state(WorkerStatus.IDLE)
         logger.warning("worker %s: Redis is back", self.name)
+
+    def _still_held(self, claimed: list[ClaimedJob]) -> list[ClaimedJob]:
+        """The claimed jobs this worker still holds, after a silence long enough for others to
+        take it for dead and give its claims back (a pause, a stalled Redis)."""
+        held = set(self.connection.lrange(self.context.keys.claimed(self.name), 0, -1))
+        kept = [job for job in claimed if job.id.encode() in held]
+        if len(kept) < len(claimed):
+            logger.warning(
+                "worker %s: %d claimed steps were taken over while it was silent",
+                self.name,
+                len(claimed) - len(kept),
+            )
+        self._held = [job for job in self._held if job.id.encode() in held]
+        return kept
 
     def _claim_ttl(self) -> int:
         # A claimed job's execution must outlive its step, else `rq info` (which cleans the
@@ -271,9 +302,42 @@ class FastWorker(SimpleWorker):
         pipe.sadd(self.context.keys.workers, self.name)
         rq_compat.beat_worker(pipe, self, list(self._held), self._claim_ttl())
 
+    def _watch_itself(self) -> None:
+        """After each heartbeat: a step that caught its timeout and runs on, or a stop that
+        its current step delays past the grace, ends this process (its claims given back)."""
+        now, running = time.monotonic(), self._running
+        if running is not None and running[0].timeout > 0:
+            job, since = running
+            if now - since > job.timeout + self.tuning.stuck_grace:
+                self._end_stuck(job)
+        if self._stop_by is not None and now > self._stop_by:
+            logger.warning("worker %s: its step did not end within the stop grace", self.name)
+            self._exit_now()
+
+    def _end_stuck(self, job: ClaimedJob) -> None:
+        """A step ran past its timeout and did not stop: give its claims back as a dead worker
+        would (each counting a death, so a step that keeps doing it fails), then replace this
+        worker, or exit."""
+        reason = f"ran past its timeout of {job.timeout} s and did not stop"
+        logger.error("worker %s: step %s %s; the worker replaces itself", self.name, job.id, reason)
+        recovery.give_back_claims(self.context, self.name, reason, self.writer.write_now)
+        self.register_death()  # type: ignore[no-untyped-call]
+        if self.replace_when_stuck and not self._stop.is_set():
+            os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+        os._exit(0 if self._stop.is_set() else 70)
+
+    def _exit_now(self) -> None:
+        """Stop at once: give back every claim (run again elsewhere) and exit."""
+        self.context.runs.requeue_claims(self.name, None)
+        self.register_death()  # type: ignore[no-untyped-call]
+        os._exit(0)
+
     def _install_stop_handlers(self) -> None:
         def request_stop(signum: int, _frame: Any) -> None:
+            if self._stop.is_set():  # asked twice: stop now
+                self._exit_now()
             logger.info("worker %s: stopping after the current step", self.name)
+            self._stop_by = time.monotonic() + self.tuning.stop_grace
             self._stop.set()
 
         if threading.current_thread() is threading.main_thread():
@@ -288,6 +352,7 @@ def serve(
     log_level: str = "INFO",
     with_scheduler: bool = True,
     claim_batch: int | None = None,
+    replace_when_stuck: bool = False,
 ) -> bool:
     """Run an ezgraph worker on ``nodes``, in that order of priority (default: every node of
     the graph, sink first: later steps of runs under way before the first steps of new runs).
@@ -295,7 +360,11 @@ def serve(
     graph = context.graph()
     queues = [Queue(node, connection=context.connection) for node in (nodes or graph.sink_first())]
     worker = FastWorker(
-        queues, connection=context.connection, context=context, claim_batch=claim_batch
+        queues,
+        connection=context.connection,
+        context=context,
+        claim_batch=claim_batch,
+        replace_when_stuck=replace_when_stuck,
     )
     return worker.work(burst=burst, logging_level=log_level, with_scheduler=with_scheduler)
 

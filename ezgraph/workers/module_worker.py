@@ -70,4 +70,4 @@ class ModuleWorker:
                 " (pass its name: super().__init__('node'))"
             )
         context.override(node, self.process)
-        return serve(context, [node], burst=burst)
+        return serve(context, [node], burst=burst, replace_when_stuck=True)

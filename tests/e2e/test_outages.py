@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from ezgraph.context import Context
 from ezgraph.errors import ConnectionFailed
 from ezgraph.settings import Settings
 
-from ..conftest import ROOT, subprocess_env, wait_for
+from ..conftest import ROOT, free_port, subprocess_env, wait_for
 
 
 def start_worker(settings: Settings) -> subprocess.Popen[str]:
@@ -68,60 +67,12 @@ def test_runs_ended_while_the_database_is_down_are_written_once_when_it_returns(
     assert steps == 5 * 4
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    """A private Redis-compatible server with appendonly, that the test may stop and restart."""
-    port = free_port()
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [
-                str(get_binary_path()),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(tmp_path),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(proc)
-        wait_for(lambda: _answers(port), 10, "the private server")
-        return proc
-
-    start.port = port  # type: ignore[attr-defined]
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def _answers(port: int) -> bool:
-    try:
-        return bool(Redis(port=port, socket_timeout=0.5).ping())
-    except Exception:
-        return False
-
-
 @pytest.mark.slow
 def test_runs_in_flight_complete_after_a_redis_restart_with_appendonly(
-    private_redis: Callable[[], subprocess.Popen[bytes]], sqlite_url: str
+    private_redis: Callable[[], subprocess.Popen[bytes]],
+    sqlite_url: str,
+    redis_url: str,
+    redis_conn: Redis,
 ) -> None:
     server = private_redis()
     url = f"redis://127.0.0.1:{private_redis.port}/0"  # type: ignore[attr-defined]
@@ -130,13 +81,15 @@ def test_runs_in_flight_complete_after_a_redis_restart_with_appendonly(
     )
     context = Context(settings)
     orchestrator = GraphOrchestrator(context=context)
+    # The steps' ledger is on another Redis: a module that talks to the Redis that crashes
+    # fails (that is the module's failure, and fails its run).
     run_ids = [
-        orchestrator.submit("a", ledger_url=url, ledger_key="test:ledger", sleep=0.2)
+        orchestrator.submit("a", ledger_url=redis_url, ledger_key="test:ledger", sleep=0.2)
         for _ in range(6)
     ]
     worker = start_worker(settings)
     try:
-        wait_for(lambda: context.connection.llen("test:ledger") >= 3, 30, "steps to run")
+        wait_for(lambda: redis_conn.llen("test:ledger") >= 3, 30, "steps to run")
         server.send_signal(signal.SIGKILL)  # a crash, not a clean shutdown
         server.wait()
         time.sleep(1)

@@ -3,6 +3,8 @@
 -- or waiting in RQ's scheduled registry for a retry. Calling it again ends those stopped since.
 -- ARGV: the head, a cancel (FIELDS.cancel). Returns {outcome, run ended (0/1)}: ok, gone (no
 -- run) or refused (the run has ended, or stopped otherwise than canceled).
+local kept = recall()
+if kept then return kept end
 local request = read_record(FIELDS.cancel, FIRST)
 run.bind(request.run_id)
 if redis.call('EXISTS', run.key) == 0 then return {'gone', 0} end
@@ -26,4 +28,4 @@ for n = 1, #jobs, 2 do
     end
   end
 end
-return {'ok', run.end_if_idle()}
+return remember({'ok', run.end_if_idle()})

@@ -5,7 +5,10 @@
 -- count, and per job FIELDS.finished, followed by its completion (as complete_step reads it)
 -- when it is an ezgraph step.
 -- Returns {{outcome per finished job}, claimed jobs...}, each claimed job FIELDS.claimed
--- (its join_input: what run.read_join_input read for a join's job, else false).
+-- (its join_input: what run.read_join_input read for a join's job, else false); an outcome is
+-- 'lost' for a job this worker no longer held. Sent again after a timeout, the first reply.
+local kept = recall()
+if kept then return kept end
 local claim, i = read_record(FIELDS.claim, FIRST)
 local queues
 queues, i = read_list(i)
@@ -15,23 +18,28 @@ local outcomes = {}
 wake.hold()
 
 local finished = tonumber(ARGV[i]); i = i + 1
+local succeeded = 0
 for _ = 1, finished do
   local job
   job, i = read_record(FIELDS.finished, i)
-  rq.finish_job(job.job_id, job.queue, worker, job.execution, job.execution_started,
-    tonumber(job.result_ttl), job.return_value)
-  redis.call('LREM', claimed_key, 1, job.job_id)
+  local c
   if job.completion == '1' then
-    local c
     c, i = read_record(FIELDS.completion, i)
     c.jobs, i = run.read_jobs(i)
     c.walk, i = run.read_walk(i)
-    table.insert(outcomes, run.complete(c))
+  end
+  -- A job this worker no longer holds (it was taken for dead, paused past its heartbeat, and
+  -- its claims given back) is another worker's now: its end is dropped, not recorded twice.
+  if redis.call('LREM', claimed_key, 1, job.job_id) == 0 then
+    table.insert(outcomes, {'lost', 0})
   else
-    table.insert(outcomes, {})
+    rq.finish_job(job.job_id, job.queue, worker, job.execution, job.execution_started,
+      tonumber(job.result_ttl), job.return_value)
+    succeeded = succeeded + 1
+    table.insert(outcomes, c and run.complete(c) or {})
   end
 end
-if finished > 0 then rq.worker_succeeded(worker, finished) end
+if succeeded > 0 then rq.worker_succeeded(worker, succeeded) end
 
 -- Claim: a job that a dead worker held (its JOB_FIELD.deaths count, see requeue_claims.lua) is
 -- claimed alone, so that a later death counts against the one job that may cause it.
@@ -75,4 +83,4 @@ if count == 0 then
   end
   if finished > 0 then rq.worker_idle(worker) end
 end
-return reply
+return remember(reply)

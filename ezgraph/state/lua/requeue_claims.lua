@@ -5,6 +5,8 @@
 -- ARGV: the head, FIELDS.requeue_claims (max_deaths '' for a live worker giving back its own
 -- claims as it stops or after an outage: nothing is counted).
 -- Returns {requeued job ids, failed job ids}.
+local kept = recall()
+if kept then return kept end
 local request = read_record(FIELDS.requeue_claims, FIRST)
 local max_deaths = tonumber(request.max_deaths)
 local claimed_key = key.claimed(request.worker)
@@ -30,4 +32,4 @@ while id do
 end
 redis.call('SREM', key.workers, request.worker)
 rq.remove_worker(request.worker)
-return {requeued, failed}
+return remember({requeued, failed})

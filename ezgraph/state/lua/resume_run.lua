@@ -6,6 +6,8 @@
 -- ARGV: the head, FIELDS.resume. Returns {'ok', requeued steps...}, or why nothing changed:
 -- {'gone'}, {'status', run status}, {'running'} (steps still running), {'job', step, job
 -- status or 'expired'}, {'empty'}.
+local kept = recall()
+if kept then return kept end
 local request = read_record(FIELDS.resume, FIRST)
 run.bind(request.run_id)
 if redis.call('EXISTS', run.key) == 0 then return {'gone'} end
@@ -55,4 +57,4 @@ for _, s in ipairs(again) do
   redis.call('HINCRBY', run.key, 'pending', 1)
   table.insert(reply, s.step)
 end
-return reply
+return remember(reply)

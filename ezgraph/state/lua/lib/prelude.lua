@@ -1,8 +1,16 @@
 -- The prelude of every script: the request's head, ezgraph's key names, the wake-ups of idle
 -- ezgraph workers, and readers of the records state/protocol.py writes. FIELDS (each record's
 -- field names, in order) and TUNING are prepended from protocol.py, which alone knows that order.
-local PREFIX, RQ_PREFIX, NOW_ISO, NOW = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local FIRST = 5  -- where a script's own arguments start
+
+-- One record of `fields` read from ARGV at position i, by name; returns it and the next position.
+local function read_record(fields, i)
+  local record = {}
+  for n, name in ipairs(fields) do record[name] = ARGV[i + n - 1] end
+  return record, i + #fields
+end
+
+local HEAD, FIRST = read_record(FIELDS.head, 1)  -- FIRST: where a script's own arguments start
+local PREFIX, RQ_PREFIX, NOW_ISO, NOW = HEAD.prefix, HEAD.rq_prefix, HEAD.now_iso, tonumber(HEAD.now)
 
 -- ezgraph's keys (mirrored by ezgraph/state/keys.py; a test checks they agree).
 local key = {}
@@ -16,16 +24,10 @@ function key.alive(worker) return PREFIX .. ':alive:' .. worker end
 function key.claimed(worker) return PREFIX .. ':claimed:' .. worker end
 function key.idle(queue) return PREFIX .. ':idle:' .. queue end
 function key.wake(queue) return PREFIX .. ':wake:' .. queue end
+function key.reply(caller) return PREFIX .. ':reply:' .. caller end
 key.live_runs = PREFIX .. ':runs:live'
 key.unsaved_runs = PREFIX .. ':runs:unsaved'
 key.workers = PREFIX .. ':workers'
-
--- One record of `fields` read from ARGV at position i, by name; returns it and the next position.
-local function read_record(fields, i)
-  local record = {}
-  for n, name in ipairs(fields) do record[name] = ARGV[i + n - 1] end
-  return record, i + #fields
-end
 
 -- A list of strings written as its length then its items; returns it and the next position.
 local function read_list(i)
@@ -65,4 +67,22 @@ function wake.release()
   local queues = wake.held or {}
   wake.held = nil
   for queue in pairs(queues) do wake.now(queue, true) end
+end
+
+-- A call sent again after a client timeout (the same caller and request: Redis may have run the
+-- first one) gets the first call's reply instead of running again. Each caller (a thread of a
+-- process) keeps its last reply that changed something, for TUNING.reply_ttl seconds. A script
+-- that changes state starts with `local kept = recall(); if kept then return kept end`, and
+-- returns `remember(reply)` where it changed something (a refusal may simply run again).
+local function recall()
+  local kept = redis.call('GET', key.reply(HEAD.caller))
+  if kept and string.sub(kept, 1, #HEAD.request + 1) == HEAD.request .. ' ' then
+    return cmsgpack.unpack(string.sub(kept, #HEAD.request + 2))
+  end
+  return nil
+end
+local function remember(reply)
+  redis.call('SET', key.reply(HEAD.caller), HEAD.request .. ' ' .. cmsgpack.pack(reply),
+    'EX', TUNING.reply_ttl)
+  return reply
 end
