@@ -81,6 +81,26 @@ def create_app(context: Context, options: DashboardOptions | None = None) -> Fla
     return app
 
 
+def create_metrics_app(context: Context, options: DashboardOptions | None = None) -> Flask:
+    """A Flask app serving only ``/metrics`` and ``/healthz`` (``ezgraph metrics``), behind the
+    same auth as the dashboard."""
+    options = options or DashboardOptions()
+    app = Flask(__name__)
+    registry = registry_for(context, _nodes(context))
+    app.before_request(_guard(DashboardOptions(True, options.username, options.password)))
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        context.connection.ping()
+        return Response("ok\n", content_type="text/plain")
+
+    return app
+
+
 def _nodes(context: Context) -> tuple[str, ...]:
     """The configured graph's nodes (none when its package cannot be imported here)."""
     try:
