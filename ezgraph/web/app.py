@@ -7,7 +7,8 @@
 
 Protection, for the whole app (rq-dashboard's pages too):
 
-- HTTP basic auth when a username and password are given (compared in constant time);
+- HTTP basic auth when a username and password are given (compared in constant time), on
+  every path but ``/healthz`` (it says only "ok", for container healthchecks);
 - read-only: every method but GET/HEAD/OPTIONS is refused (rq-dashboard's requeue and
   delete included);
 - cross-site requests: a POST whose ``Origin`` (or, lacking one, ``Referer``) names another
@@ -113,6 +114,8 @@ def _guard(options: DashboardOptions) -> views.Hook:
     """The check every request passes first: auth, read-only, cross-site POSTs, CSRF."""
 
     def guard() -> Response | None:
+        if request.path == "/healthz":  # says only "ok": container healthchecks need no auth
+            return None
         if options.username is not None and not _authorized(options):
             return Response(
                 "ezgraph dashboard: log in\n",

@@ -177,8 +177,9 @@ def test_basic_auth_guards_every_page_and_rq_dashboard_is_mounted(
 ) -> None:
     context = make_context("tests.graphs.chain")
     client = client_for(context, username="ops", password="s3cret")
-    for path in ("/runs", "/metrics", "/rq/", "/healthz"):
+    for path in ("/runs", "/metrics", "/rq/", "/runs/x.json"):
         assert client.get(path).status_code == 401, path
+    assert client.get("/healthz").status_code == 200  # healthchecks need no password
     wrong = {"Authorization": "Basic b3BzOndyb25n"}  # ops:wrong
     assert client.get("/runs", headers=wrong).status_code == 401
     right = {"Authorization": "Basic b3BzOnMzY3JldA=="}  # ops:s3cret
