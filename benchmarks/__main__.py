@@ -6,6 +6,7 @@ against the same Redis, in one run.
     python -m benchmarks --scaling    # also ezgraph-fast on chain2 with 1, 2 and 4 workers
     python -m benchmarks --systems plain-rq ezgraph-stock --graphs chain2 --reps 15
                                       # one comparison, with enough repetitions to see past noise
+    python -m benchmarks --dashboard  # only the dashboard's pages over 100,000 runs in SQL
 
 Graphs: chain2 (a -> b), chain5, fanin (1 -> 8 -> 1). It prints steps/s, runs/s, the ratio to
 plain RQ in the same run, Redis commands per step, worker and Redis CPU per step, worker RSS,
@@ -17,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from collections.abc import Sequence
 
+from . import dashboard
 from .baselines import CeleryChain, PlainRQ
 from .ezgraph_systems import Ezgraph
 from .harness import (
@@ -112,7 +115,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="systems to measure (default: all; ratios need plain-rq)",
     )
     parser.add_argument("--no-celery", action="store_true", help="leave Celery out")
+    parser.add_argument(
+        "--dashboard", action="store_true", help="only time the dashboard's pages (see below)"
+    )
+    parser.add_argument("--dashboard-runs", type=int, default=100_000, help="runs put in SQL")
+    parser.add_argument("--dashboard-reps", type=int, default=20, help="requests per page")
+    parser.add_argument("--dashboard-db", help="database URL (default: a fresh SQLite file)")
     args = parser.parse_args(argv)
+    if args.dashboard:
+        redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+        lines = dashboard.measure(
+            redis_url, args.dashboard_runs, args.dashboard_reps, args.dashboard_db
+        )
+        print("\n".join(lines))
+        return 0
     if args.quick:
         args.runs, args.reps, args.latency_n = 100, 1, 30
 

@@ -44,3 +44,7 @@ class ConnectionFailed(EzgraphError):
 
 class EmbeddedServerError(ConnectionFailed):
     """Raised when the embedded Redis-compatible server cannot be started."""
+
+
+class RenderError(EzgraphError):
+    """Raised when a graph cannot be drawn as an image (Graphviz missing or failing)."""

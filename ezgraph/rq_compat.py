@@ -24,13 +24,22 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job, JobStatus, Retry
 from rq.queue import Queue
+from rq.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException
 from rq.worker import SimpleWorker
 
 from .model.graph import Graph
 from .model.step_job import StepJob
 from .settings import Settings, Tuning
-from .state.protocol import JOIN_INPUT_FIELD, Claimed, PlannedJob, join_input_spec
+from .state.protocol import JOIN_INPUT_FIELD, Claimed, PlannedJob, as_text, join_input_spec
 
 RQ_PREFIX = "rq:"  # RQ 2.x names every key under it
 RQ_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -253,3 +262,114 @@ def run_id_of_job(connection: Redis, job_id: str) -> str | None:
     except Exception:
         return None
     return str(kwargs["run_id"]) if func_name == STEP_FUNCTION and "run_id" in kwargs else None
+
+
+# -- Operators' reads: queues, registries, workers and schedulers, as RQ 2.x keeps them --------
+# (the dashboard, the metrics, `ezgraph top` and `ezgraph diagnose`; read-only, one round trip
+# each, nothing cleaned up, unlike RQ's own `count`, which prunes registries as it counts)
+
+REGISTRIES = {  # a job's status -> RQ's registry of jobs in it ("queued" is the queue's list)
+    "started": StartedJobRegistry,
+    "finished": FinishedJobRegistry,
+    "failed": FailedJobRegistry,
+    "deferred": DeferredJobRegistry,
+    "scheduled": ScheduledJobRegistry,
+    "canceled": CanceledJobRegistry,
+}
+WORKER_FIELDS = ("queues", "state", "hostname", "pid", "current_job", "last_heartbeat", "birth")
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """An RQ worker as its hash holds it; ``registered`` is False for a worker still in RQ's
+    workers set whose hash expired (it died without saying so, and nobody cleaned up yet)."""
+
+    name: str
+    queues: tuple[str, ...]
+    state: str
+    hostname: str
+    pid: int | None
+    current_job: str | None
+    last_heartbeat: str | None
+    birth: str | None
+    registered: bool = True
+
+
+def registry_key(queue: str, status: str) -> str:
+    """The key of RQ's registry of ``status`` jobs of ``queue`` (``queued``: the queue)."""
+    if status == "queued":
+        return queue_key(queue)
+    return str(REGISTRIES[status].key_template.format(queue))
+
+
+def queue_names(connection: Redis) -> list[str]:
+    """Every queue RQ knows (its ``rq:queues`` set), sorted."""
+    keys = connection.smembers(f"{RQ_PREFIX}queues")
+    return sorted((as_text(key) or "").removeprefix(queue_key("")) for key in keys)
+
+
+def job_counts(connection: Redis, queues: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per queue, how many jobs RQ holds in each status (``queued`` and every registry)."""
+    statuses = ("queued", *REGISTRIES)
+    pipe = connection.pipeline(transaction=False)
+    for queue in queues:
+        pipe.llen(queue_key(queue))
+        for status in REGISTRIES:
+            pipe.zcard(registry_key(queue, status))
+    replies = iter(pipe.execute())
+    return {queue: {status: int(next(replies)) for status in statuses} for queue in queues}
+
+
+def workers(connection: Redis) -> list[WorkerInfo]:
+    """Every worker in RQ's workers set, with its hash (stock workers and ezgraph's alike)."""
+    keys = sorted(as_text(key) or "" for key in connection.smembers(f"{RQ_PREFIX}workers"))
+    pipe = connection.pipeline(transaction=False)
+    for key in keys:
+        pipe.hmget(key, *WORKER_FIELDS)
+    found = []
+    for key, values in zip(keys, pipe.execute(), strict=True):
+        queues, state, host, pid, job, beat, birth = (as_text(v) or "" for v in values)
+        found.append(
+            WorkerInfo(
+                name=key.removeprefix(f"{RQ_PREFIX}worker:"),
+                queues=tuple(q for q in queues.split(",") if q),
+                state=state or "?",
+                hostname=host,
+                pid=int(pid) if pid.isdigit() else None,
+                current_job=job or None,
+                last_heartbeat=beat or None,
+                birth=birth or None,
+                registered=any(values),
+            )
+        )
+    return found
+
+
+def job_details(connection: Redis, job_ids: Sequence[str]) -> list[dict[str, str]]:
+    """For each job, RQ's status, origin queue, worker and dates (empty for a job that is
+    gone), in one round trip."""
+    fields = ("status", "origin", "worker_name", "enqueued_at", "started_at", "ended_at")
+    pipe = connection.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hmget(job_key(job_id), *fields)
+    return [
+        {name: as_text(value) or "" for name, value in zip(fields, values, strict=True) if value}
+        for values in pipe.execute()
+    ]
+
+
+def scheduled_times(connection: Redis, jobs: Sequence[tuple[str, str]]) -> list[float | None]:
+    """When each (job id, queue) is due in RQ's scheduled registry (a Unix time; None: not
+    scheduled), in one round trip."""
+    pipe = connection.pipeline(transaction=False)
+    for job_id, queue in jobs:
+        pipe.zscore(registry_key(queue, "scheduled"), job_id)
+    return [None if score is None else float(score) for score in pipe.execute()]
+
+
+def schedulers_running(connection: Redis, queues: Sequence[str]) -> dict[str, bool]:
+    """Which queues an RQ scheduler (``rq worker --with-scheduler``) holds the lock of."""
+    pipe = connection.pipeline(transaction=False)
+    for queue in queues:
+        pipe.exists(RQScheduler.get_locking_key(queue))
+    return {queue: bool(found) for queue, found in zip(queues, pipe.execute(), strict=True)}

@@ -37,6 +37,8 @@ ENV_VARS = (
     "EZGRAPH_RESULT_TTL",
     "EZGRAPH_RUN_TTL",
     "EZGRAPH_CLAIM_BATCH",
+    "EZGRAPH_DASHBOARD_USERNAME",
+    "EZGRAPH_DASHBOARD_PASSWORD",
 )
 
 
@@ -65,6 +67,9 @@ class Settings:
     run_ttl: int = 3_600
     # Jobs an ezgraph worker claims per Redis call (1 = one at a time, like RQ).
     claim_batch: int = 8
+    # HTTP basic auth of `ezgraph dashboard` and `ezgraph metrics` (both, or neither).
+    dashboard_username: str | None = None
+    dashboard_password: str | None = field(default=None, repr=False)
 
     @property
     def embedded(self) -> bool:
@@ -89,6 +94,8 @@ class Settings:
             "result_ttl": _int(env, "EZGRAPH_RESULT_TTL", 86_400, -1, MAX_SECONDS, but=0),
             "run_ttl": _int(env, "EZGRAPH_RUN_TTL", 3_600, 1, MAX_SECONDS),
             "claim_batch": _int(env, "EZGRAPH_CLAIM_BATCH", 8, 1, 1_000),
+            "dashboard_username": env.get("EZGRAPH_DASHBOARD_USERNAME") or None,
+            "dashboard_password": env.get("EZGRAPH_DASHBOARD_PASSWORD") or None,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)

@@ -15,7 +15,15 @@ from ..context import Context
 from ..model.graph import EXAMPLE_PACKAGE, default_package
 from ..settings import MAX_SECONDS, Settings
 
-USES_GRAPH = {"run", "submit", "worker", "check", "viz", "queues"}  # say which graph they use
+USES_GRAPH = {
+    "run",
+    "submit",
+    "worker",
+    "check",
+    "viz",
+    "queues",
+    "procfile",
+}  # say which graph they use
 
 
 class CliState:

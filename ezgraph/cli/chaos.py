@@ -69,7 +69,9 @@ def chaos(
     timeout: float,
     own_graph: bool,
 ) -> None:
-    """Crash audit: SIGKILL busy workers while runs flow, then count what was lost or doubled.
+    """Crash-audit: kill busy workers, count the damage.
+
+    It SIGKILLs busy workers while runs flow, then counts what was lost or doubled.
 
     Exits 1 when a run was lost or failed, or a row or side effect was duplicated.
     """

@@ -9,10 +9,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
+from rich.console import Console
 
 from ..errors import ConnectionFailed, EzgraphError, UsageError
 from ..model.records import RunStatus
+from ..ops.run_view import RunView, view_run
+from ..ops.system import read_workers, serving
 from ..workers.fast import serve_until_ended
+from . import live
 from .app import CliState, cli, one_line, pass_state, seconds
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -86,13 +90,18 @@ def submit(
     wait: bool,
     timeout: float,
 ) -> None:
-    """Submit a run starting at module START; prints the run id last."""
+    """Submit a run at node START; print its id last.
+
+    With --wait, show its nodes as they run (on stderr), then print its result.
+    """
     payload = parse_fields(data, fields)
     orchestrator = state.orchestrator
     run_id = orchestrator.submit(start, payload)
+    warn_if_unserved(state, start)
     if wait:
         try:
-            outcome = orchestrator.wait(run_id, timeout=timeout)
+            view = live.follow(orchestrator, run_id, Console(stderr=True), timeout, False)
+            outcome = view.record.to_status()
         except KeyboardInterrupt:
             click.echo(run_id)
             click.echo(f"interrupted; run {run_id} goes on (ezgraph status {run_id})", err=True)
@@ -105,15 +114,25 @@ def submit(
     click.echo(run_id)
 
 
+def warn_if_unserved(state: CliState, start: str) -> None:
+    """Say on stderr when no live worker serves the start node's queue: the run would wait."""
+    if not serving(read_workers(state.context), start):
+        click.echo(
+            f"warning: no live worker serves queue {start!r}: the run waits until one starts"
+            f" (ezgraph worker {start}, or rq worker {start})",
+            err=True,
+        )
+
+
 @cli.command()
 @click.argument("start")
 @payload_options
 @pass_state
 def run(state: CliState, start: str, data: str | None, fields: tuple[str, ...]) -> None:
-    """Run one submission to its end in this process and print its result.
+    """Run one submission here and print its result.
 
-    With nothing configured this uses the embedded server, so it works on a machine with no
-    Redis installed.
+    It runs every step in this process, to the run's end. With nothing configured this uses
+    the embedded server, so it works on a machine with no Redis installed.
     """
     payload = parse_fields(data, fields)
     context, orchestrator = state.context, state.orchestrator
@@ -141,28 +160,66 @@ def run(state: CliState, start: str, data: str | None, fields: tuple[str, ...]) 
 @cli.command()
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole status as JSON.")
+@click.option("--watch", "-w", is_flag=True, help="Follow the run, redrawn as it goes, to its end.")
+@click.option(
+    "--timeout",
+    callback=seconds(),
+    default=3600.0,
+    show_default=True,
+    help="Seconds --watch waits.",
+)
 @pass_state
-def status(state: CliState, run_id: str, as_json: bool) -> None:
-    """Show a run: its status, each step's status, its result or error."""
-    current = state.orchestrator.status(run_id)
+def status(state: CliState, run_id: str, as_json: bool, watch: bool, timeout: float) -> None:
+    """Show a run and the status of each of its nodes.
+
+    Pending nodes too, then its result or error; --watch follows it to its end.
+    """
+    orchestrator = state.orchestrator
+    if watch and not as_json:
+        try:
+            view = live.follow(orchestrator, run_id, Console(), timeout)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    else:
+        view = view_run(orchestrator, run_id, with_rq=False)
     if as_json:
-        click.echo(json.dumps(current, ensure_ascii=False, indent=2))
+        click.echo(json.dumps(view.to_json(), ensure_ascii=False, indent=2))
         return
-    click.echo(f"run {current['run_id']}: {current['status']}")
-    for step in current["steps"]:
-        attempts = f" (attempts: {step['attempts']})" if step["attempts"] > 1 else ""
-        click.echo(f"  {step['step']:<28} {step['status']}{attempts}")
-    if current["error"]:
-        click.echo(f"error: {current['error']}")
-    if current["result"] is not None:
-        click.echo("result: " + json.dumps(current["result"], ensure_ascii=False))
+    current = view.record
+    if not watch:
+        click.echo(f"run {current.run_id}: {current.status}")
+        for line in node_lines(view):
+            click.echo(line)
+    if current.error:
+        click.echo(f"error: {current.error}")
+    if current.result is not None:
+        click.echo("result: " + json.dumps(current.result, ensure_ascii=False))
+
+
+def node_lines(view: RunView) -> list[str]:
+    """One line per node (a mapped node: its progress), graph order."""
+    steps = {step.step: step for step in view.record.steps}
+    lines = []
+    for node, node_status in view.nodes.items():
+        step = steps.get(node)
+        if node in view.maps:
+            progress = view.maps[node]
+            counts = ", ".join(f"{n} {s}" for s, n in progress.by_status.items())
+            lines.append(f"  {node:<28} {node_status} ({progress.label}: {counts})")
+            continue
+        attempts = f" (attempts: {step.attempts})" if step and step.attempts > 1 else ""
+        lines.append(f"  {node:<28} {node_status}{attempts}")
+    return lines
 
 
 @cli.command()
 @click.argument("run_id")
 @pass_state
 def cancel(state: CliState, run_id: str) -> None:
-    """Cancel a run: its queued steps are canceled, its running steps stopped where RQ can."""
+    """Cancel a run, stopping its steps where RQ can.
+
+    Its queued steps are canceled, its running steps stopped where RQ can.
+    """
     current = state.orchestrator.cancel(run_id)
     running = [name for name, status in current["nodes"].items() if status == "running"]
     still = f" ({len(running)} still running: {', '.join(running)})" if running else ""
@@ -173,7 +230,10 @@ def cancel(state: CliState, run_id: str) -> None:
 @click.argument("run_id")
 @pass_state
 def retry(state: CliState, run_id: str) -> None:
-    """Resume a failed run: its failed and canceled steps run again, finished ones do not."""
+    """Resume a failed run from its failed steps.
+
+    Its failed and canceled steps run again, finished ones do not.
+    """
     current = state.orchestrator.retry(run_id)
     again = [name for name, status in current["nodes"].items() if status in ("queued", "running")]
     click.echo(f"run {run_id}: {current['status']} (steps to run again: {', '.join(again)})")
@@ -183,7 +243,7 @@ def retry(state: CliState, run_id: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @pass_state
 def queues(state: CliState, as_json: bool) -> None:
-    """Jobs waiting in each module's queue."""
+    """Show the jobs waiting in each node's queue."""
     counts = state.orchestrator.list_queues()
     if as_json:
         click.echo(json.dumps(counts))

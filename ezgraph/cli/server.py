@@ -11,7 +11,10 @@ from .app import CliState, cli, pass_state
 
 @cli.group()
 def server() -> None:
-    """The embedded Redis-compatible server used when no Redis is configured."""
+    """Manage the embedded Redis-compatible server.
+
+    It is used when no Redis is configured.
+    """
 
 
 @server.command("url")

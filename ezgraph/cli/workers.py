@@ -24,7 +24,7 @@ from .app import CliState, cli, pass_state
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
 @pass_state
 def worker(state: CliState, nodes: tuple[str, ...], burst: bool) -> None:
-    """Serve the queues of NODES (default: every node of the graph)."""
+    """Serve the queues of NODES (default: all nodes)."""
     context = state.context
     graph = context.graph()
     unknown = [node for node in nodes if node not in graph.connections]
@@ -37,7 +37,10 @@ def worker(state: CliState, nodes: tuple[str, ...], burst: bool) -> None:
 @cli.command("init-db")
 @pass_state
 def init_db(state: CliState) -> None:
-    """Create ezgraph's tables in the database (first use does it too)."""
+    """Create or migrate ezgraph's tables.
+
+    The first use of the database does it too.
+    """
     Store(state.settings.database_url).create_schema()
     click.echo(f"schema ready in {redact_url(state.settings.database_url)}")
 
@@ -51,7 +54,10 @@ def init_db(state: CliState) -> None:
 )
 @pass_state
 def persist(state: CliState, follow: bool) -> None:
-    """Write every ended run still waiting in Redis to the database now (or as they end)."""
+    """Write ended runs waiting in Redis to SQL.
+
+    Now, or with --follow as they end.
+    """
     context = state.context
     try:
         context.store.create_schema()  # fails in one line when the database does not answer
@@ -75,7 +81,9 @@ def persist(state: CliState, follow: bool) -> None:
 @click.option("--loop", is_flag=True, help="Keep watching, one pass a second, until interrupted.")
 @pass_state
 def reap(state: CliState, loop: bool) -> None:
-    """Recover steps whose worker died, or that got lost from their queue.
+    """Recover steps of dead workers and lost steps.
+
+    Steps whose worker died, or that got lost from their queue.
 
     Every ezgraph worker does this each second; run it where only stock rq workers run. It
     looks at runs over 2 s old, and acts on a step once it has looked lost for 2 s: a single

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    Index,
     Integer,
     MetaData,
     String,
@@ -57,6 +58,12 @@ runs_table = Table(
     Column("error", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=True),
     Column("ended_at", DateTime(timezone=True), nullable=True),
+    # Newest first, whole or by status or start node: the runs list pages by (created_at,
+    # run_id) on these (migration 0002), and the metrics count by start node and status.
+    Index("ix_ezgraph_runs_created", "created_at", "run_id"),
+    Index("ix_ezgraph_runs_status_created", "status", "created_at", "run_id"),
+    Index("ix_ezgraph_runs_start_created", "start_node", "created_at", "run_id"),
+    Index("ix_ezgraph_runs_start_status", "start_node", "status"),
 )
 
 steps_table = Table(
@@ -75,10 +82,11 @@ steps_table = Table(
     Column("started_at", DateTime(timezone=True), nullable=True),
     Column("ended_at", DateTime(timezone=True), nullable=True),
     Column("worker", String(200), nullable=True),
+    Index("ix_ezgraph_steps_node_status", "node", "status"),  # the metrics' steps by node
 )
 
 
-SCHEMA_REVISION = "0001"  # the head of ezgraph/migrations/versions
+SCHEMA_REVISION = "0002"  # the head of ezgraph/migrations/versions
 VERSION_TABLE = "ezgraph_alembic_version"
 
 
@@ -257,6 +265,14 @@ class Store:
         )
         with self._errors(), self.engine.connect() as connection:
             return {status: (int(n), int(d)) for status, n, d in connection.execute(query)}
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for read-only queries (the schema made first); errors in one line."""
+        if not self._schema_ready:
+            self.create_schema()
+        with self._errors(), self.engine.connect() as connection:
+            yield connection
 
     def _errors(self) -> AbstractContextManager[None]:
         return _database_errors(self.url)
