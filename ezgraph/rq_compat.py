@@ -235,6 +235,7 @@ def fail_job(worker: SimpleWorker, job: ClaimedJob, exc_string: str) -> None:
     scheduled after its interval) or the failed registry, with its traceback; its execution
     ends there too (RQ 3 takes it as an argument, RQ 2 from the worker)."""
     rq_job = Job.fetch(job.id, connection=worker.connection)
+    rq_job.ended_at = datetime.now(UTC)  # as the worker's handle_execution_ended
     execution = _execution(worker, job)
     queue = Queue(job.queue, connection=worker.connection)
     # Each branch calls the API of one RQ major: mypy, run against the other, is told so.

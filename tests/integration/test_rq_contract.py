@@ -1,5 +1,7 @@
 """What ezgraph's RQ layer (rq_compat.py, lua/lib/rq.lua) writes, field by field against what
-RQ's own code writes for the same job: a new job, a job a worker finished, a job requeued.
+RQ's own code writes for the same job: a new job, a job running (its execution and worker), a
+job a worker finished, one that failed, one requeued; on the installed RQ, 2.12 or 3.x (CI runs
+this file on both).
 
 Where ezgraph writes less, it is a field RQ writes empty (``''``), which RQ reads as absent;
 where it writes more, the field is ezgraph's own (``ezgraph_*``, or ``meta`` with the retry
@@ -208,7 +210,15 @@ def test_a_retried_runs_job_is_requeued_as_the_failed_registry_requeues(
     SimpleWorker([rq_queue], connection=redis_conn).work(burst=True)
     assert redis_conn.hget("rq:job:rq-c", "status") == b"failed"
     assert redis_conn.hget("rq:job:ez-c", "status") == b"failed"
+    failed = {job_id: job_hash(redis_conn, job_id) for job_id in ("ez-c", "rq-c")}
+    assert_same_fields(
+        failed["ez-c"], failed["rq-c"], differ={"data", "description", "exc_info", "worker_name"}
+    )
     for job_id in ("ez-c", "rq-c"):  # ended by RQ's failure handling, on both paths
+        result = Job.fetch(job_id, connection=redis_conn).latest_result()
+        assert result is not None and result.type.name == "FAILED"
+        assert (result.exc_string or "").startswith("Traceback")
+        assert job_id in FailedJobRegistry("c", connection=redis_conn)
         assert_no_execution_left(redis_conn, job_id, "c")
 
     orchestrator.retry(run_id)
