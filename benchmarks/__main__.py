@@ -19,8 +19,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import platform
 import time
 from collections.abc import Sequence
+
+import rq
 
 from . import dashboard
 from .baselines import CeleryChain, PlainRQ
@@ -138,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not candidates:
         parser.error("no system left to measure")
     started = time.monotonic()
+    print(f"rq {rq.VERSION}, Python {platform.python_version()}")  # the figures are this RQ's
     measurements, latencies = measure_available(
         candidates, args, quiet_wait=1.0 if args.quick else 10.0
     )

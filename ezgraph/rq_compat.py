@@ -4,6 +4,11 @@ Step jobs are built here as RQ's ``Job.create(...).to_dict()`` would write them;
 decoded as ``Job.restore`` does; a failed job goes through RQ's own failure handling. The Lua
 side is ``state/lua/lib/rq.lua``. ``tests/integration/test_rq_contract.py`` compares both with
 what RQ itself writes for the same job, so the next RQ version is this module's work.
+
+It writes what the installed RQ writes, 2.12 or 3.x (:data:`RQ_MAJOR`, chosen here once and
+given to the Lua by :func:`lua_constants`): RQ 3 reads a worker's running jobs from its
+executions set rather than ``current_job``, stops a job with ``stop-execution`` and names its
+keys under ``RQ_KEY_PREFIX``.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import zlib
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
-from rq.command import PUBSUB_CHANNEL_TEMPLATE, send_stop_job_command
+from rq import defaults as rq_defaults
+from rq.command import PUBSUB_CHANNEL_TEMPLATE, send_command, send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job, JobStatus, Retry
@@ -34,6 +41,7 @@ from rq.registry import (
 )
 from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException
+from rq.version import VERSION as RQ_VERSION
 from rq.worker import SimpleWorker
 
 from .model.graph import Graph
@@ -41,7 +49,10 @@ from .model.step_job import StepJob
 from .settings import Settings, Tuning
 from .state.protocol import JOIN_INPUT_FIELD, Claimed, PlannedJob, as_text, join_input_spec
 
-RQ_PREFIX = "rq:"  # RQ 2.x names every key under it
+RQ_MAJOR = int(RQ_VERSION.split(".", 1)[0])  # 2 or 3: the layout this layer writes
+# RQ 3 names its keys under RQ_KEY_PREFIX, read from the environment as rq is imported (default
+# 'rq'); RQ 2 under 'rq'.
+RQ_PREFIX = f"{getattr(rq_defaults, 'RQ_KEY_PREFIX', 'rq')}:"
 RQ_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 STEP_FUNCTION = "ezgraph.step.run_step"  # what every step job calls (pickled into it)
 PICKLE_START = pickle.PROTO  # the first byte of a pickle of protocol 2 or later
@@ -60,6 +71,16 @@ def queue_key(queue: str) -> str:
 def intermediate_key(queue: str) -> str:
     """Where a stock worker's dequeue holds a job before it starts it."""
     return f"{RQ_PREFIX}queue:{queue}:intermediate"
+
+
+def worker_executions_key(worker: str) -> str:
+    """RQ 3's set of a worker's running executions (``<job_id>:<execution_id>``)."""
+    return f"{RQ_PREFIX}worker:{worker}:executions"
+
+
+def lua_constants() -> str:
+    """What ``lua/lib/rq.lua`` knows of the installed RQ, as Lua (ahead of every script)."""
+    return f"local RQ_MAJOR = {RQ_MAJOR}\n"
 
 
 _second: tuple[int, str] = (0, "")  # the last whole second formatted, and its text
@@ -193,31 +214,58 @@ def claimed_job(
 
 
 def beat_worker(pipe: Any, worker: SimpleWorker, held: Sequence[ClaimedJob], ttl: float) -> None:
-    """What an ezgraph worker's heartbeat refreshes in RQ's storage: its worker hash (as RQ's
-    heartbeat does), and its claimed jobs' started-registry entries, which ``rq info`` would
-    otherwise fail as abandoned once their score passed."""
+    """What an ezgraph worker's heartbeat refreshes in RQ's storage, as RQ's heartbeats do: its
+    worker hash (and RQ 3's executions set), and its claimed jobs' executions, which ``rq info``
+    would otherwise fail as abandoned once their score passed (and RQ 3 would read as ended).
+    Nothing is created: a job finished meanwhile is left finished."""
     pipe.hset(worker.key, "last_heartbeat", utcnow_iso())
     pipe.expire(worker.key, worker.worker_ttl + 60)
-    score = time.time() + ttl
+    if RQ_MAJOR >= 3:
+        pipe.expire(worker_executions_key(worker.name), worker.worker_ttl + 60)
+    now = time.time()
     for job in held:
-        pipe.zadd(f"{RQ_PREFIX}wip:{job.queue}", {f"{job.id}:{job.execution_id}": score}, xx=True)
+        member = f"{job.id}:{job.execution_id}"
+        pipe.zadd(f"{RQ_PREFIX}wip:{job.queue}", {member: now + ttl}, xx=True)
+        pipe.expire(f"{RQ_PREFIX}execution:{member}", int(ttl))
+        pipe.zadd(f"{RQ_PREFIX}executions:{job.id}", {job.execution_id: now + ttl + 60}, xx=True)
+
+
+def _execution(worker: SimpleWorker, job: ClaimedJob) -> Execution:
+    """RQ's view of the execution a claim started (``rq.start_job`` in Lua)."""
+    execution = Execution(
+        job.execution_id, job.id, connection=worker.connection, worker_name=worker.name
+    )
+    execution.created_at = datetime.fromtimestamp(job.started, tz=UTC)
+    return execution
 
 
 def fail_job(worker: SimpleWorker, job: ClaimedJob, exc_string: str) -> None:
     """Hand a job that raised to RQ's own failure handling: a retry (queued again, or
-    scheduled after its interval) or the failed registry, with its traceback."""
+    scheduled after its interval) or the failed registry, with its traceback; its execution
+    ends there too (RQ 3 takes it as an argument, RQ 2 from the worker)."""
     rq_job = Job.fetch(job.id, connection=worker.connection)
-    worker.execution = Execution(job.execution_id, job.id, connection=worker.connection)
+    rq_job.ended_at = datetime.now(UTC)  # as the worker's handle_execution_ended
+    execution = _execution(worker, job)
     queue = Queue(job.queue, connection=worker.connection)
-    worker.handle_job_failure(rq_job, queue, exc_string=exc_string)
-    worker.set_current_job_id(None)  # as RQ: an empty id would read as a job
+    # Each branch calls the API of one RQ major: mypy, run against the other, is told so.
+    if RQ_MAJOR >= 3:
+        worker.handle_job_failure(  # type: ignore[call-arg]
+            rq_job, queue, exc_string=exc_string, execution=execution
+        )
+    else:
+        worker.execution = execution
+        worker.handle_job_failure(rq_job, queue, exc_string=exc_string)
+        worker.set_current_job_id(None)  # type: ignore[attr-defined]  # '' would read as a job
 
 
 def perform_job(worker: SimpleWorker, job: ClaimedJob) -> None:
-    """Run a claimed job that is no ezgraph step the way a SimpleWorker runs it."""
+    """Run a claimed job that is no ezgraph step the way a SimpleWorker runs it (which starts
+    an execution of its own: the claim's ends first, by RQ's code)."""
     rq_job = Job.fetch(job.id, connection=worker.connection)
     queue = Queue(job.queue, connection=worker.connection)
-    worker.connection.zrem(f"{RQ_PREFIX}wip:{job.queue}", f"{job.id}:{job.execution_id}")
+    with worker.connection.pipeline() as pipe:
+        _execution(worker, job).delete(job=rq_job, pipeline=pipe)
+        pipe.execute()
     worker.execute_job(rq_job, queue)
 
 
@@ -240,16 +288,40 @@ def queue_lengths(connection: Redis, queues: Sequence[str]) -> list[int]:
 
 
 def stop_job(connection: Redis, job_id: str) -> bool:
-    """Send RQ's stop command for a running job; True when its worker listens for commands
-    (a forking worker kills the step; ezgraph's worker and a SimpleWorker let it finish)."""
+    """Send the installed RQ's stop command for a running job (RQ 3: ``stop-execution`` to each
+    of its executions; RQ 2: ``stop-job``); True when its worker listens for commands (a forking
+    worker kills the step; ezgraph's worker and a SimpleWorker let it finish)."""
+    if RQ_MAJOR >= 3:
+        return _stop_executions(connection, job_id)
     worker = connection.hget(job_key(job_id), "worker_name")
     if not worker:
         return False
     name = worker.decode() if isinstance(worker, bytes) else str(worker)
     with suppress(InvalidJobOperation, NoSuchJobError):  # it ended meanwhile
         send_stop_job_command(connection, job_id)
-        return bool(connection.pubsub_numsub(PUBSUB_CHANNEL_TEMPLATE % name)[0][1])
+        return _listens(connection, name)
     return False
+
+
+def _stop_executions(connection: Redis, job_id: str) -> bool:
+    """RQ 3's stop command, as ``send_stop_execution_command`` sends it, to the worker of each
+    live execution of ``job_id``."""
+    listening = False
+    for raw in connection.zrange(f"{RQ_PREFIX}executions:{job_id}", 0, -1):
+        execution_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+        worker = connection.hget(f"{RQ_PREFIX}execution:{job_id}:{execution_id}", "worker_name")
+        if not worker:
+            continue  # it ended meanwhile
+        name = worker.decode() if isinstance(worker, bytes) else str(worker)
+        payload = {"job_id": job_id, "execution_id": execution_id}
+        send_command(connection, name, "stop-execution", **payload)
+        listening = _listens(connection, name) or listening
+    return listening
+
+
+def _listens(connection: Redis, worker: str) -> bool:
+    """Whether worker ``worker`` listens on its command channel."""
+    return bool(connection.pubsub_numsub(PUBSUB_CHANNEL_TEMPLATE % worker)[0][1])
 
 
 def run_id_of_job(connection: Redis, job_id: str) -> str | None:

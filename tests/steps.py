@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import signal
 import sys
 import time
 from typing import Any
 
 from redis import Redis
+from rq import Worker
+from rq.job import Job
 
 from ezgraph import Map, Route, current_step
+from ezgraph.rq_compat import RQ_PREFIX, worker_executions_key
 
 
 def mark(data: dict[str, Any]) -> dict[str, Any]:
@@ -128,3 +132,33 @@ def ignore_the_timeout(data: dict[str, Any]) -> dict[str, Any]:
     while True:
         with contextlib.suppress(BaseException):  # the point of this module
             time.sleep(60)
+
+
+def observe_rq(data: dict[str, Any]) -> dict[str, Any]:
+    """Record, under ``test:observed:<job id>`` in the payload's Redis, what RQ's storage holds
+    for this step's job and its worker while it runs: raw keys, and what RQ's code reads."""
+    ctx = current_step()
+    redis = Redis.from_url(data["ledger_url"])
+    job_id = f"{ctx.run_id}-{ctx.step}"
+    job = redis.hgetall(f"{RQ_PREFIX}job:{job_id}")
+    worker = job[b"worker_name"].decode()
+    wip = redis.zrange(f"{RQ_PREFIX}wip:{job[b'origin'].decode()}", 0, -1)
+    members = [m for m in wip if m.startswith(f"{job_id}:".encode())]
+    executions_key = f"{RQ_PREFIX}executions:{job_id}"
+    rq_worker = Worker.find_by_key(f"{RQ_PREFIX}worker:{worker}", connection=redis)
+    observed = {
+        "job": job,
+        "job_ttl": redis.ttl(f"{RQ_PREFIX}job:{job_id}"),
+        "worker": redis.hgetall(f"{RQ_PREFIX}worker:{worker}"),
+        "worker_executions": redis.smembers(worker_executions_key(worker)),
+        "worker_executions_ttl": redis.ttl(worker_executions_key(worker)),
+        "wip": members,
+        "executions": {m: redis.hgetall(f"{RQ_PREFIX}execution:{m.decode()}") for m in members},
+        "execution_ttls": [redis.ttl(f"{RQ_PREFIX}execution:{m.decode()}") for m in members],
+        "job_executions": redis.zrange(executions_key, 0, -1),
+        "job_executions_ttl": redis.ttl(executions_key),
+        "current_job_id": rq_worker.get_current_job_id() if rq_worker else None,
+        "rq_executions": [e.id for e in Job.fetch(job_id, connection=redis).get_executions()],
+    }
+    redis.set(f"test:observed:{job_id}", pickle.dumps(observed))
+    return {ctx.step: True}

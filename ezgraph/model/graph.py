@@ -284,6 +284,11 @@ def _check_policy(node: str, policy: Any) -> None:
     """A POLICIES entry: known keys, whole numbers in range (as the EZGRAPH_* defaults)."""
     if not isinstance(policy, Mapping):
         raise GraphError(f"POLICIES[{node!r}] must be a dict, got {type(policy).__name__}")
+    if "rate_limit" in policy:  # RQ 3's concurrency limits (see the README's RQ versions)
+        raise GraphError(
+            f"node {node!r}: rate_limit is not supported; to run at most N of its steps at"
+            " once, serve its queue with N workers"
+        )
     unknown = set(policy) - {"timeout", "retries", "retry_intervals"}
     if unknown:
         raise GraphError(f"node {node!r}: unknown policy keys {sorted(unknown)}")

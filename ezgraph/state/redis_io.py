@@ -1,7 +1,8 @@
 """Talking to Redis on the hot path: ezgraph's Lua scripts and pipelined reads, sent directly.
 
-Each script is ``protocol.lua_header()`` + ``lua/lib/prelude.lua`` + ``lua/lib/rq.lua`` +
-``lua/lib/run.lua`` + its own body, and is called with the head every script reads first.
+Each script is ``protocol.lua_header()`` + ``rq_compat.lua_constants()`` +
+``lua/lib/prelude.lua`` + ``lua/lib/rq.lua`` + ``lua/lib/run.lua`` + its own body, and is called
+with the head every script reads first.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..rq_compat import RQ_PREFIX, utcnow_iso
+from ..rq_compat import RQ_PREFIX, lua_constants, utcnow_iso
 from ..settings import Tuning
 from .protocol import SCRIPTS, Head, lua_header
 
@@ -35,7 +36,7 @@ def script_sources(tuning: Tuning) -> dict[str, str]:
     """Every script's full source."""
     lua = resources.files("ezgraph.state") / "lua"
     libraries = "\n".join((lua / "lib" / f"{name}.lua").read_text() for name in LIBRARIES)
-    head = lua_header(tuning) + libraries
+    head = lua_header(tuning) + lua_constants() + libraries
     return {name: f"{head}\n{(lua / f'{name}.lua').read_text()}" for name in SCRIPTS}
 
 

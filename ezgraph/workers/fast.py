@@ -208,7 +208,8 @@ class FastWorker(SimpleWorker):
             rq_compat.claimed_job(row, self.name, f"{prefix}{n}", timeout)
             for n, row in enumerate(claimed, start=1)
         ]
-        self._held = list(jobs)
+        ended = {finish.job.id for finish in pending}
+        self._held = [held for held in self._held if held.id not in ended] + jobs
         return jobs
 
     def _perform(self, job: ClaimedJob) -> None:
@@ -239,7 +240,8 @@ class FastWorker(SimpleWorker):
             completion.fail(step, error, self.writer.ended)
             rq_compat.fail_job(self, job, traceback.format_exc())
             self._release(job)
-            self.set_state(WorkerStatus.IDLE)
+            if not self._held:  # its batch's other claimed jobs still run: busy until then
+                self.set_state(WorkerStatus.IDLE)
             return
         finished = Finished(
             job_id=job.id,

@@ -246,6 +246,13 @@ CASES: dict[str, Case] = {
         2,
         graph="tests.graphs.bad_route",
     ),
+    "rate limit in POLICIES": Case(
+        ("check",),
+        "error: node 'a': rate_limit is not supported; to run at most N of its steps at once,"
+        " serve its queue with N workers",
+        2,
+        graph="tests.graphs.bad_rate_limit",
+    ),
     "invalid EZGRAPH_JOB_TIMEOUT": Case(
         ("submit", "a"),
         "error: EZGRAPH_JOB_TIMEOUT must be an integer, got 'soon'",

@@ -3,6 +3,7 @@ failed one (its failed and canceled steps run again, finished ones do not)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from ezgraph import current_step
 from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
 from ezgraph.errors import InvalidRunOperation, RunNotFound
+from ezgraph.rq_compat import RQ_MAJOR
 from ezgraph.workers.fast import serve as run_worker
 from ezgraph.workers.fast import serve as serve_fast
 
@@ -121,6 +123,8 @@ def test_a_step_running_on_a_simple_worker_finishes_and_creates_no_successor(
 def test_cancel_stops_a_step_running_on_a_forking_rq_worker(
     make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:
+    """With the installed RQ's stop command: RQ 3's stop-execution (that execution of the
+    job), RQ 2's stop-job."""
     context = make_context("tests.graphs.flaky.slow")
     orchestrator = GraphOrchestrator(context=context)
     run_id = orchestrator.submit("a", sleep=60)
@@ -136,10 +140,24 @@ def test_cancel_stops_a_step_running_on_a_forking_rq_worker(
         while redis_conn.hget(f"rq:job:{run_id}-a", "status") != b"started":
             assert time.monotonic() < deadline, "the rq worker never started the step"
             time.sleep(0.05)
+        (execution,) = Job.fetch(f"{run_id}-a", connection=redis_conn).get_executions()
+        commands = redis_conn.pubsub()
+        commands.subscribe(f"rq:pubsub:{execution.worker_name}")
         status = orchestrator.cancel(run_id, stop_wait=10)
+        sent = [m for m in iter(lambda: commands.get_message(timeout=1), None)]
+        commands.close()
     finally:
         worker.terminate()
         worker.wait(10)
+    (command,) = [json.loads(m["data"]) for m in sent if m["type"] == "message"]
+    if RQ_MAJOR >= 3:
+        assert command == {
+            "command": "stop-execution",
+            "job_id": f"{run_id}-a",
+            "execution_id": execution.id,
+        }
+    else:
+        assert command == {"command": "stop-job", "job_id": f"{run_id}-a"}
     assert status["status"] == "canceled" and status["nodes"] == {"a": "canceled"}
     assert redis_conn.hget(f"rq:job:{run_id}-a", "status") == b"stopped"
     assert not redis_conn.exists(f"rq:job:{run_id}-b")

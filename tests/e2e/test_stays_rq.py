@@ -10,6 +10,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -22,6 +23,7 @@ from ezgraph.context import Context
 from ezgraph.handover import RunWriter
 from ezgraph.rq_compat import RQ_DATE_FORMAT, utcnow_iso
 from ezgraph.settings import TUNING
+from ezgraph.workers.fast import serve
 from ezgraph.workers.stock import StockProcess
 
 from ..conftest import ROOT, drain, subprocess_env
@@ -114,6 +116,50 @@ def test_rq_dashboard_reads_queues_jobs_and_a_busy_fast_worker(
         worker.wait(30)
     finished = client.get(f"/rq/0/data/job/{run_id}-a.json").get_json()  # type: ignore[attr-defined]
     assert finished["status"] == "finished"
+
+
+def test_every_rq_dashboard_page_reads_steps_in_every_state(
+    make_context: Callable[..., Context], redis_conn: Redis, dashboard: object
+) -> None:
+    """Each page and data route of rq-dashboard answers, on the installed RQ, with steps
+    finished, failed, canceled, queued and waiting for a delayed retry (scheduled)."""
+    failing = make_context("tests.graphs.failing")
+    GraphOrchestrator(context=failing).submit("a", run_id="failing")
+    drain(failing)
+    delayed = make_context("tests.graphs.flaky.delayed")
+    GraphOrchestrator(context=delayed).submit("a", run_id="delayed")
+    serve(delayed, ["a"], burst=True, with_scheduler=False, log_level="WARNING")
+    chain = make_context("tests.graphs.chain")
+    orchestrator = GraphOrchestrator(context=chain)
+    orchestrator.submit("a", run_id="done")
+    drain(chain)
+    orchestrator.submit("a", run_id="waiting")
+    orchestrator.submit("a", run_id="dropped")
+    orchestrator.cancel("dropped")
+    statuses = {
+        "done-b": "finished",
+        "failing-c": "failed",
+        "failing-d": None,  # never created: its run failed first
+        "delayed-a": "scheduled",
+        "waiting-a": "queued",
+        "dropped-a": "canceled",
+    }
+    client: Any = dashboard
+    pages = ["/rq/", "/rq/0/view/queues", "/rq/0/view/workers", "/rq/0/view/jobs"]
+    pages += ["/rq/0/data/queues.json", "/rq/0/data/workers.json"]
+    registries = ("queued", "started", "finished", "failed", "deferred", "scheduled", "canceled")
+    for queue in ("a", "b", "c", "d"):
+        for registry in registries:
+            pages.append(f"/rq/0/view/jobs/{queue}/{registry}/8/asc/1")
+            pages.append(f"/rq/0/data/jobs/{queue}/{registry}/8/asc/1.json")
+    for job_id, status in statuses.items():
+        if status is not None:
+            pages.append(f"/rq/0/view/job/{job_id}")
+            assert client.get(f"/rq/0/data/job/{job_id}.json").get_json()["status"] == status
+    failed = [(page, client.get(page, follow_redirects=True).status_code) for page in pages]
+    assert [(page, code) for page, code in failed if code != 200] == []
+    listed = client.get("/rq/0/data/jobs/c/failed/8/asc/1.json").get_json()["jobs"]
+    assert [job["id"] for job in listed] == ["failing-c"]
 
 
 def test_dates_are_stamped_in_rqs_format_and_read_back_by_rq() -> None:

@@ -58,6 +58,11 @@ def test_unknown_policy_key_is_refused() -> None:
         build_graph({"a": []}, policies={"a": {"retry": 3}}, check_functions=False)
 
 
+def test_a_rate_limit_policy_is_refused_with_what_to_do_instead() -> None:
+    with pytest.raises(GraphError, match=r"node 'a': rate_limit is not supported; .* N workers"):
+        build_graph({"a": []}, policies={"a": {"rate_limit": ("llm", 2)}}, check_functions=False)
+
+
 def test_missing_package_gives_a_hint() -> None:
     with pytest.raises(GraphError, match="cannot import modules package 'no_such_pkg'"):
         load_graph("no_such_pkg")

@@ -1,5 +1,5 @@
--- The prelude of every script: the request's head, ezgraph's key names, the wake-ups of idle
--- ezgraph workers, and readers of the records state/protocol.py writes. FIELDS (each record's
+-- The prelude of every script: the request's head, ezgraph's key names, the reply kept for a
+-- call sent again, and readers of the records state/protocol.py writes. FIELDS (each record's
 -- field names, in order) and TUNING are prepended from protocol.py, which alone knows that order.
 
 -- One record of `fields` read from ARGV at position i, by name; returns it and the next position.
@@ -45,28 +45,6 @@ local function write_record(reply, fields, record)
     table.insert(reply, value)
   end
   return reply
-end
-
--- Wake-ups of idle ezgraph workers. A worker whose claim found its queues empty marks them idle
--- (for a few seconds) and blocks on their wake lists; a job pushed to a marked queue wakes one.
--- A script that claims after creating jobs (finish_and_claim) holds its wake-ups until it has
--- claimed: a job the caller took itself wakes nobody.
-local wake = {held = nil}
-function wake.now(queue, only_if_jobs_left)
-  if redis.call('EXISTS', key.idle(queue)) == 0 then return end
-  if only_if_jobs_left and redis.call('LLEN', RQ_PREFIX .. 'queue:' .. queue) == 0 then return end
-  if redis.call('RPUSH', key.wake(queue), 1) > TUNING.wake_list_max then
-    redis.call('LTRIM', key.wake(queue), -TUNING.wake_list_max, -1)
-  end
-end
-function wake.queue(queue)
-  if wake.held then wake.held[queue] = true else wake.now(queue) end
-end
-function wake.hold() wake.held = {} end
-function wake.release()
-  local queues = wake.held or {}
-  wake.held = nil
-  for queue in pairs(queues) do wake.now(queue, true) end
 end
 
 -- A call sent again after a client timeout (the same caller and request: Redis may have run the

@@ -1,6 +1,7 @@
--- RQ's storage, written as RQ 2.x's own code writes it: the one Lua code that names RQ's keys
--- (ezgraph/rq_compat.py is its Python side). tests/integration/test_rq_contract.py compares
--- what these functions write with what RQ writes for the same job.
+-- RQ's storage, written as the installed RQ's own code writes it: the one Lua code that names
+-- RQ's keys (ezgraph/rq_compat.py is its Python side, and sets RQ_MAJOR, 2 or 3, ahead of every
+-- script). tests/integration/test_rq_contract.py compares what these functions write with what
+-- RQ writes for the same job.
 local rq = {}
 function rq.job_key(id) return RQ_PREFIX .. 'job:' .. id end
 function rq.results_key(id) return RQ_PREFIX .. 'results:' .. id end
@@ -8,7 +9,11 @@ function rq.queue_key(queue) return RQ_PREFIX .. 'queue:' .. queue end
 function rq.worker_key(worker) return RQ_PREFIX .. 'worker:' .. worker end
 -- A registry of `queue`: 'wip' (started), 'finished', 'failed', 'canceled', 'scheduled'.
 function rq.registry_key(kind, queue) return RQ_PREFIX .. kind .. ':' .. queue end
-local function execution_key(id, execution) return RQ_PREFIX .. 'execution:' .. id .. ':' .. execution end
+local function execution_key(member) return RQ_PREFIX .. 'execution:' .. member end
+local function executions_key(id) return RQ_PREFIX .. 'executions:' .. id end
+-- RQ 3: the executions a worker runs (members `<job_id>:<execution_id>`), where RQ 3 reads
+-- what a worker is busy with (RQ 2 reads `current_job` in the worker's hash).
+local function worker_executions_key(worker) return rq.worker_key(worker) .. ':executions' end
 
 -- Put job `id` in `queue` (at the back, or at the front); a new queue is listed for rq info.
 function rq.push(queue, id, at_front)
@@ -29,16 +34,36 @@ end
 function rq.job_status(id) return redis.call('HGET', rq.job_key(id), 'status') end
 
 -- Start job `id` for `worker` (execution `execution`, which expires after `ttl` seconds without a
--- heartbeat), as a worker's prepare_job_execution does.
+-- heartbeat), as a worker's prepare_job_execution and Execution.create do. Its hash loses any
+-- TTL (a finished job requeued keeps its result_ttl until then), as RQ's worker (RQ 3) or
+-- Job.perform (RQ 2) does.
 function rq.start_job(id, queue, worker, execution, ttl)
-  redis.call('HSET', rq.job_key(id), 'status', 'started', 'started_at', NOW_ISO,
+  local job_key = rq.job_key(id)
+  redis.call('HSET', job_key, 'status', 'started', 'started_at', NOW_ISO,
     'worker_name', worker, 'last_heartbeat', NOW_ISO)
-  redis.call('ZADD', rq.registry_key('wip', queue), NOW + ttl, id .. ':' .. execution)
-  local exec_key = execution_key(id, execution)
+  redis.call('PERSIST', job_key)
+  local member = id .. ':' .. execution
+  redis.call('ZADD', rq.registry_key('wip', queue), NOW + ttl, member)
+  local exec_key = execution_key(member)
   redis.call('HSET', exec_key, 'id', execution, 'created_at', NOW, 'last_heartbeat', NOW,
     'worker_name', worker)
+  if RQ_MAJOR >= 3 then redis.call('HSET', exec_key, 'job_id', id) end
   redis.call('EXPIRE', exec_key, ttl)
-  redis.call('ZADD', RQ_PREFIX .. 'executions:' .. id, NOW + ttl, execution)
+  redis.call('ZADD', executions_key(id), NOW + ttl + 60, execution)
+  redis.call('EXPIRE', executions_key(id), ttl + 60)
+  if RQ_MAJOR >= 3 then
+    redis.call('SADD', worker_executions_key(worker), member)
+    redis.call('EXPIRE', worker_executions_key(worker), ttl + 60)
+  end
+end
+
+-- End execution `member` (`<id>:<execution>`) of job `id` run by `worker`, as Execution.delete
+-- does: out of the started registry, the job's executions and (RQ 3) the worker's.
+local function end_execution(id, queue, member, worker)
+  redis.call('ZREM', rq.registry_key('wip', queue), member)
+  redis.call('DEL', execution_key(member))
+  redis.call('ZREM', executions_key(id), string.sub(member, #id + 2))
+  if RQ_MAJOR >= 3 and worker then redis.call('SREM', worker_executions_key(worker), member) end
 end
 
 -- Finish job `id` that succeeded, as handle_job_success does: its result (RQ's pickle, base64,
@@ -54,9 +79,7 @@ function rq.finish_job(id, queue, worker, execution, execution_started, result_t
     table.insert(entry, value)
   end
   redis.call('XADD', results_key, 'MAXLEN', 10, '*', unpack(entry))
-  redis.call('ZREM', rq.registry_key('wip', queue), id .. ':' .. execution)
-  redis.call('DEL', execution_key(id, execution))
-  redis.call('ZREM', RQ_PREFIX .. 'executions:' .. id, execution)
+  end_execution(id, queue, id .. ':' .. execution, worker)
   if result_ttl > 0 then
     redis.call('EXPIRE', job_key, result_ttl)
     redis.call('EXPIRE', results_key, result_ttl)
@@ -68,15 +91,15 @@ function rq.finish_job(id, queue, worker, execution, execution_started, result_t
   end
 end
 
--- Drop every execution of job `id` (its started-registry entries and execution hashes).
+-- Drop every execution of job `id` (its started-registry entries, execution hashes and, RQ 3,
+-- its workers' executions).
 function rq.forget_executions(id, queue)
-  local wip = rq.registry_key('wip', queue)
   local prefix = id .. ':'
-  for _, member in ipairs(redis.call('ZRANGE', wip, 0, -1)) do
+  for _, member in ipairs(redis.call('ZRANGE', rq.registry_key('wip', queue), 0, -1)) do
     if string.sub(member, 1, #prefix) == prefix then
-      redis.call('ZREM', wip, member)
-      redis.call('DEL', RQ_PREFIX .. 'execution:' .. member)
-      redis.call('ZREM', RQ_PREFIX .. 'executions:' .. id, string.sub(member, #prefix + 1))
+      local worker = RQ_MAJOR >= 3 and (redis.call('HGET', execution_key(member), 'worker_name')
+        or redis.call('HGET', rq.job_key(id), 'worker_name'))
+      end_execution(id, queue, member, worker)
     end
   end
 end
@@ -134,22 +157,30 @@ function rq.enqueue_due(queue)
   return moved
 end
 
--- The worker hash, as RQ's worker writes it.
+-- The worker hash, as RQ's worker writes it (RQ 3 reads the current job from the worker's
+-- executions, which start_job writes, and writes no `current_job`).
 function rq.worker_busy(worker, id)
-  redis.call('HSET', rq.worker_key(worker), 'state', 'busy', 'current_job', id)
+  if RQ_MAJOR >= 3 then
+    redis.call('HSET', rq.worker_key(worker), 'state', 'busy')
+  else
+    redis.call('HSET', rq.worker_key(worker), 'state', 'busy', 'current_job', id)
+  end
 end
 function rq.worker_idle(worker)
   redis.call('HSET', rq.worker_key(worker), 'state', 'idle')
-  redis.call('HDEL', rq.worker_key(worker), 'current_job')  -- as RQ: '' would read as a job
+  if RQ_MAJOR < 3 then
+    redis.call('HDEL', rq.worker_key(worker), 'current_job')  -- as RQ: '' would read as a job
+  end
 end
 function rq.worker_succeeded(worker, count)
   redis.call('HINCRBY', rq.worker_key(worker), 'successful_job_count', count)
 end
--- Forget a dead worker, as RQ's clean_worker_registry does.
+-- Forget a dead worker, as RQ's clean_worker_registry (and RQ 3's register_death) does.
 function rq.remove_worker(worker)
   local worker_key = rq.worker_key(worker)
   redis.call('SREM', RQ_PREFIX .. 'workers', worker_key)
   redis.call('DEL', worker_key)
+  if RQ_MAJOR >= 3 then redis.call('DEL', worker_executions_key(worker)) end
   local queue_prefix = #(RQ_PREFIX .. 'queue:')
   for _, queue_key in ipairs(redis.call('SMEMBERS', RQ_PREFIX .. 'queues')) do
     redis.call('SREM', RQ_PREFIX .. 'workers:' .. string.sub(queue_key, queue_prefix + 1), worker_key)

@@ -1,5 +1,29 @@
 -- A run's bookkeeping: the one place a step's end is recorded (run.complete, run.fail_step),
--- the graph walk that creates the ready successors, and the end of a run.
+-- the graph walk that creates the ready successors, and the end of a run; and the wake-ups of
+-- idle ezgraph workers when a job is queued.
+
+-- Wake-ups of idle ezgraph workers. A worker whose claim found its queues empty marks them idle
+-- (for a few seconds) and blocks on their wake lists; a job pushed to a marked queue wakes one.
+-- A script that claims after creating jobs (finish_and_claim) holds its wake-ups until it has
+-- claimed: a job the caller took itself wakes nobody.
+local wake = {held = nil}
+function wake.now(queue, only_if_jobs_left)
+  if redis.call('EXISTS', key.idle(queue)) == 0 then return end
+  if only_if_jobs_left and redis.call('LLEN', rq.queue_key(queue)) == 0 then return end
+  if redis.call('RPUSH', key.wake(queue), 1) > TUNING.wake_list_max then
+    redis.call('LTRIM', key.wake(queue), -TUNING.wake_list_max, -1)
+  end
+end
+function wake.queue(queue)
+  if wake.held then wake.held[queue] = true else wake.now(queue) end
+end
+function wake.hold() wake.held = {} end
+function wake.release()
+  local queues = wake.held or {}
+  wake.held = nil
+  for queue in pairs(queues) do wake.now(queue, true) end
+end
+
 local run = {id = nil}
 local TERMINAL = {finished = true, failed = true, skipped = true, canceled = true}
 
