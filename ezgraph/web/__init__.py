@@ -1,0 +1,1 @@
+"""The dashboard: ezgraph's pages beside rq-dashboard and /metrics (``ezgraph dashboard``)."""
