@@ -1,4 +1,8 @@
-"""Opening the Redis connection the settings describe, with a one-line error when it fails."""
+"""Opening the Redis connection the settings describe, with a one-line error when it fails.
+
+It also names the Redis commands ezgraph needs (:data:`REDIS_COMMANDS`), the list an ACL user
+of ezgraph gets (:func:`acl_rule`; the README's *Security* section shows it).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,42 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from .embedded import ensure_server
 from .errors import ConnectionFailed
-from .settings import Settings, redact_url
+from .settings import Settings, redact_text, redact_url, unencoded_in_password
+
+# Every command that ezgraph (its Lua scripts and its Python code), RQ's workers (fork,
+# SimpleWorker, scheduler), `rq info` and rq-dashboard send: an ACL user allowed only these
+# runs all of them (tests/e2e/test_redis_security.py runs them as such a user). Not CONFIG:
+# CONFIG GET shows requirepass; INFO tells the version (RQ reads it) and the maxmemory policy.
+# Redis before 7.2 does not know CLIENT SETINFO (redis-py sends it, and ignores a refusal);
+# RQ 3's worker reads its address with CLIENT INFO (Redis 6.2+; CLIENT LIST before).
+REDIS_COMMANDS = (
+    # connection, server
+    *("ping", "select", "info", "client|setname", "client|list", "client|info"),
+    "client|setinfo",
+    # transactions, scripts, pub/sub (RQ's worker commands, the end of a run)
+    *("multi", "exec", "discard", "watch", "unwatch"),
+    *("eval", "evalsha", "script|load"),
+    *("subscribe", "unsubscribe", "publish", "pubsub|numsub"),
+    # keys, strings
+    *("get", "set", "del", "exists", "expire", "persist", "pttl", "scan", "rename"),
+    # hashes
+    *("hget", "hset", "hsetnx", "hmget", "hgetall", "hdel", "hexists", "hincrby", "hincrbyfloat"),
+    # lists (queues, claimed lists)
+    *("lpush", "rpush", "lpop", "rpop", "blpop", "lmove", "blmove", "lrem", "lrange", "llen"),
+    *("lpos", "ltrim"),
+    # sets, sorted sets (RQ's registries), streams (RQ's results)
+    *("sadd", "srem", "smembers"),
+    *("zadd", "zrem", "zcard", "zscore", "zrange", "zrangebyscore", "zremrangebyscore"),
+    *("xadd", "xlen", "xread", "xrevrange"),
+)
+
+
+def acl_rule(prefix: str = "ezgraph") -> str:
+    """The ACL rules of a Redis user that can run ezgraph and RQ on keys and channels
+    ``rq:*`` and ``<prefix>:*``, and nothing else (``ACL SETUSER name on >password <rules>``).
+    """
+    commands = " ".join(f"+{command}" for command in REDIS_COMMANDS)
+    return f"resetkeys ~rq:* ~{prefix}:* resetchannels &rq:* &{prefix}:* -@all {commands}"
 
 
 def redis_url(settings: Settings) -> str:
@@ -28,34 +67,47 @@ def connect(settings: Settings, check: bool = True) -> Redis:
     """Open a Redis connection; with ``check``, PING it so a bad URL fails here, in one line.
 
     Raises:
-        ConnectionFailed: naming the URL without its password.
+        ConnectionFailed: naming the URL without its password (nor any piece of it).
     """
     url = redis_url(settings)
     try:
-        _check_db(url)
+        _check_url(url)
         connection = Redis.from_url(url)
     except ValueError as error:
-        raise ConnectionFailed(f"invalid Redis URL {redact_url(url)}: {error}") from None
+        raise _failure("invalid Redis URL", url, error) from None
     if check:
         try:
             connection.ping()
-        except AuthenticationError as error:
-            raise ConnectionFailed(
-                f"Redis at {redact_url(url)} refused the credentials: {error}"
+        except (AuthenticationError, ResponseError) as error:
+            refused = isinstance(error, AuthenticationError) or any(
+                word in str(error) for word in ("NOAUTH", "WRONGPASS")
+            )
+            raise _failure(
+                "Redis at", url, error, "refused the credentials" if refused else "failed"
             ) from None
-        except ResponseError as error:
-            if "NOAUTH" in str(error) or "WRONGPASS" in str(error):
-                raise ConnectionFailed(
-                    f"Redis at {redact_url(url)} refused the credentials: {error}"
-                ) from None
-            raise ConnectionFailed(f"Redis at {redact_url(url)} failed: {error}") from None
         except (RedisError, OSError) as error:
-            raise ConnectionFailed(f"cannot reach Redis at {redact_url(url)}: {error}") from None
+            raise _failure("cannot reach Redis at", url, error) from None
     return connection
 
 
-def _check_db(url: str) -> None:
-    """redis-py reads a database that is not a number as db 0: refuse it instead."""
+def _failure(what: str, url: str, error: Exception, verb: str = "") -> ConnectionFailed:
+    """``<what> <url> [<verb>]: <error>``, on one line, every form of the password hidden."""
+    detail = " ".join(redact_text(str(error), url).split())
+    return ConnectionFailed(f"{what} {redact_url(url)}{' ' + verb if verb else ''}: {detail}")
+
+
+def _check_url(url: str) -> None:
+    """Refuse what redis-py would misread.
+
+    A password holding ``/ ? #`` unencoded ends the host part where it stands, so the client
+    would try a wrong host, port or database (and its error would show a piece of the
+    password); redis-py reads a database that is not a number as db 0.
+    """
+    if unencoded_in_password(url, "/?#"):
+        raise ValueError(
+            "its password holds / ? or # unencoded: percent-encode the password"
+            " (urllib.parse.quote(password, safe=''))"
+        )
     parts = urlsplit(url)
     database = parts.path.lstrip("/")
     if parts.scheme in ("redis", "rediss") and database and not database.isdigit():

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote
 
 from .errors import UsageError
 
@@ -103,6 +104,14 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        """The settings, their URLs' passwords hidden (a repr may reach a log or a traceback)."""
+        shown = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        for name in ("redis_url", "database_url"):
+            if shown[name] is not None:
+                shown[name] = redact_url(shown[name])
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
 
 @dataclass(frozen=True)
@@ -204,16 +213,90 @@ def _ints(env: Mapping[str, str], name: str) -> tuple[int, ...]:
     return values
 
 
+# A query parameter whose name holds one of these carries a secret (redis-py and libpq read
+# ``?password=``; libpq ``sslpassword``, redis-py ``ssl_password``...).
+_SECRET_NAME = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
+# ``?name=value`` or ``&name=value``: the value runs to the next ``&name=`` (a value may hold
+# an unencoded ``&``) or to the end of the URL (a ``#`` in it is no fragment here).
+_QUERY_PARAM = re.compile(r"[?&;]([^=&;?#]*)=(.*?)(?=[&;][\w.-]+=|$)", re.DOTALL)
+
+
 def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``, for error messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """Return ``url`` with its passwords replaced by ``***``, for error messages and logs.
+
+    Whatever the password holds: unencoded ``@ / ? # :`` (which urllib and the drivers read
+    as the end of the user part), a username, or a ``?password=`` in the query string.
+    """
+    shown, end = [], 0
+    for start, stop in _merged(_secret_spans(url)):
+        shown += [url[end:start], "***"]
+        end = stop
+    return "".join([*shown, url[end:]])
+
+
+def redact_text(text: str, url: str) -> str:
+    """Return ``text`` (a driver's error message about ``url``) with any form of ``url``'s
+    passwords hidden: as written, decoded or percent-encoded, and any quoted piece of one (a
+    parser quotes the part it misread: ``Port could not be cast to integer value as 'pa'``)."""
+    secrets = [url[start:stop] for start, stop in _secret_spans(url)]
+    forms = set()
+    for secret in secrets:
+        forms |= {secret, unquote(secret), quote(secret, safe=""), quote(unquote(secret), safe="")}
+    for form in sorted(filter(None, forms), key=len, reverse=True):
+        text = text.replace(form, "***")
+
+    def hide_piece(quoted: re.Match[str]) -> str:
+        piece = quoted.group(2)
+        if piece and any(piece in secret for secret in secrets):
+            return f"{quoted.group(1)}***{quoted.group(1)}"
+        return quoted.group(0)
+
+    return re.sub(r"(['\"])(.*?)\1", hide_piece, text)
+
+
+def unencoded_in_password(url: str, characters: str) -> bool:
+    """True when the password in ``url``'s user part holds one of ``characters`` as is: they
+    must be percent-encoded, or the drivers misread the URL (and may show part of it)."""
+    span = _password_span(url, skip=_query_secret_spans(url))
+    return span is not None and any(char in url[span[0] : span[1]] for char in characters)
+
+
+def _secret_spans(url: str) -> list[tuple[int, int]]:
+    """Where the passwords are in ``url``: the user part's, and the query's secret values."""
+    password = _password_span(url)
+    return [*([password] if password else []), *_query_secret_spans(url)]
+
+
+def _password_span(url: str, skip: Sequence[tuple[int, int]] = ()) -> tuple[int, int] | None:
+    """Where the user part's password is: after the user's ``:``, up to the *last* ``@`` (as
+    urllib and redis-py read it, so a password holding ``@`` is found whole, and one holding
+    ``/ ? #`` too, where urllib would end the host part). An ``@`` in ``skip`` is not looked
+    at; one in a query string may make the span longer than the password: never shorter."""
+    begin = url.find("://")
+    begin = 0 if begin < 0 else begin + 3
+    at = len(url)
+    while (at := url.rfind("@", begin, at)) >= 0:
+        if not any(start <= at < stop for start, stop in skip):
+            colon = url.find(":", begin, at)
+            return (colon + 1, at) if 0 <= colon < at - 1 else None
+    return None
+
+
+def _query_secret_spans(url: str) -> list[tuple[int, int]]:
+    """Where the values of the query's secret parameters (``?password=``...) are."""
+    return [
+        match.span(2)
+        for match in _QUERY_PARAM.finditer(url)
+        if _SECRET_NAME.search(match.group(1)) and match.group(2)
+    ]
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``spans`` sorted, overlapping ones joined."""
+    merged: list[tuple[int, int]] = []
+    for start, stop in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(stop, merged[-1][1]))
+        else:
+            merged.append((start, stop))
+    return merged

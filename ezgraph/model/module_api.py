@@ -74,7 +74,7 @@ class StepContext:
     node: str
     index: int | None
     attempt: int
-    database_url: str
+    database_url: str = field(repr=False)  # its password must reach no log
     outputs: Mapping[str, Any] = field(default_factory=dict)
     successors: tuple[str, ...] = ()
 

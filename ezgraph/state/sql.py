@@ -40,7 +40,7 @@ from sqlalchemy.sql.expression import Executable
 
 from ..errors import ConnectionFailed
 from ..model.records import EncodedJSON, RunRecord, RunStatus, StepRecord, StepStatus
-from ..settings import redact_url
+from ..settings import redact_text, redact_url, unencoded_in_password
 
 # SQLAlchemy Core tables: workers write through these without importing the ORM (a few MiB of
 # resident memory per worker). Typed ORM models over the same tables are in ``ezgraph.models``.
@@ -153,9 +153,16 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         try:
+            if unencoded_in_password(url, "@"):  # SQLAlchemy would take the rest for the host
+                raise ValueError(
+                    "its password holds @ unencoded: percent-encode the password"
+                    " (urllib.parse.quote(password, safe=''))"
+                )
             self.engine = engine_for(url)
         except (SQLAlchemyError, ValueError, ImportError) as error:
-            raise ConnectionFailed(f"invalid database URL {redact_url(url)}: {error}") from None
+            raise ConnectionFailed(
+                f"invalid database URL {redact_url(url)}: {redact_text(str(error), url)}"
+            ) from None
         self._schema_ready = False
 
     def create_schema(self) -> None:
@@ -285,7 +292,9 @@ def _database_errors(url: str) -> Iterator[None]:
         yield
     except SQLAlchemyError as error:
         detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise ConnectionFailed(f"database {redact_url(url)} failed: {detail}") from error
+        raise ConnectionFailed(
+            f"database {redact_url(url)} failed: {redact_text(detail, url)}"
+        ) from error
 
 
 @functools.cache

@@ -364,6 +364,15 @@ CASES: dict[str, Case] = {
         kept=nothing_stored,
         secret="hunter2",
     ),
+    "Redis password not percent-encoded": Case(
+        ("submit", "a", "-f", "x=1"),
+        "error: invalid Redis URL redis://:***@127.0.0.1:1/0: its password holds / ? or #"
+        " unencoded: percent-encode the password (urllib.parse.quote(password, safe=''))",
+        1,
+        env={"REDIS_URL": "redis://:hun#ter2@127.0.0.1:1/0"},
+        kept=nothing_stored,
+        secret="ter2",
+    ),
     "unreachable database (init-db)": Case(
         ("init-db",),
         f"error: database postgresql+psycopg2://postgres:***@127.0.0.1:1/nope failed: {ANY}",
@@ -397,6 +406,15 @@ CASES: dict[str, Case] = {
         database_url=NO_DATABASE,
         kept=still_waiting_in_redis,
         secret="sekret",
+    ),
+    "database password holding @": Case(
+        ("init-db",),
+        "error: invalid database URL postgresql+psycopg2://postgres:***@127.0.0.1:1/nope: its"
+        " password holds @ unencoded: percent-encode the password"
+        " (urllib.parse.quote(password, safe=''))",
+        1,
+        database_url="postgresql+psycopg2://postgres:sek@ret@127.0.0.1:1/nope",
+        secret="ret@",
     ),
     "invalid database URL": Case(
         ("init-db",),

@@ -1,10 +1,13 @@
 """The dashboard in a real browser: headless Chromium (Selenium, Debian's chromium and
 chromium-driver) walks the runs list, a live run's page, cancels it, and retries a failed run.
-It saves the screenshots the README shows (docs/*.png). Skipped when Chromium is missing."""
+With EZGRAPH_SCREENSHOTS=docs it saves the screenshots the README shows (docs/*.png; otherwise
+they go to the test's temporary folder, leaving the checkout as it was). Skipped when Chromium is
+missing."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -25,7 +28,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
-DOCS = ROOT / "docs"
+SHOTS = os.environ.get("EZGRAPH_SCREENSHOTS")
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or DRIVER is None,
@@ -82,14 +85,21 @@ def serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     return process, base
 
 
-def shot(driver: object, name: str) -> None:
-    """Save a screenshot for the README."""
-    DOCS.mkdir(exist_ok=True)
-    driver.save_screenshot(str(DOCS / name))  # type: ignore[attr-defined]
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where screenshots go: EZGRAPH_SCREENSHOTS (under the checkout) or a temporary folder."""
+    folder = ROOT / SHOTS if SHOTS else tmp_path
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def shot(driver: object, folder: Path, name: str) -> None:
+    """Save a screenshot (the README's, with EZGRAPH_SCREENSHOTS=docs)."""
+    driver.save_screenshot(str(folder / name))  # type: ignore[attr-defined]
 
 
 def test_a_browser_walks_the_list_a_live_run_cancel_and_retry(
-    make_context: Callable[..., Context], redis_conn: Redis, browser: object
+    make_context: Callable[..., Context], redis_conn: Redis, browser: object, shots: Path
 ) -> None:
     driver: object = browser
     failing = make_context("tests.graphs.failing")
@@ -117,13 +127,13 @@ def test_a_browser_walks_the_list_a_live_run_cancel_and_retry(
         rows = driver.find_elements(By.CSS_SELECTOR, "table.runs tbody tr")  # type: ignore[attr-defined]
         assert [r.find_element(By.TAG_NAME, "a").text for r in rows] == [live, map_run, failed]
         assert "live" in rows[0].text
-        shot(driver, "dashboard-runs.png")
+        shot(driver, shots, "dashboard-runs.png")
 
         rows[0].find_element(By.TAG_NAME, "a").click()
         assert driver.find_element(By.ID, "run-status").text == "running"  # type: ignore[attr-defined]
         svg = driver.find_element(By.CSS_SELECTOR, "section.graph svg")  # type: ignore[attr-defined]
         assert "b" in svg.text and "pending" in svg.text
-        shot(driver, "dashboard-run-live.png")
+        shot(driver, shots, "dashboard-run-live.png")
         driver.find_element(By.ID, "cancel").click()  # type: ignore[attr-defined]
         wait_for(
             lambda: driver.find_element(By.ID, "run-status").text == "canceled",  # type: ignore[attr-defined]
@@ -137,12 +147,12 @@ def test_a_browser_walks_the_list_a_live_run_cancel_and_retry(
         driver.get(f"{base}/runs/{map_run}")  # type: ignore[attr-defined]
         bar = driver.find_element(By.TAG_NAME, "progress")  # type: ignore[attr-defined]
         assert (bar.get_attribute("value"), bar.get_attribute("max")) == ("5", "5")
-        shot(driver, "dashboard-run-map.png")
+        shot(driver, shots, "dashboard-run-map.png")
 
         driver.get(f"{base}/runs?status=failed")  # type: ignore[attr-defined]
         driver.find_element(By.LINK_TEXT, failed).click()  # type: ignore[attr-defined]
         assert "ValueError: boom in c" in driver.page_source  # type: ignore[attr-defined]
-        shot(driver, "dashboard-run-failed.png")
+        shot(driver, shots, "dashboard-run-failed.png")
         driver.find_element(By.ID, "retry").click()  # type: ignore[attr-defined]
         assert "retry: run is running" in driver.find_element(By.TAG_NAME, "main").text  # type: ignore[attr-defined]
         status = json.loads(urllib.request.urlopen(f"{base}/runs/{failed}.json", timeout=5).read())
@@ -151,4 +161,4 @@ def test_a_browser_walks_the_list_a_live_run_cancel_and_retry(
         for process in (worker, server):
             process.terminate()
             process.communicate(timeout=15)
-    assert Path(DOCS / "dashboard-runs.png").stat().st_size > 10_000
+    assert (shots / "dashboard-runs.png").stat().st_size > 10_000

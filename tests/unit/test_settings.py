@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.metadata
+from urllib.parse import quote
 
 import pytest
 
 import ezgraph
 from ezgraph.errors import UsageError
-from ezgraph.settings import Settings, redact_url
+from ezgraph.model.module_api import StepContext
+from ezgraph.settings import Settings, redact_text, redact_url
 
 
 def test_nothing_configured_means_embedded_sqlite_and_modules() -> None:
@@ -46,3 +48,59 @@ def test_redact_url_hides_only_the_password() -> None:
 
 def test_the_version_is_the_installed_distributions() -> None:
     assert ezgraph.__version__ == importlib.metadata.version("ezgraph")
+
+
+# Each URL with its password, in letters that the rest of the URL does not hold.
+NASTY_URLS = {
+    "redis://:QX#ZJ@h:6379/0": "QX#ZJ",
+    "redis://:QX?ZJ@h:6379/0": "QX?ZJ",
+    "redis://:QX/ZJ@h:6379/0": "QX/ZJ",
+    "redis://user:QX@ZJ@h:6379/0": "QX@ZJ",
+    "redis://user:QX:ZJ@h:6379/0": "QX:ZJ",
+    "redis://user:QX%40ZJ%2F%3A%25@h:6379/0": "QX@ZJ/:%",
+    "rediss://user:QXZJ@h:6380/0?ssl_cert_reqs=required": "QXZJ",
+    "unix:///tmp/r.sock?db=0&password=QXZJ": "QXZJ",
+    "unix://:QXZJ@/tmp/r.sock?db=0": "QXZJ",
+    "redis://h:6379/0?password=QX@ZJ&db=1": "QX@ZJ",
+    "redis://h:6379/0?password=QX&ZJ&db=1": "QX&ZJ",
+    "redis://:QXZJ@[::1]:6379/0": "QXZJ",
+    "redis://:QXZJ@h:notaport/0": "QXZJ",
+    "redis://u:QX?pwd=ZJ@h/0": "QX?pwd=ZJ",
+    "postgresql+psycopg2://u:Q/X#Z?J@h:5432/db": "Q/X#Z?J",
+    "postgresql://h/db?sslpassword=QXZJ": "QXZJ",
+}
+
+
+@pytest.mark.parametrize("url", list(NASTY_URLS))
+def test_redact_url_shows_no_piece_of_the_password(url: str) -> None:
+    password = NASTY_URLS[url]
+    shown = redact_url(url)
+    assert "***" in shown
+    for form in (password, quote(password, safe="")):
+        assert not any(form[i : i + 2] in shown for i in range(len(form) - 1)), shown
+
+
+def test_redact_url_keeps_the_rest() -> None:
+    assert redact_url("redis://:s@[::1]:6379/0?db=1") == "redis://:***@[::1]:6379/0?db=1"
+    assert (
+        redact_url("unix:///r.sock?db=0&password=s&x=1") == "unix:///r.sock?db=0&password=***&x=1"
+    )
+    assert redact_url("sqlite:////tmp/ezgraph.db") == "sqlite:////tmp/ezgraph.db"
+
+
+def test_redact_text_hides_the_password_decoded_encoded_and_in_pieces() -> None:
+    url = "redis://u:QX?ZJ%40K@h/0"
+    text = "QX?ZJ@K, QX?ZJ%40K, QX%3FZJ%40K, value as 'QX'"
+    assert redact_text(text, url) == "***, ***, ***, value as '***'"
+
+
+def test_the_settings_repr_hides_the_passwords() -> None:
+    settings = Settings(redis_url="redis://u:QX%40ZJ@h/0", database_url="postgresql://u:QXZJ@h/db")
+    shown = repr(settings)
+    assert "QX" not in shown
+    assert "redis_url='redis://u:***@h/0'" in shown and "postgresql://u:***@h/db" in shown
+
+
+def test_a_steps_context_repr_hides_the_database_url() -> None:
+    context = StepContext("r", "n", None, 1, "postgresql://u:QXZJ@h/db")
+    assert "QXZJ" not in repr(context)
