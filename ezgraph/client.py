@@ -25,10 +25,11 @@ from .errors import ConnectionFailed, InvalidRunOperation, RunNotFound, UsageErr
 from .handover import RunWriter
 from .model.graph import Graph
 from .model.payload import to_json
-from .model.records import RunRecord, RunStatus
+from .model.records import MAX_RUN_ID, RunRecord, RunStatus
 from .model.step_job import StepJob, job_id
 from .settings import Settings
 from .state.protocol import Submission
+from .state.redis_io import out_of_memory
 from .state.runs import record_from_live
 
 
@@ -292,10 +293,13 @@ def _check_run_id(run_id: str) -> str:
     """Return ``run_id`` when it is well-formed (what :meth:`GraphOrchestrator.submit` accepts).
 
     Raises:
-        UsageError: for an empty id, or one holding anything but letters, digits, '-' and '_'.
+        UsageError: for an empty id, one holding anything but letters, digits, '-' and '_', or
+            one longer than the database's column (:data:`MAX_RUN_ID`).
     """
     if not run_id.replace("-", "").replace("_", "").isalnum():
         raise UsageError(f"run id {run_id!r} may only hold letters, digits, '-' and '_'")
+    if len(run_id) > MAX_RUN_ID:
+        raise UsageError(f"run id {run_id!r} is {len(run_id)} characters; at most {MAX_RUN_ID}")
     return run_id
 
 
@@ -307,6 +311,11 @@ def _redis_errors(context: Context) -> Iterator[None]:
     except RedisError as error:
         kwargs = context.connection.connection_pool.connection_kwargs
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        if out_of_memory(error):
+            raise ConnectionFailed(
+                f"Redis at {where} is out of memory (maxmemory): nothing was written; free"
+                " memory or raise maxmemory, then try again"
+            ) from error
         raise ConnectionFailed(f"Redis at {where} failed: {error}") from error
 
 

@@ -12,7 +12,7 @@ from redis import Redis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from .embedded import ensure_server
-from .errors import ConnectionFailed
+from .errors import ConnectionFailed, UnsafeRedis
 from .settings import Settings, redact_text, redact_url, unencoded_in_password
 
 # Every command that ezgraph (its Lua scripts and its Python code), RQ's workers (fork,
@@ -88,6 +88,27 @@ def connect(settings: Settings, check: bool = True) -> Redis:
         except (RedisError, OSError) as error:
             raise _failure("cannot reach Redis at", url, error) from None
     return connection
+
+
+def check_eviction(connection: Redis) -> str:
+    """The server's ``maxmemory_policy``, read from ``INFO memory`` (CONFIG may be denied).
+
+    Raises:
+        UnsafeRedis: for a policy that evicts keys: at ``maxmemory`` it would delete queued jobs
+            and runs in flight without a word (``allkeys-*``), or ezgraph's request replies and
+            heartbeats (``volatile-*``). ezgraph needs ``noeviction``: at the limit, submits
+            fail in one line and workers wait for memory.
+    """
+    try:
+        policy = str(connection.info("memory").get("maxmemory_policy", "noeviction"))
+    except ResponseError:  # INFO denied: a user without it
+        return "not checked (INFO is denied)"
+    if policy != "noeviction":
+        raise UnsafeRedis(
+            f"Redis evicts keys at maxmemory (maxmemory-policy {policy}): it would lose queued"
+            " runs silently; set maxmemory-policy noeviction"
+        )
+    return policy
 
 
 def _failure(what: str, url: str, error: Exception, verb: str = "") -> ConnectionFailed:

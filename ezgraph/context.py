@@ -50,7 +50,7 @@ class Context:
             # work-horse imports ezgraph for every job, and needs SQL only if its run ends.
             from .state.sql import Store
 
-            self._store = Store(self.settings.database_url)
+            self._store = Store(self.settings.database_url, self.tuning)
         return self._store
 
     def graph(self, package: str | None = None) -> Graph:

@@ -42,6 +42,16 @@ class ConnectionFailed(EzgraphError):
     """Raised when Redis or the database cannot be reached; names the URL without password."""
 
 
+class UnsafeRedis(EzgraphError):
+    """Raised when the Redis server is set up to lose data ezgraph keeps there (an eviction
+    policy): workers refuse to start on it, ``ezgraph check`` names it."""
+
+
+class StoreRefused(EzgraphError):
+    """Raised when the database refuses the rows of a run (a value it cannot hold): the run is
+    set aside with this reason while other runs are written (``ezgraph persist`` names it)."""
+
+
 class EmbeddedServerError(ConnectionFailed):
     """Raised when the embedded Redis-compatible server cannot be started."""
 

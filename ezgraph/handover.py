@@ -13,6 +13,7 @@ writing every worker's runs; while it runs, stock workers leave the writing to i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -22,8 +23,9 @@ from collections.abc import Sequence
 from redis.exceptions import RedisError
 
 from .context import Context
-from .errors import ConnectionFailed
+from .errors import ConnectionFailed, StoreRefused
 from .faults import crash_point
+from .model.records import RunRecord
 from .settings import Tuning
 from .state.runs import record_from_live
 
@@ -41,12 +43,20 @@ class RunWriter:
         self._last_write = 0.0
         self._follower_seen = (-math.inf, False)  # (when looked, a follower writes)
         self._lock = threading.Lock()
+        self._down_until = 0.0  # the database is down: not tried again before (monotonic)
+        self._retry_in = 0.0
+        self._refused = 0  # runs the last write set aside
 
     # -- writing -----------------------------------------------------------------------------
 
-    def write_runs(self, run_ids: Sequence[str]) -> list[str]:
+    def write_runs(self, run_ids: Sequence[str], force: bool = False) -> list[str]:
         """Write these ended runs in one transaction and mark them saved; returns the ids
-        written (none when the database is down: they wait in Redis)."""
+        written. None while the database is down (they wait in Redis; it is tried again after
+        a back-off, unless ``force``). A run the database refuses is set aside with its reason
+        (:meth:`RedisRuns.set_aside_run`) and the others are written without it."""
+        self._refused = 0
+        if not force and time.monotonic() < self._down_until:
+            return []
         context = self.context
         records = []
         written = []  # run id, the end written (a retry may change it while this writes)
@@ -62,12 +72,53 @@ class RunWriter:
             return []
         crash_point(context.connection, context.keys, "before_persist", "run")
         try:
-            context.store.save_runs(records)
+            saved = self._save(records)
         except ConnectionFailed as error:
-            logger.warning("runs kept in Redis until the database answers: %s", error)
+            self._database_down(error)
             return []
-        context.runs.mark_saved(written, context.settings.run_ttl)
-        return [record.run_id for record in records]
+        self._database_up()
+        context.runs.mark_saved(
+            [pair for pair in written if pair[0] in saved], context.settings.run_ttl
+        )
+        return [record.run_id for record in records if record.run_id in saved]
+
+    def _save(self, records: Sequence[RunRecord]) -> set[str]:
+        """Save ``records``; when the database refuses the batch, halves of it, down to the
+        runs it refuses, which are set aside. Returns the ids saved."""
+        try:
+            self.context.store.save_runs(records)
+            return {record.run_id for record in records}
+        except StoreRefused as error:
+            if len(records) == 1:
+                run_id = records[0].run_id
+                logger.error("run %s set aside: the database refused it: %s", run_id, error)
+                self.context.runs.set_aside_run(run_id, str(error))
+                self._refused += 1
+                return set()
+            middle = len(records) // 2
+            return self._save(records[:middle]) | self._save(records[middle:])
+
+    def _database_down(self, error: ConnectionFailed) -> None:
+        """The database failed: wait before trying again, longer each time it stays down."""
+        tuning = self.tuning
+        if self._down_until == 0.0:
+            logger.warning("database down, ended runs wait in Redis: %s", error)
+        self._retry_in = min(self._retry_in * 2, tuning.sql_retry_max) or tuning.sql_retry
+        self._down_until = time.monotonic() + self._retry_in
+        with contextlib.suppress(RedisError):  # for writers that just started (a work-horse)
+            self.context.connection.set(
+                self.context.keys.database_down, "1", px=int(self._retry_in * 1000)
+            )
+
+    def _database_up(self) -> None:
+        if self._down_until:
+            logger.warning("database back: writing the runs that waited")
+        self._down_until, self._retry_in = 0.0, 0.0
+
+    @property
+    def database_down(self) -> bool:
+        """Whether the database was found down and is not yet due to be tried again."""
+        return time.monotonic() < self._down_until
 
     def write_unsaved(
         self, older_than: float = 0.0, batch: int | None = None, until_empty: bool = True
@@ -85,7 +136,7 @@ class RunWriter:
                 return total
             written = self.write_runs(ids)
             total += len(written)
-            if len(written) < len(ids):
+            if len(written) + self._refused < len(ids):
                 return total
             left -= len(ids)
         return total
@@ -112,8 +163,10 @@ class RunWriter:
     # -- when to write -----------------------------------------------------------------------
 
     def write_now(self, run_id: str) -> None:
-        """Write run ``run_id`` at once (a process about to end)."""
-        self.write_runs([run_id])
+        """Write run ``run_id`` at once (a process about to end), unless a writer found the
+        database down a moment ago: it then waits in Redis for the others' next write."""
+        if not self.context.connection.exists(self.context.keys.database_down):
+            self.write_runs([run_id])
 
     def ended(self, run_id: str) -> None:
         """This process ended run ``run_id``: it is written in the next batch."""

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from .settings import Tuning
 from .state.keys import Keys
@@ -55,6 +56,8 @@ class Heartbeat(threading.Thread):
         while not self.stopped.wait(self.tick):
             try:
                 self.beat_if_due()
+            except RedisError as error:
+                logger.warning("heartbeat: Redis failed, trying again: %s", error)
             except Exception:
                 logger.exception("heartbeat failed")
 
@@ -70,9 +73,11 @@ class Heartbeat(threading.Thread):
             and time.monotonic() - last[1] < self.tuning.beat_every
         ):
             return
-        self.beat(name)
-        if self.after_beat is not None:
-            self.after_beat()
+        try:
+            self.beat(name)
+        finally:  # even when the beat failed: a stop's grace is enforced with Redis gone too
+            if self.after_beat is not None:
+                self.after_beat()
 
     @property
     def has_beaten(self) -> bool:

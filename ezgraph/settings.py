@@ -144,6 +144,12 @@ class Tuning:
     follower_tick: float = 0.02  # seconds between the follower's looks at the unsaved set
     follower_retry: float = 1.0  # seconds before the follower tries again after a failed write
     stock_tick: float = 0.25  # a stock worker's thread looks this often when nothing waits
+    # SQL calls: a database that does not answer counts as down (runs wait in Redis), and is
+    # tried again after sql_retry seconds, doubling up to sql_retry_max while it stays down.
+    sql_connect_timeout: int = 5  # seconds (PostgreSQL's connect_timeout)
+    sql_statement_timeout: int = 30  # seconds a statement may run (PostgreSQL)
+    sql_retry: float = 1.0
+    sql_retry_max: float = 30.0
     # The fast worker's loop.
     idle_wait: float = 1.0  # seconds an idle worker blocks on its queues' wake list
     idle_mark: float = 3.0  # seconds an empty claim marks its queues idle (only then they wake)

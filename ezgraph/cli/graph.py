@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from ..client import stranded_runs
-from ..errors import UsageError
+from ..connection import check_eviction
+from ..errors import ConnectionFailed, UsageError
 from ..model.graph import load_graph
 from ..model.render import FORMATS, render
 from ..ops.checks import reach
@@ -47,6 +48,11 @@ def check(state: CliState, live: bool) -> None:
         click.echo(f"warning: no start reaches {', '.join(found.unreachable)}: they never run")
     for note in found.partial_joins:
         click.echo(f"note: {note}")
+    if state.settings.redis_url is not None:  # a configured Redis (the embedded one is safe)
+        try:
+            click.echo(f"redis: maxmemory-policy {check_eviction(state.context.connection)}")
+        except ConnectionFailed as error:
+            click.echo(f"warning: Redis not checked: {error}")
     if live:
         stranded = stranded_runs(state.context, graph)
         for version, runs in stranded.items():

@@ -11,7 +11,7 @@ import time
 import click
 
 from .. import handover, recovery
-from ..errors import ConnectionFailed, UsageError
+from ..errors import ConnectionFailed, EzgraphError, UsageError
 from ..handover import RunWriter
 from ..settings import redact_url
 from ..state.sql import Store
@@ -66,8 +66,13 @@ def persist(state: CliState, follow: bool) -> None:
         raise ConnectionFailed(f"{error} ({waiting} runs keep waiting in Redis)") from None
     name = f"persist-{os.getpid()}"
     if not follow:
+        context.runs.restore_set_aside()  # the database may take them now
         count = RunWriter(context, name).write_unsaved()
         click.echo(f"{count} runs written")
+        if refused := context.runs.set_aside():
+            runs, them = ("1 run", "it") if len(refused) == 1 else (f"{len(refused)} runs", "them")
+            reasons = "; ".join(f"{run_id}: {reason}" for run_id, reason in refused.items())
+            raise EzgraphError(f"{runs} set aside, the database refused {them}: {reasons}")
         return
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -98,6 +103,8 @@ def reap(state: CliState, loop: bool) -> None:
     try:
         while True:
             report = recovery.recover(context, ended)
+            if loop:  # runs a work-horse left unsaved (the database was down): write them
+                writer.take_turn(older_than=context.tuning.sweep_age)
             if report.suspected and not loop:
                 time.sleep(context.tuning.grace + 0.1)  # the watchdog times by Redis's clock
                 recovery.watch_runs(context, ended, report)

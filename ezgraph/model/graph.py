@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import GraphError
 from ..settings import MAX_SECONDS
+from .records import MAX_NAME
 
 StepFunction = Callable[[dict[str, Any]], Any]
 
@@ -413,6 +414,8 @@ def _module_worker_class(module: ModuleType) -> Any:
 def _check_name(name: object) -> None:
     if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
         raise GraphError(f"node name {name!r} is not a Python identifier")
+    if len(name) > MAX_NAME:
+        raise GraphError(f"node name {name[:20]}... is {len(name)} characters; at most {MAX_NAME}")
 
 
 def _check_acyclic(connections: Mapping[str, tuple[str, ...]]) -> None:

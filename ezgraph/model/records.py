@@ -10,6 +10,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+# The widest values the SQL columns hold: longer ones are refused at submit and in the graph,
+# never met when a run is written.
+MAX_RUN_ID = 64
+MAX_NAME = 200  # node names and the modules package
+
 
 class RunStatus(enum.StrEnum):
     """Where a run is: waiting, in flight, or in one of its three terminal states."""

@@ -78,6 +78,16 @@ class Keys:
         """Ended runs not yet in SQL, scored by their end."""
         return f"{self.prefix}:runs:unsaved"
 
+    @property
+    def set_aside_runs(self) -> str:
+        """Ended runs the database refused: run id -> the reason (``ezgraph persist`` retries)."""
+        return f"{self.prefix}:runs:set_aside"
+
+    @property
+    def database_down(self) -> str:
+        """Set while a writer finds the database down, for as long as it waits to try again."""
+        return f"{self.prefix}:database_down"
+
     def alive(self, worker: str) -> str:
         """A worker's heartbeat."""
         return f"{self.prefix}:alive:{worker}"

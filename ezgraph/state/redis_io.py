@@ -20,7 +20,7 @@ import hiredis
 from redis import Redis
 from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..rq_compat import RQ_PREFIX, lua_constants, utcnow_iso
@@ -66,11 +66,18 @@ class ScriptRunner:
         self._local = threading.local()  # this thread's connection, caller id and requests
 
     def call(
-        self, name: str, *args: Any, patience: float = 0.0, until: threading.Event | None = None
+        self,
+        name: str,
+        *args: Any,
+        patience: float = 0.0,
+        until: threading.Event | None = None,
+        wait_for_memory: bool = False,
     ) -> Any:
         """Run script ``name`` with the head and ``args``; a call Redis does not answer (a
         timeout, a dropped connection, or no memory left) is sent again for ``patience``
-        seconds (or until ``until`` is set), then its error raised."""
+        seconds (or until ``until`` is set), then its error raised. No memory left (Redis refuses
+        a script before it runs: nothing was written) is raised at once, unless
+        ``wait_for_memory`` (a worker recording what it ran): then it is waited out."""
         local = self._local
         if not hasattr(local, "caller"):
             local.caller, local.requests = f"{os.getpid()}-{uuid.uuid4().hex[:12]}", 0
@@ -90,11 +97,14 @@ class ScriptRunner:
             try:
                 return self._evalsha(name, argv)
             except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as error:
-                if isinstance(error, ResponseError) and not str(error).startswith("OOM"):
+                full = out_of_memory(error)
+                if isinstance(error, ResponseError) and not (full and wait_for_memory):
                     raise
-                if time.monotonic() + delay > deadline or (until is not None and until.is_set()):
+                late = time.monotonic() + delay > deadline and not full
+                if late or (until is not None and until.is_set()):
                     raise
-                logger.warning("Redis did not answer %s (%s); sending it again", name, error)
+                what = "is out of memory at" if full else "did not answer"
+                logger.warning("Redis %s %s (%s); sending it again", what, name, error)
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -152,3 +162,11 @@ class ScriptRunner:
             connection.disconnect()  # type: ignore[no-untyped-call]  # reconnects with it
             self._local.connection = connection
         return connection
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether Redis refused a command for lack of memory (at ``maxmemory``, ``noeviction``):
+    redis-py's OutOfMemoryError, or the raw ``OOM`` error reply."""
+    return isinstance(error, OutOfMemoryError) or (
+        isinstance(error, ResponseError) and str(error).startswith("OOM")
+    )

@@ -78,12 +78,16 @@ class RedisRuns:
 
     def complete(self, request: CompletionRequest) -> Outcome:
         """Record a step that succeeded and create its ready successors, atomically."""
-        reply = self.scripts.call("complete_step", *request.argv(), patience=self.patience)
+        reply = self.scripts.call(
+            "complete_step", *request.argv(), patience=self.patience, wait_for_memory=True
+        )
         return Outcome.parse(reply)
 
     def fail_step(self, failure: Failure) -> Outcome:
         """Record a step that failed for good, and stop its run."""
-        return Outcome.parse(self.scripts.call("fail_step", *failure, patience=self.patience))
+        return Outcome.parse(
+            self.scripts.call("fail_step", *failure, patience=self.patience, wait_for_memory=True)
+        )
 
     def cancel(self, run_id: str, error: str) -> Outcome:
         """Stop a run as canceled; its waiting steps are canceled in RQ."""
@@ -100,14 +104,21 @@ class RedisRuns:
         """An ezgraph worker's one call: finish the jobs it ran (recording their steps) and
         claim the next ones of ``queues``; sent again until Redis answers (or ``until``)."""
         argv = finish_and_claim_argv(claim, queues, finished)
-        reply = self.scripts.call("finish_and_claim", *argv, patience=math.inf, until=until)
+        reply = self.scripts.call(
+            "finish_and_claim", *argv, patience=math.inf, until=until, wait_for_memory=True
+        )
         return parse_finish_and_claim(reply)
 
-    def requeue_claims(self, worker: str, max_deaths: int | None) -> tuple[list[str], list[str]]:
+    def requeue_claims(
+        self, worker: str, max_deaths: int | None, until: threading.Event | None = None
+    ) -> tuple[list[str], list[str]]:
         """Give back a worker's claimed jobs; returns the job ids requeued, and those failed
-        (held by more than ``max_deaths`` dead workers; None: a live worker's own, uncounted)."""
+        (held by more than ``max_deaths`` dead workers; None: a live worker's own, uncounted).
+        Sent again while Redis does not answer, for the client's patience or until ``until``."""
         request = RequeueClaims(worker, "" if max_deaths is None else max_deaths)
-        requeued, failed = self.scripts.call("requeue_claims", *request, patience=self.patience)
+        requeued, failed = self.scripts.call(
+            "requeue_claims", *request, patience=self.patience, until=until
+        )
         return [as_text(i) or "" for i in requeued], [as_text(i) or "" for i in failed]
 
     def requeue_step(self, run_id: str, job_id: str, queue: str, expected: str) -> bool:
@@ -180,6 +191,29 @@ class RedisRuns:
     def unsaved_count(self) -> int:
         """How many ended runs wait to be written to SQL."""
         return int(self.connection.zcard(self.keys.unsaved_runs))
+
+    def set_aside_run(self, run_id: str, reason: str) -> None:
+        """The database refused run ``run_id``: take it out of the unsaved set, so it no longer
+        holds up the runs behind it, and keep it (its keys too) with ``reason``."""
+        with self.connection.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keys.unsaved_runs, run_id)
+            pipe.hset(self.keys.set_aside_runs, run_id, reason)
+            pipe.execute()
+
+    def set_aside(self) -> dict[str, str]:
+        """The runs set aside: run id -> the database's reason."""
+        reasons = self.connection.hgetall(self.keys.set_aside_runs)
+        return {as_text(k) or "": as_text(v) or "" for k, v in reasons.items()}
+
+    def restore_set_aside(self) -> list[str]:
+        """Put the runs set aside back in the unsaved set, to be written again."""
+        run_ids = list(self.set_aside())
+        if run_ids:
+            with self.connection.pipeline(transaction=True) as pipe:
+                pipe.zadd(self.keys.unsaved_runs, dict.fromkeys(run_ids, time.time()))
+                pipe.hdel(self.keys.set_aside_runs, *run_ids)
+                pipe.execute()
+        return run_ids
 
     def live(self, older_than: float = 0.0, limit: int | None = None) -> list[str]:
         """Runs in flight, oldest first (those started over ``older_than`` s ago)."""

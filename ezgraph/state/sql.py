@@ -35,12 +35,22 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.sql.expression import Executable
 
-from ..errors import ConnectionFailed
-from ..model.records import EncodedJSON, RunRecord, RunStatus, StepRecord, StepStatus
-from ..settings import redact_text, redact_url, unencoded_in_password
+from ..errors import ConnectionFailed, StoreRefused
+from ..model.records import (
+    MAX_NAME,
+    MAX_RUN_ID,
+    EncodedJSON,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+)
+from ..settings import TUNING, Tuning, redact_text, redact_url, unencoded_in_password
 
 # SQLAlchemy Core tables: workers write through these without importing the ORM (a few MiB of
 # resident memory per worker). Typed ORM models over the same tables are in ``ezgraph.models``.
@@ -49,9 +59,9 @@ metadata = MetaData()
 runs_table = Table(
     "ezgraph_runs",
     metadata,
-    Column("run_id", String(64), primary_key=True),
-    Column("package", String(200), nullable=False),
-    Column("start_node", String(200), nullable=False),
+    Column("run_id", String(MAX_RUN_ID), primary_key=True),
+    Column("package", String(MAX_NAME), nullable=False),
+    Column("start_node", String(MAX_NAME), nullable=False),
     Column("status", String(16), nullable=False, index=True),
     Column("input", JSON, nullable=True),
     Column("result", JSON, nullable=True),
@@ -69,10 +79,10 @@ runs_table = Table(
 steps_table = Table(
     "ezgraph_steps",
     metadata,
-    Column("run_id", String(64), primary_key=True),
-    Column("step", String(220), primary_key=True),  # the node, or node-<i> for a map instance
+    Column("run_id", String(MAX_RUN_ID), primary_key=True),
+    Column("step", String(MAX_NAME + 20), primary_key=True),  # the node, or node-<i> (a map)
     Column("position", Integer, nullable=False, default=0),
-    Column("node", String(200), nullable=False),
+    Column("node", String(MAX_NAME), nullable=False),
     Column("item_index", Integer, nullable=True),
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
@@ -81,7 +91,7 @@ steps_table = Table(
     Column("error", Text, nullable=True),
     Column("started_at", DateTime(timezone=True), nullable=True),
     Column("ended_at", DateTime(timezone=True), nullable=True),
-    Column("worker", String(200), nullable=True),
+    Column("worker", String(MAX_NAME), nullable=True),
     Index("ix_ezgraph_steps_node_status", "node", "status"),  # the metrics' steps by node
 )
 
@@ -109,16 +119,43 @@ _engines_lock = threading.Lock()
 _schema_lock = threading.Lock()  # one thread of a process creates the tables at a time
 
 
-def engine_for(url: str) -> Engine:
+def engine_for(url: str, tuning: Tuning = TUNING) -> Engine:
     """One engine per URL and process (engines pool connections; never share one across fork)."""
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = create_engine(url, pool_pre_ping=True, json_serializer=_json_text)
+            engine = create_engine(
+                url,
+                pool_pre_ping=True,
+                json_serializer=_json_text,
+                connect_args=_timeouts(url, tuning),
+            )
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_pragmas)
             _engines[url] = engine
         return engine
+
+
+def _timeouts(url: str, tuning: Tuning) -> dict[str, Any]:
+    """Bounds on every SQL call, so a database that accepts and never answers counts as down:
+    PostgreSQL's connect timeout, statement timeout (added to the URL's own ``options``) and
+    TCP keepalives; SQLite waits ``busy_timeout`` for a lock (:func:`_sqlite_pragmas`)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return {}
+    options = parsed.query.get("options") or ""
+    if isinstance(options, tuple):
+        options = " ".join(options)
+    if "statement_timeout" not in options:
+        options = f"{options} -c statement_timeout={tuning.sql_statement_timeout * 1000}"
+    return {
+        "connect_timeout": tuning.sql_connect_timeout,
+        "options": options.strip(),
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+    }
 
 
 def _json_text(value: Any) -> str:
@@ -150,7 +187,7 @@ def dispose_engines() -> None:
 class Store:
     """Reads and writes runs in the SQL database at ``url``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tuning: Tuning = TUNING) -> None:
         self.url = url
         try:
             if unencoded_in_password(url, "@"):  # SQLAlchemy would take the rest for the host
@@ -158,7 +195,7 @@ class Store:
                     "its password holds @ unencoded: percent-encode the password"
                     " (urllib.parse.quote(password, safe=''))"
                 )
-            self.engine = engine_for(url)
+            self.engine = engine_for(url, tuning)
         except (SQLAlchemyError, ValueError, ImportError) as error:
             raise ConnectionFailed(
                 f"invalid database URL {redact_url(url)}: {redact_text(str(error), url)}"
@@ -190,7 +227,12 @@ class Store:
         return None if revision is None else str(revision)
 
     def save_runs(self, runs: Sequence[RunRecord]) -> None:
-        """Write ``runs`` and their steps in one transaction; a run written before is replaced."""
+        """Write ``runs`` and their steps in one transaction; a run written before is replaced.
+
+        Raises:
+            ConnectionFailed: the database is down or does not answer (try again later).
+            StoreRefused: it refused a value of these runs (writing them again will not help).
+        """
         if not runs:
             return
         if not self._schema_ready:
@@ -287,14 +329,22 @@ class Store:
 
 @contextmanager
 def _database_errors(url: str) -> Iterator[None]:
-    """Turn SQLAlchemy's errors into a one-line :class:`ConnectionFailed` naming the database."""
+    """Turn SQLAlchemy's errors into one line naming the database: :class:`ConnectionFailed`
+    when it is down, does not answer or is locked; :class:`StoreRefused` when it refused the
+    data (a value too long, a constraint: writing it again would fail again)."""
     try:
         yield
     except SQLAlchemyError as error:
-        detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise ConnectionFailed(
-            f"database {redact_url(url)} failed: {redact_text(detail, url)}"
-        ) from error
+        orig = getattr(error, "orig", None)
+        detail = redact_text(str(orig or error).strip().splitlines()[0], url)
+        down = isinstance(error, (OperationalError, InterfaceError, PoolTimeout)) or (
+            isinstance(error, DBAPIError) and error.connection_invalidated
+        )
+        if down or not isinstance(error, DBAPIError):
+            raise ConnectionFailed(f"database {redact_url(url)} failed: {detail}") from error
+        raise StoreRefused(detail) from error
+    except (ValueError, TypeError) as error:  # the driver refused a value before sending it
+        raise StoreRefused(redact_text(str(error).strip().splitlines()[0], url)) from error
 
 
 @functools.cache
@@ -343,7 +393,7 @@ def _run_values(run: RunRecord) -> dict[str, Any]:
         "status": run.status,
         "input": run.input,
         "result": run.result,
-        "error": run.error,
+        "error": _storable(run.error),
         "created_at": run.created_at,
         "ended_at": run.ended_at,
     }
@@ -360,8 +410,14 @@ def _step_values(run_id: str, position: int, step: StepRecord) -> dict[str, Any]
         "attempts": step.attempts,
         "input": step.input,
         "output": step.output,
-        "error": step.error,
+        "error": _storable(step.error),
         "started_at": step.started_at,
         "ended_at": step.ended_at,
         "worker": step.worker,
     }
+
+
+def _storable(text: str | None) -> str | None:
+    """Text every database holds: PostgreSQL refuses NUL in text, so it is shown as ``\\x00``
+    (JSON values keep theirs escaped as ``\\u0000``, which its ``json`` type takes)."""
+    return text.replace("\x00", "\\x00") if text and "\x00" in text else text

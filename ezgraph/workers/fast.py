@@ -32,6 +32,7 @@ from rq.queue import Queue
 from rq.worker import SimpleWorker, WorkerStatus
 
 from .. import completion, recovery, rq_compat
+from ..connection import check_eviction
 from ..context import Context
 from ..handover import RunWriter
 from ..liveness import Heartbeat
@@ -97,7 +98,12 @@ class FastWorker(SimpleWorker):
         max_jobs: int | None = None,
         **kwargs: Any,
     ) -> bool:
-        """Serve the queues until stopped (or, in burst mode, until they are empty)."""
+        """Serve the queues until stopped (or, in burst mode, until they are empty).
+
+        Raises:
+            UnsafeRedis: when Redis would evict keys at maxmemory (refused before any work).
+        """
+        check_eviction(self.connection)
         logging.getLogger("rq.worker").setLevel(logging_level or "INFO")  # rq CLI may pass None
         self.register_birth()  # type: ignore[no-untyped-call]
         self.set_state(WorkerStatus.IDLE)  # rq info shows '?' for a worker with no state
@@ -120,14 +126,23 @@ class FastWorker(SimpleWorker):
             return self._loop(maintenance, burst, with_scheduler, max_jobs)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            if self._pending:
-                self._finish_and_claim([], 0)
             maintenance.stop()
             heartbeat.stop()
-            self.context.runs.requeue_claims(self.name, None)  # normally nothing is left
+            self._leave()
+
+    def _leave(self) -> None:
+        """Finish what was run, give back what is claimed, say goodbye, write what waits. With
+        Redis gone, one line: the others' recovery gives its claims back once it returns."""
+        try:
+            if self._pending:
+                self._finish_and_claim([], 0)
+            # Normally nothing is left; told to stop, one try (Redis may be gone).
+            self.context.runs.requeue_claims(self.name, None, until=self._stop)
             self.connection.delete(self.context.keys.alive(self.name))
             self.register_death()  # type: ignore[no-untyped-call]
             self.writer.take_turn(final=True)
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            logger.warning("worker %s: stopped with Redis unreachable (%s)", self.name, error)
 
     def _loop(
         self, maintenance: Maintenance, burst: bool, with_scheduler: bool, max_jobs: int | None
@@ -159,12 +174,7 @@ class FastWorker(SimpleWorker):
                         self.writer.wrote()
                     continue
                 if self.writer.waiting:
-                    # Idle: write now, unless this worker wrote a moment ago or another one
-                    # is writing; then wait a little, listening for work.
-                    if self.writer.due(busy=False) and self.writer.take_turn():
-                        self.writer.wrote()
-                    else:
-                        self.connection.blpop(wake_lists, timeout=self.tuning.batch_wait)
+                    self._write_when_idle(maintenance, wake_lists)
                     continue
                 if burst and with_scheduler and maintenance.enqueue_due_retries():
                     continue
@@ -172,7 +182,18 @@ class FastWorker(SimpleWorker):
                     return worked
                 self.connection.blpop(wake_lists, timeout=self.tuning.idle_wait)
             except (RedisConnectionError, RedisTimeoutError) as error:
+                if self._stop.is_set():
+                    return worked  # told to stop, Redis gone: the others recover its claims
                 self._wait_for_redis(error)
+
+    def _write_when_idle(self, maintenance: Maintenance, wake_lists: list[str]) -> None:
+        """Idle with ended runs to write: write them now (in the writer thread: SQL never holds
+        up this loop), unless this worker wrote a moment ago; then listen for work a little."""
+        if self.writer.due(busy=False):
+            maintenance.write_soon()
+            self.writer.wrote()
+        else:
+            self.connection.blpop(wake_lists, timeout=self.tuning.batch_wait)
 
     def _finish_and_claim(self, queues: Sequence[str], batch: int) -> list[ClaimedJob]:
         """Finish (and record) the steps run since the last call, and claim up to ``batch``
@@ -329,9 +350,13 @@ class FastWorker(SimpleWorker):
         os._exit(0 if self._stop.is_set() else 70)
 
     def _exit_now(self) -> None:
-        """Stop at once: give back every claim (run again elsewhere) and exit."""
-        self.context.runs.requeue_claims(self.name, None)
-        self.register_death()  # type: ignore[no-untyped-call]
+        """Stop at once: give back every claim (run again elsewhere) and exit. With Redis gone,
+        exit all the same: the others' recovery gives the claims back once it returns."""
+        try:
+            self.context.runs.requeue_claims(self.name, None, until=self._stop)
+            self.register_death()  # type: ignore[no-untyped-call]
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            logger.warning("worker %s: exits with Redis unreachable (%s)", self.name, error)
         os._exit(0)
 
     def _install_stop_handlers(self) -> None:

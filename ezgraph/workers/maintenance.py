@@ -1,11 +1,11 @@
-"""An ezgraph worker's maintenance thread: recovery, due retries and the hand-over to SQL.
+"""An ezgraph worker's background threads: recovery, due retries and the hand-over to SQL.
 
-Once a second: give back dead workers' claims and make the watchdog's pass
-(:mod:`ezgraph.recovery`, the pass one worker at a time), move retries whose delay has passed
-to their queues (RQ's scheduler's job), and write the ended runs nobody wrote (their worker
-died, or the database was down). In between, it writes the runs its worker ended when the
-worker, busy, asks (:meth:`Maintenance.write_soon`): the write then runs while the worker's
-loop waits on Redis.
+The maintenance thread, once a second: give back dead workers' claims and make the watchdog's
+pass (:mod:`ezgraph.recovery`, the pass one worker at a time), and move retries whose delay has
+passed to their queues (RQ's scheduler's job). Its writer thread does every SQL write of the
+worker: the runs its worker ended, when the worker asks (:meth:`Maintenance.write_soon`), and
+once a second the ended runs nobody wrote (their worker died, or the database was down). So a
+database that hangs delays neither steps nor recovery: it only keeps runs waiting in Redis.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import logging
 import threading
 import time
 from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
 
 from .. import recovery
 
@@ -34,32 +36,27 @@ class Maintenance(threading.Thread):
         self.stopped = threading.Event()
         self._wake = threading.Event()
         self._write = False  # the worker asked for a write of ended runs
+        self._writer = threading.Thread(
+            target=self._write_loop, name=f"ezgraph-writer-{worker.name}", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start the maintenance thread and its writer thread."""
+        super().start()
+        self._writer.start()
 
     def write_soon(self) -> None:
-        """Write the ended runs to SQL in this thread, now (the worker is busy)."""
+        """Write the ended runs to SQL in the writer thread, now."""
         self._write = True
         self._wake.set()
 
     def run(self) -> None:
-        """Loop until :meth:`stop`; a failing pass is logged, never fatal."""
-        tuning = self.context.tuning
-        last_pass = time.monotonic()
-        while not self.stopped.is_set():
-            next_pass = last_pass + 1.0 - time.monotonic()
-            # While another process holds the write lock, ask again shortly.
-            self._wake.wait(
-                min(tuning.write_retry, next_pass) if self._write else max(0.0, next_pass)
-            )
-            self._wake.clear()
-            if self.stopped.is_set():
-                break
+        """Loop until :meth:`stop`, one pass a second; a failing pass is logged, never fatal."""
+        while not self.stopped.wait(1.0):
             try:
-                if self._write:
-                    self._write_ended()
-                if time.monotonic() - last_pass < 1.0:
-                    continue
-                last_pass = time.monotonic()
                 self.maintain()
+            except RedisError as error:
+                logger.warning("worker maintenance: Redis failed, trying again: %s", error)
             except Exception:
                 logger.exception("worker maintenance failed")
 
@@ -72,8 +69,31 @@ class Maintenance(threading.Thread):
             recovery.watch_runs(context, writer.ended)
         if self.with_scheduler:
             self.enqueue_due_retries()
-        # Runs a dead worker left, or that ended while the database was down.
-        writer.take_turn(older_than=context.tuning.sweep_age)
+
+    def _write_loop(self) -> None:
+        """The writer thread: the writes the worker asks for (asked again shortly while another
+        process holds the write lock) and, once a second, the runs a dead worker left or that
+        ended while the database was down."""
+        tuning = self.context.tuning
+        last_sweep = time.monotonic()
+        while not self.stopped.is_set():
+            next_sweep = last_sweep + 1.0 - time.monotonic()
+            self._wake.wait(
+                min(tuning.write_retry, next_sweep) if self._write else max(0.0, next_sweep)
+            )
+            self._wake.clear()
+            if self.stopped.is_set():
+                break
+            try:
+                if self._write:
+                    self._write_ended()
+                if time.monotonic() - last_sweep >= 1.0:
+                    last_sweep = time.monotonic()
+                    self.worker.writer.take_turn(older_than=tuning.sweep_age)
+            except RedisError as error:
+                logger.warning("writing ended runs: Redis failed, trying again: %s", error)
+            except Exception:
+                logger.exception("writing ended runs failed")
 
     def _write_ended(self) -> None:
         """Write the ended runs the worker asked for. The request is taken before writing, so
@@ -92,8 +112,9 @@ class Maintenance(threading.Thread):
         return self.context.runs.enqueue_due_retries([q.name for q in self.worker.queues])
 
     def stop(self) -> None:
-        """End the loop and wait for it."""
+        """End the loops and wait for them."""
         self.stopped.set()
         self._wake.set()
-        if self.is_alive():
-            self.join(timeout=5)
+        for thread in (self, self._writer):
+            if thread.is_alive():
+                thread.join(timeout=5)

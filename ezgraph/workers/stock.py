@@ -25,7 +25,9 @@ from redis.exceptions import RedisError
 from rq.job import Job
 
 from .. import completion
+from ..connection import check_eviction
 from ..context import Context
+from ..errors import UnsafeRedis
 from ..handover import RunWriter
 from ..liveness import Heartbeat
 from ..model.step_job import StepJob
@@ -70,6 +72,10 @@ class StockProcess:
 
     def start(self) -> None:
         """Start the heartbeat and the writer; write what is left when the process exits."""
+        try:
+            check_eviction(self.context.connection)
+        except UnsafeRedis as error:  # a stock worker cannot be refused: say it at each start
+            logger.error("%s", error)
         self.heartbeat.start()
         self._writer_thread.start()
         atexit.register(self._write_at_exit)
@@ -78,7 +84,7 @@ class StockProcess:
         """Run one step of ``rq_job`` and record its end."""
         step = completion.StepRun(self.context, job, completion.Attempt.of(rq_job))
         in_forked_child = os.environ.get("RQ_JOB_ID") == rq_job.id  # RQ sets it in a horse
-        ended = self._write_now if in_forked_child else self.run_ended
+        ended = self.writer.write_now if in_forked_child else self.run_ended
         self._step = (rq_job.worker_name or "", time.monotonic())
         if not self.heartbeat.has_beaten and rq_job.worker_name:
             # A process's first step beats at once, before its module is imported: an import
@@ -105,9 +111,6 @@ class StockProcess:
         self.writer.ended(run_id)
         if first:
             self._wake.set()
-
-    def _write_now(self, run_id: str) -> None:
-        self.writer.write_runs([run_id])
 
     def _write_when_due(self) -> None:
         """The writer thread: write ended runs when the policy says, retrying a held lock."""

@@ -115,7 +115,7 @@ def test_check_and_viz(make_context: Callable[..., Context]) -> None:
     env = subprocess_env(make_context("tests.graphs.diamond").settings)
     checked = ezgraph_cli("check", env=env).stdout.splitlines()
     assert checked[0].startswith("ok: tests.graphs.diamond: 4 nodes, 4 edges, joins: d (version ")
-    assert checked[1:] == ["starts (no predecessor): a"]
+    assert checked[1:] == ["starts (no predecessor): a", "redis: maxmemory-policy noeviction"]
     mermaid = ezgraph_cli("viz", "--format", "mermaid", env=env).stdout
     assert "a --> b" in mermaid and "c --> d" in mermaid
     bad = ezgraph_cli("-m", "tests.graphs.nope", "check", env=env)

@@ -328,4 +328,5 @@ def test_check_names_the_nodes_no_declared_start_reaches(
         "starts (STARTS): a",
         "warning: no start reaches x, y: they never run",
         "note: join j from start a: runs without x",
+        "redis: maxmemory-policy noeviction",
     ]

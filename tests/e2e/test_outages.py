@@ -109,6 +109,30 @@ def test_runs_in_flight_complete_after_a_redis_restart_with_appendonly(
     assert all(context.store.load_run(r).status == "finished" for r in run_ids)  # type: ignore[union-attr]
 
 
+def test_a_worker_told_to_stop_while_redis_is_gone_stops_in_its_grace(
+    private_redis: Callable[[], subprocess.Popen[bytes]], sqlite_url: str
+) -> None:
+    server = private_redis()
+    url = f"redis://127.0.0.1:{private_redis.port}/0"  # type: ignore[attr-defined]
+    settings = Settings(
+        redis_url=url, database_url=sqlite_url, modules_package="tests.graphs.chain"
+    )
+    context = Context(settings)
+    worker = start_worker(settings)
+    wait_for(lambda: bool(context.connection.smembers(context.keys.workers)), 30, "the worker")
+    server.send_signal(signal.SIGKILL)
+    server.wait()
+    time.sleep(1.5)  # the worker finds Redis gone, and waits for it
+    began = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    _, errors = worker.communicate(timeout=60)
+    took = time.monotonic() - began
+    assert took < context.tuning.stop_grace + 5, f"stopped after {took:.1f} s: {errors}"
+    assert worker.returncode == 0, errors
+    assert "Traceback" not in errors, errors
+    assert "Redis unreachable" in errors
+
+
 def test_a_wrong_redis_password_is_one_line_naming_the_url_without_it(tmp_path: Path) -> None:
     port = free_port()
     server = subprocess.Popen(

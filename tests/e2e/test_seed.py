@@ -92,7 +92,10 @@ def test_the_seeds_two_node_graph_runs_the_seeds_question_with_the_shipped_modul
     env = seed_env(redis_url, folder)
     checked = ezgraph(folder, env, "check").stdout.splitlines()
     assert checked[0].startswith("ok: modules: 2 nodes, 1 edges (version ")
-    assert checked[1:] == ["starts (no predecessor): intent_validator"]
+    assert checked[1:] == [
+        "starts (no predecessor): intent_validator",
+        "redis: maxmemory-policy noeviction",
+    ]
     done = ezgraph(folder, env, "run", "intent_validator", *SEED_QUESTION)
     assert done.returncode == 0, done.stderr
     assert '"intent": "count"' in done.stdout and '"questions_count": 1' in done.stdout

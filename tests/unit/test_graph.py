@@ -114,3 +114,9 @@ def test_malformed_modules_routes_and_policies_are_refused_in_one_line(
     with pytest.raises(GraphError) as refused:
         build_graph({"a": ["b"], "b": []}, check_functions=False, **declared)
     assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+
+
+def test_a_node_name_longer_than_sql_holds_is_refused() -> None:
+    name = "n" * 201
+    with pytest.raises(GraphError, match=r"node name n{20}\.\.\. is 201 characters; at most 200"):
+        build_graph({name: []}, check_functions=False)
