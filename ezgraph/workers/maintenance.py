@@ -2,10 +2,10 @@
 
 Once a second: give back dead workers' claims and make the watchdog's pass
 (:mod:`ezgraph.recovery`, the pass one worker at a time), move retries whose delay has passed
-to their queues (RQ's scheduler's job), and write the ended runs nobody wrote (their worker
-died, or the database was down). In between, it writes the runs its worker ended when the
-worker, busy, asks (:meth:`Maintenance.write_soon`): the write then runs while the worker's
-loop waits on Redis.
+to their queues (RQ's scheduler's job), write the ended runs nobody wrote (their worker died,
+or the database was down), and drop the ended jobs whose time has passed from RQ's
+registries. In between, it writes the runs its worker ended when the worker, busy, asks
+(:meth:`Maintenance.write_soon`): the write then runs while the worker's loop waits on Redis.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .. import recovery
+from .. import handover, recovery
 
 if TYPE_CHECKING:  # the worker owns its maintenance thread: a type only
     from .fast import FastWorker
@@ -74,6 +74,7 @@ class Maintenance(threading.Thread):
             self.enqueue_due_retries()
         # Runs a dead worker left, or that ended while the database was down.
         writer.take_turn(older_than=context.tuning.sweep_age)
+        handover.forget_ended_jobs(context, [q.name for q in self.worker.queues])
 
     def _write_ended(self) -> None:
         """Write the ended runs the worker asked for. The request is taken before writing, so
