@@ -7,6 +7,8 @@ against the same Redis, in one run.
     python -m benchmarks --systems plain-rq ezgraph-stock --graphs chain2 --reps 15
                                       # one comparison, with enough repetitions to see past noise
     python -m benchmarks --dashboard  # only the dashboard's pages over 100,000 runs in SQL
+    python -m benchmarks --soak 300   # chain2 at 70% of its maximum rate, Redis memory watched
+    python -m benchmarks --scale      # map width, worst Redis stall, bytes per run
 
 Graphs: chain2 (a -> b), chain5, fanin (1 -> 8 -> 1). It prints steps/s, runs/s, the ratio to
 plain RQ in the same run, Redis commands per step, worker and Redis CPU per step, worker RSS,
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 
 import rq
 
-from . import dashboard
+from . import dashboard, scale, soak
 from .baselines import CeleryChain, PlainRQ
 from .ezgraph_systems import Ezgraph
 from .harness import (
@@ -124,7 +126,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dashboard-runs", type=int, default=100_000, help="runs put in SQL")
     parser.add_argument("--dashboard-reps", type=int, default=20, help="requests per page")
     parser.add_argument("--dashboard-db", help="database URL (default: a fresh SQLite file)")
+    parser.add_argument(
+        "--soak", type=float, metavar="SECONDS", help="only the soak (see benchmarks/soak.py)"
+    )
+    parser.add_argument("--soak-rate", type=float, help="runs/s (default: 70%% of the maximum)")
+    parser.add_argument("--scale", action="store_true", help="only cost against size (scale.py)")
+    parser.add_argument(
+        "--widths", type=int, nargs="+", default=[1_000, 10_000, 100_000], help="map widths"
+    )
     args = parser.parse_args(argv)
+    if args.scale:
+        scale.scale(args.widths, args.workers)
+        return 0
+    if args.soak:
+        soak.soak(args.soak, args.soak_rate, args.workers)
+        return 0
     if args.dashboard:
         redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
         lines = dashboard.measure(

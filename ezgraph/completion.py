@@ -211,8 +211,9 @@ def _from_rq_signal_handler(error: BaseException) -> bool:
     return frame is not None and "/rq/worker" in frame.tb_frame.f_code.co_filename
 
 
-def fail(step: StepRun, error: BaseException, ended: RunEnded) -> None:
-    """Record a step that raised: its failure and its run's, when RQ will not retry it."""
+def fail(step: StepRun, error: BaseException, ended: RunEnded) -> bool:
+    """Record a step that raised: its failure and its run's, when RQ will not retry it.
+    Returns whether its job should expire with its run (see :func:`expires_with_run`)."""
     job = step.job
     if not step.attempt.final:
         logger.info(
@@ -221,12 +222,21 @@ def fail(step: StepRun, error: BaseException, ended: RunEnded) -> None:
             job.step,
             step.attempt.number,
         )
-        return
+        return False
     failure = step.failure(error)
     logger.warning("run %s step %s failed: %s", job.run_id, job.step, failure.error)
     outcome = step.context.runs.fail_step(failure)
     if outcome.run_ended:
         ended(job.run_id)
+    return expires_with_run(outcome)
+
+
+def expires_with_run(outcome: Outcome) -> bool:
+    """Whether the RQ job whose end was just recorded should be kept no longer than its run's
+    keys (``EZGRAPH_RUN_TTL``) rather than its ``result_ttl``: it ended its run, which may be
+    in SQL, keys expiring, before RQ finishes the job; or its run had ended before (a stale
+    run) or left Redis."""
+    return outcome.run_ended or outcome.status != "ok"
 
 
 def settle(context: Context, request: CompletionRequest, outcome: Outcome, ended: RunEnded) -> None:
@@ -238,14 +248,20 @@ def settle(context: Context, request: CompletionRequest, outcome: Outcome, ended
     logger.debug("run %s step %s finished (%s)", completion.run_id, completion.step, outcome.status)
 
 
-def run_and_record(step: StepRun, ended: RunEnded) -> dict[str, Any]:
+def run_and_record(
+    step: StepRun, ended: RunEnded, expire_with_run: Callable[[], None] = lambda: None
+) -> dict[str, Any]:
     """Run a step and record its end with one script call (a stock RQ worker's way); returns
-    its output, or raises what the module raised, after recording the failure."""
+    its output, or raises what the module raised, after recording the failure.
+    ``expire_with_run`` is called before RQ finishes a job that should expire with its run."""
     try:
         request = step.call()
     except Exception as error:
-        fail(step, error, ended)
+        if fail(step, error, ended):
+            expire_with_run()
         raise
     outcome = step.context.runs.complete(request)
     settle(step.context, request, outcome, ended)
+    if expires_with_run(outcome):
+        expire_with_run()
     return request.output

@@ -2,7 +2,8 @@
 
 A run that ends in Redis enters the unsaved set; :class:`RunWriter` writes the runs of that set
 to SQL, many per transaction, one writer at a time (a short lock: writing a run twice is an
-upsert, so the lock only spares duplicate work), and only then lets their keys expire. A run
+upsert, so the lock only spares duplicate work), and only then lets their keys expire, their RQ
+jobs' keys too (``EZGRAPH_RUN_TTL`` later: Redis holds only the work in flight). A run
 that cannot be written (the database is down) stays in the set and is written later.
 
 Three drivers decide when to write, with one policy (:meth:`RunWriter.due`): ezgraph's worker
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
+from . import rq_compat
 from .context import Context
 from .errors import ConnectionFailed, StoreRefused
 from .faults import crash_point
@@ -49,13 +51,13 @@ class RunWriter:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def write_runs(self, run_ids: Sequence[str], force: bool = False) -> list[str]:
+    def write_runs(self, run_ids: Sequence[str]) -> list[str]:
         """Write these ended runs in one transaction and mark them saved; returns the ids
         written. None while the database is down (they wait in Redis; it is tried again after
-        a back-off, unless ``force``). A run the database refuses is set aside with its reason
+        a back-off). A run the database refuses is set aside with its reason
         (:meth:`RedisRuns.set_aside_run`) and the others are written without it."""
         self._refused = 0
-        if not force and time.monotonic() < self._down_until:
+        if time.monotonic() < self._down_until:
             return []
         context = self.context
         records = []
@@ -67,7 +69,9 @@ class RunWriter:
             elif ended := live.header.get("ended_at"):
                 records.append(record_from_live(live, encoded=True))
                 written.append((run_id, ended))
-        context.runs.mark_saved(gone, context.settings.run_ttl)
+        ttl = context.settings.run_ttl
+        if gone and context.runs.mark_saved(gone, ttl):
+            context.runs.expire_saved(ttl)
         if not records:
             return []
         crash_point(context.connection, context.keys, "before_persist", "run")
@@ -77,9 +81,8 @@ class RunWriter:
             self._database_down(error)
             return []
         self._database_up()
-        context.runs.mark_saved(
-            [pair for pair in written if pair[0] in saved], context.settings.run_ttl
-        )
+        if context.runs.mark_saved([pair for pair in written if pair[0] in saved], ttl):
+            context.runs.expire_saved(ttl)  # a big run's jobs, a chunk per call
         return [record.run_id for record in records if record.run_id in saved]
 
     def _save(self, records: Sequence[RunRecord]) -> set[str]:
@@ -201,6 +204,16 @@ class RunWriter:
         return present
 
 
+def forget_ended_jobs(context: Context, queues: Sequence[str] | None = None) -> None:
+    """Drop from RQ's registries of ``queues`` (default: every queue) the ended jobs whose
+    time has passed, as RQ's own cleanup does (a stock worker's, every 10 minutes), and set
+    the jobs of saved runs to expire where a writer that died left them: once a second."""
+    rq_compat.prune_registries(
+        context.connection, rq_compat.queue_names(context.connection) if queues is None else queues
+    )
+    context.runs.expire_saved(context.settings.run_ttl)
+
+
 def write_due(waiting: int, waited: float, busy: bool, tuning: Tuning) -> bool:
     """The one batching policy: ``waiting`` runs, ``waited`` seconds since the last write."""
     if not waiting:
@@ -230,6 +243,7 @@ def follow(context: Context, stopped: threading.Event, name: str) -> None:
                 if now - announced >= tuning.follower_renew_every:
                     connection.set(key, name, px=int(tuning.follower_ttl * 1000))
                     announced = now
+                    forget_ended_jobs(context)
                 waiting = context.runs.unsaved_count()
                 waiting_since = (waiting_since or now) if waiting else None
                 busy = waiting != seen  # runs ended since the last look

@@ -239,11 +239,16 @@ def _execution(worker: SimpleWorker, job: ClaimedJob) -> Execution:
     return execution
 
 
-def fail_job(worker: SimpleWorker, job: ClaimedJob, exc_string: str) -> None:
+def fail_job(
+    worker: SimpleWorker, job: ClaimedJob, exc_string: str, failure_ttl: int | None = None
+) -> None:
     """Hand a job that raised to RQ's own failure handling: a retry (queued again, or
-    scheduled after its interval) or the failed registry, with its traceback; its execution
-    ends there too (RQ 3 takes it as an argument, RQ 2 from the worker)."""
+    scheduled after its interval) or the failed registry, with its traceback, kept
+    ``failure_ttl`` seconds if given (else the job's own); its execution ends there too (RQ 3
+    takes it as an argument, RQ 2 from the worker)."""
     rq_job = Job.fetch(job.id, connection=worker.connection)
+    if failure_ttl is not None:
+        rq_job.failure_ttl = _at_most(rq_job.failure_ttl, failure_ttl)
     rq_job.ended_at = datetime.now(UTC)  # as the worker's handle_execution_ended
     execution = _execution(worker, job)
     queue = Queue(job.queue, connection=worker.connection)
@@ -258,6 +263,19 @@ def fail_job(worker: SimpleWorker, job: ClaimedJob, exc_string: str) -> None:
         worker.set_current_job_id(None)  # type: ignore[attr-defined]  # '' would read as a job
 
 
+def expire_with_run(job: Job, settings: Settings) -> None:
+    """Keep a job that a stock worker is about to finish or fail no longer than its run's keys
+    (``run_ttl``): what RQ writes as it ends the job (its hash's expiry, its result, its
+    registry entry) then expires as soon as the rest of its run."""
+    job.result_ttl = _at_most(job.result_ttl, settings.run_ttl)
+    job.failure_ttl = _at_most(job.failure_ttl, settings.run_ttl)
+
+
+def _at_most(ttl: int | None, limit: int) -> int:
+    """An RQ TTL (None: RQ's default; -1: for ever) made at most ``limit`` seconds."""
+    return limit if ttl is None or ttl < 0 else min(ttl, limit)
+
+
 def perform_job(worker: SimpleWorker, job: ClaimedJob) -> None:
     """Run a claimed job that is no ezgraph step the way a SimpleWorker runs it (which starts
     an execution of its own: the claim's ends first, by RQ's code)."""
@@ -267,6 +285,20 @@ def perform_job(worker: SimpleWorker, job: ClaimedJob) -> None:
         _execution(worker, job).delete(job=rq_job, pipeline=pipe)
         pipe.execute()
     worker.execute_job(rq_job, queue)
+
+
+def prune_registries(connection: Redis, queues: Sequence[str]) -> None:
+    """Drop the entries whose time has passed from the registries of ended jobs of ``queues``
+    (finished, failed, canceled; scored by expiry), as their ``cleanup`` does, in one round
+    trip."""
+    if not queues:
+        return
+    now = time.time()
+    pipe = connection.pipeline(transaction=False)
+    for queue in queues:
+        for status in ("finished", "failed", "canceled"):
+            pipe.zremrangebyscore(registry_key(queue, status), 0, now)
+    pipe.execute()
 
 
 def job_statuses(connection: Redis, job_ids: Sequence[str]) -> list[str | None]:

@@ -61,11 +61,11 @@ class Settings:
     job_timeout: int = 180
     retries: int = 0
     retry_intervals: tuple[int, ...] = ()
-    # How long RQ keeps a finished step's job hash: it is also the window in which a re-run
-    # parent is refused a duplicate successor, so it must outlive any run.
+    # How long RQ keeps a finished step's job while its run is live (once the run is in SQL,
+    # run_ttl): it must outlive any run.
     result_ttl: int = 86_400
-    # How long a run's bookkeeping stays in Redis after it was persisted to SQL.
-    run_ttl: int = 3_600
+    # How long an ended run's keys, its RQ jobs' included, stay in Redis once it is in SQL.
+    run_ttl: int = 10
     # Jobs an ezgraph worker claims per Redis call (1 = one at a time, like RQ).
     claim_batch: int = 8
     # HTTP basic auth of `ezgraph dashboard` and `ezgraph metrics` (both, or neither).
@@ -93,7 +93,7 @@ class Settings:
             "retry_intervals": _ints(env, "EZGRAPH_RETRY_INTERVALS"),
             # -1 keeps finished step jobs for ever, as RQ's result_ttl=-1 does.
             "result_ttl": _int(env, "EZGRAPH_RESULT_TTL", 86_400, -1, MAX_SECONDS, but=0),
-            "run_ttl": _int(env, "EZGRAPH_RUN_TTL", 3_600, 1, MAX_SECONDS),
+            "run_ttl": _int(env, "EZGRAPH_RUN_TTL", 10, 1, MAX_SECONDS),
             "claim_batch": _int(env, "EZGRAPH_CLAIM_BATCH", 8, 1, 1_000),
             "dashboard_username": env.get("EZGRAPH_DASHBOARD_USERNAME") or None,
             "dashboard_password": env.get("EZGRAPH_DASHBOARD_PASSWORD") or None,
@@ -161,6 +161,7 @@ class Tuning:
     max_join_input: int = 1_000  # outputs a claim reads for a join (more: the step reads them)
     # Jobs and runs.
     compress_over: int = 1_024  # job data over this many bytes is compressed, as RQ does
+    expire_chunk: int = 1_000  # RQ jobs of saved runs one call sets to expire at most
     canceled_ttl: int = 86_400  # seconds a canceled job stays in RQ's canceled registry
     failed_ttl: int = 31_536_000  # seconds a lost job stays in RQ's failed registry (RQ's)
     wait_recheck: float = 0.5  # GraphOrchestrator.wait reads the status this often

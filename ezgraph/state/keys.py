@@ -14,6 +14,8 @@ RQ's keys are named by :mod:`ezgraph.rq_compat` (and ``lua/lib/rq.lua``).
 - ``run:<id>:jobs`` hash: RQ job id -> queue, for every step job of the run.
 - ``run:<id>:stopped`` channel: a message when the run stops (failed, canceled) or ends.
 - ``runs:live`` / ``runs:unsaved`` sorted sets: runs in flight / ended and not yet in SQL.
+- ``runs:expiring`` sorted set: runs in SQL whose RQ jobs are still being set to expire,
+  scored by the HSCAN cursor of their ``jobs`` hash.
 - ``alive:<worker>``: a worker running steps is alive while this lives (its heartbeat).
 - ``workers`` set and ``claimed:<worker>`` lists: ezgraph workers and the jobs each claimed.
 - ``idle:<queue>`` / ``wake:<queue>``: an idle ezgraph worker's mark and its wake-up list.
@@ -87,6 +89,11 @@ class Keys:
     def database_down(self) -> str:
         """Set while a writer finds the database down, for as long as it waits to try again."""
         return f"{self.prefix}:database_down"
+
+    @property
+    def expiring_runs(self) -> str:
+        """Runs in SQL whose RQ jobs are being set to expire, a chunk per call."""
+        return f"{self.prefix}:runs:expiring"
 
     def alive(self, worker: str) -> str:
         """A worker's heartbeat."""

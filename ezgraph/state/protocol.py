@@ -209,7 +209,8 @@ RECORDS: dict[str, type[tuple[Any, ...]]] = {
     "resume": Resume,
     "join_input_request": JoinInputRequest,
 }
-LUA_TUNING = ("wake_list_max", "canceled_ttl", "failed_ttl", "reply_ttl")  # what Lua reads
+# What Lua reads of the tuning.
+LUA_TUNING = ("wake_list_max", "canceled_ttl", "failed_ttl", "reply_ttl", "expire_chunk")
 
 # ezgraph's own fields in an RQ job's hash (RQ and stock workers ignore them).
 JOIN_INPUT_FIELD = "ezgraph_join_input"  # a join's job: what to read for its input (JSON)

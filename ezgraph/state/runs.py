@@ -136,11 +136,22 @@ class RedisRuns:
             self.scripts.call("resume_run", *Resume(run_id), patience=self.patience)
         )
 
-    def mark_saved(self, written: Sequence[tuple[str, str]], ttl: int) -> None:
-        """Runs are in SQL: drop them from the unsaved set and let their keys expire, unless a
-        run's end changed since it was read (``written``: run id, the ``ended_at`` written)."""
-        if written:
-            self.scripts.call("mark_saved", ttl, *(value for pair in written for value in pair))
+    def mark_saved(self, written: Sequence[tuple[str, str]], ttl: int) -> int:
+        """Runs are in SQL: drop them from the unsaved set and let their keys and their RQ jobs'
+        expire in ``ttl`` seconds, unless a run's end changed since it was read (``written``:
+        run id, the ``ended_at`` written). A call sets a chunk of jobs to expire at most:
+        returns how many runs still have jobs to set (:meth:`expire_saved` goes on)."""
+        pairs = (value for pair in written for value in pair)
+        _marked, left = self.scripts.call("mark_saved", ttl, *pairs)
+        return int(left)
+
+    def expire_saved(self, ttl: int) -> int:
+        """Go on setting the RQ jobs of saved runs to expire, until none is left (each call a
+        chunk, so that no call blocks Redis for long); returns how many calls it took."""
+        calls = 1
+        while self.mark_saved((), ttl):
+            calls += 1
+        return calls
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -258,8 +258,9 @@ class FastWorker(SimpleWorker):
         except Exception as error:
             if self._pending:  # record the steps that succeeded before this one, in order
                 self._finish_and_claim([], 0)
-            completion.fail(step, error, self.writer.ended)
-            rq_compat.fail_job(self, job, traceback.format_exc())
+            with_run = completion.fail(step, error, self.writer.ended)
+            ttl = self.context.settings.run_ttl if with_run else None
+            rq_compat.fail_job(self, job, traceback.format_exc(), failure_ttl=ttl)
             self._release(job)
             if not self._held:  # its batch's other claimed jobs still run: busy until then
                 self.set_state(WorkerStatus.IDLE)

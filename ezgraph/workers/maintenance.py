@@ -1,11 +1,12 @@
 """An ezgraph worker's background threads: recovery, due retries and the hand-over to SQL.
 
 The maintenance thread, once a second: give back dead workers' claims and make the watchdog's
-pass (:mod:`ezgraph.recovery`, the pass one worker at a time), and move retries whose delay has
-passed to their queues (RQ's scheduler's job). Its writer thread does every SQL write of the
-worker: the runs its worker ended, when the worker asks (:meth:`Maintenance.write_soon`), and
-once a second the ended runs nobody wrote (their worker died, or the database was down). So a
-database that hangs delays neither steps nor recovery: it only keeps runs waiting in Redis.
+pass (:mod:`ezgraph.recovery`, the pass one worker at a time), move retries whose delay has
+passed to their queues (RQ's scheduler's job), and drop the ended jobs whose time has passed
+from RQ's registries. Its writer thread does every SQL write of the worker: the runs its worker
+ended, when the worker asks (:meth:`Maintenance.write_soon`), and once a second the ended runs
+nobody wrote (their worker died, or the database was down). So a database that hangs delays
+neither steps nor recovery: it only keeps runs waiting in Redis.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from .. import recovery
+from .. import handover, recovery
 
 if TYPE_CHECKING:  # the worker owns its maintenance thread: a type only
     from .fast import FastWorker
@@ -69,6 +70,7 @@ class Maintenance(threading.Thread):
             recovery.watch_runs(context, writer.ended)
         if self.with_scheduler:
             self.enqueue_due_retries()
+        handover.forget_ended_jobs(context, [q.name for q in self.worker.queues])
 
     def _write_loop(self) -> None:
         """The writer thread: the writes the worker asks for (asked again shortly while another

@@ -24,7 +24,7 @@ from typing import ClassVar
 from redis.exceptions import RedisError
 from rq.job import Job
 
-from .. import completion
+from .. import completion, rq_compat
 from ..connection import check_eviction
 from ..context import Context
 from ..errors import UnsafeRedis
@@ -91,7 +91,9 @@ class StockProcess:
             # that holds the interpreter for seconds would keep the heartbeat thread from it.
             self.heartbeat.beat(rq_job.worker_name)
         try:
-            return completion.run_and_record(step, ended)
+            return completion.run_and_record(
+                step, ended, lambda: rq_compat.expire_with_run(rq_job, self.context.settings)
+            )
         finally:
             self._step = None
             self._last_step = time.monotonic()

@@ -33,10 +33,15 @@ for _ = 1, finished do
   if redis.call('LREM', claimed_key, 1, job.job_id) == 0 then
     table.insert(outcomes, {'lost', 0})
   else
+    local outcome = c and run.complete(c) or {}
+    local result_ttl = tonumber(job.result_ttl)
+    if outcome[1] == 'gone' or outcome[1] == 'duplicate' then
+      result_ttl = run.job_ttl(c.run_id, result_ttl)  -- a stale run: it expires with its run
+    end
     rq.finish_job(job.job_id, job.queue, worker, job.execution, job.execution_started,
-      tonumber(job.result_ttl), job.return_value)
+      result_ttl, job.return_value)
     succeeded = succeeded + 1
-    table.insert(outcomes, c and run.complete(c) or {})
+    table.insert(outcomes, outcome)
   end
 end
 if succeeded > 0 then rq.worker_succeeded(worker, succeeded) end

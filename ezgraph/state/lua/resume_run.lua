@@ -45,10 +45,12 @@ redis.call('ZREM', key.unsaved_runs, run.id)
 for _, k in ipairs({run.key, run.steps, run.state, run.join, run.jobs}) do
   redis.call('PERSIST', k)
 end
+redis.call('ZREM', key.expiring_runs, run.id)  -- its jobs are no longer set to expire
 local reply = {'ok'}
 for _, s in ipairs(again) do
   -- retries_left stays as it is, as with RQ; a retry counts its worker deaths anew.
   rq.requeue(s.id, s.queue, false)
+  rq.keep_job(s.id)  -- set to expire with its run: it must wait in its queue
   redis.call('HDEL', rq.job_key(s.id), JOB_FIELD.deaths)
   wake.queue(s.queue)
   redis.call('HSET', run.steps, s.step .. '.status', 'queued')

@@ -27,6 +27,7 @@ function key.wake(queue) return PREFIX .. ':wake:' .. queue end
 function key.reply(caller) return PREFIX .. ':reply:' .. caller end
 key.live_runs = PREFIX .. ':runs:live'
 key.unsaved_runs = PREFIX .. ':runs:unsaved'
+key.expiring_runs = PREFIX .. ':runs:expiring'
 key.workers = PREFIX .. ':workers'
 
 -- A list of strings written as its length then its items; returns it and the next position.

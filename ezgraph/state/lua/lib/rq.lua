@@ -71,6 +71,12 @@ end
 -- kept `result_ttl` seconds (0: deleted, -1: for ever).
 function rq.finish_job(id, queue, worker, execution, execution_started, result_ttl, value)
   local job_key, results_key = rq.job_key(id), rq.results_key(id)
+  if redis.call('EXISTS', job_key) == 0 or result_ttl == 0 then
+    -- Gone (it expired with its run, which is in SQL: nothing is recreated), or to be deleted.
+    end_execution(id, queue, id .. ':' .. execution, worker)
+    redis.call('DEL', job_key)
+    return
+  end
   redis.call('HSET', job_key, 'status', 'finished', 'ended_at', NOW_ISO, 'last_heartbeat', NOW_ISO)
   local entry = {'type', 1, 'worker_name', worker, 'execution_id', execution,
     'execution_started_at', execution_started, 'execution_ended_at', NOW}
@@ -84,12 +90,25 @@ function rq.finish_job(id, queue, worker, execution, execution_started, result_t
     redis.call('EXPIRE', job_key, result_ttl)
     redis.call('EXPIRE', results_key, result_ttl)
     redis.call('ZADD', rq.registry_key('finished', queue), NOW + result_ttl, id)
-  elseif result_ttl < 0 then
-    redis.call('ZADD', rq.registry_key('finished', queue), '+inf', id)
   else
-    redis.call('DEL', job_key)
+    redis.call('ZADD', rq.registry_key('finished', queue), '+inf', id)
   end
 end
+
+-- Let every key of job `id` expire within `ttl` seconds (its run is in SQL): its hash, its
+-- results stream, and its entries in the registries that keep ended jobs (scored by their
+-- expiry, as RQ scores them; a registry's cleanup drops the entries whose time has passed).
+-- A shorter expiry already set is kept for the entries.
+function rq.expire_job(id, queue, ttl)
+  redis.call('EXPIRE', rq.job_key(id), ttl)
+  redis.call('EXPIRE', rq.results_key(id), ttl)
+  for _, kind in ipairs({'finished', 'failed', 'canceled'}) do
+    redis.call('ZADD', rq.registry_key(kind, queue), 'XX', 'LT', NOW + ttl, id)
+  end
+end
+
+-- Keep job `id` (a step of a retried run, queued again) until it runs again.
+function rq.keep_job(id) redis.call('PERSIST', rq.job_key(id)) end
 
 -- Drop every execution of job `id` (its started-registry entries, execution hashes and, RQ 3,
 -- its workers' executions).

@@ -84,6 +84,15 @@ function run.read_walk(i)
   return walk, i
 end
 
+-- How long a job of run `id` may be kept, at most `ttl` seconds (RQ's result_ttl: 0 deletes,
+-- -1 keeps): as long as the run's keys once it is in SQL (they expire), 0 once it left Redis.
+function run.job_ttl(id, ttl)
+  local left = redis.call('TTL', key.run(id))
+  if left == -2 then return 0 end
+  if left > 0 and (ttl < 0 or left < ttl) then return left end
+  return ttl
+end
+
 -- Stop the run: set its terminal status, and cancel every step still waiting in RQ.
 function run.abort(status, error_text)
   local current = redis.call('HGET', run.key, 'status')

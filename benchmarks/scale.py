@@ -1,0 +1,140 @@
+"""Cost against the size of the work: ``python -m benchmarks --scale``.
+
+- **map width**: one run of ``split -> item -> gather`` (``benchmarks/graphs/mapwide``), split
+  mapping ``item`` over n items, on 2 ``ezgraph worker``s: steps/s from submit to the run in
+  SQL, its ratio to the narrowest map, and the worst round trip of a second client that PINGs
+  Redis every 1 ms meanwhile (how long ezgraph's calls blocked Redis);
+- **bytes per run**: chain2 runs queued, and ended and kept for ``EZGRAPH_RUN_TTL`` once in SQL
+  (the bytes of the benchmark db's keys, divided by the runs).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+
+from ezgraph.client import GraphOrchestrator
+from ezgraph.context import Context
+from ezgraph.settings import Settings
+from ezgraph.state.sql import dispose_engines
+
+from .ezgraph_systems import Ezgraph, _environment
+from .harness import GO_KEY, check_alive, connect, flush_bench_db, format_rows
+from .soak import keys_bytes
+
+
+class Pinger(threading.Thread):
+    """A second client: PING every ``every`` seconds, keep the worst round trip."""
+
+    def __init__(self, url: str, every: float = 0.001) -> None:
+        super().__init__(daemon=True)
+        self.conn = connect(url)
+        self.every = every
+        self.worst = 0.0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            sent = time.perf_counter()
+            self.conn.ping()
+            self.worst = max(self.worst, time.perf_counter() - sent)
+            time.sleep(self.every)
+
+    def stop(self) -> float:
+        """Stop; returns the worst round trip in ms."""
+        self.stopped.set()
+        self.join()
+        return self.worst * 1000
+
+
+def map_width(system: Ezgraph, n: int, workers: int) -> tuple[float, float, bool]:
+    """One run mapping over ``n`` items: (steps/s, worst PING ms, outputs in item order)."""
+    conn = system.conn
+    flush_bench_db(conn)
+    with tempfile.TemporaryDirectory(prefix="ezgraph-scale-") as folder:
+        settings = system._settings("mapwide", folder)
+        context = Context(settings, conn)
+        context.store.create_schema()
+        orchestrator = GraphOrchestrator(context=context)
+        procs = system._start_workers(settings, workers)
+        try:
+            pinger = Pinger(system.url)
+            pinger.start()
+            started = time.monotonic()
+            run_id = orchestrator.submit("split", n=n)
+            conn.rpush(GO_KEY, *["go"] * workers)
+            while context.store.count_runs() < 1:
+                check_alive(procs)
+                time.sleep(0.05)
+            elapsed = time.monotonic() - started
+            worst = pinger.stop()
+            stored = context.store.load_run(run_id)
+            result = stored.result if stored is not None else None
+            in_order = isinstance(result, dict) and result.get("in_order") is True
+        finally:
+            system._stop_workers(procs)
+            flush_bench_db(conn)
+            dispose_engines()
+    return (n + 2) / elapsed, worst, in_order
+
+
+def bytes_per_run(system: Ezgraph, runs: int, workers: int) -> tuple[float, float]:
+    """Bytes of a chain2 run queued, and ended and kept once in SQL."""
+    conn = system.conn
+    flush_bench_db(conn)
+    with tempfile.TemporaryDirectory(prefix="ezgraph-scale-") as folder:
+        settings: Settings = system._settings("chain2", folder).replace(run_ttl=600)
+        context = Context(settings, conn)
+        context.store.create_schema()
+        orchestrator = GraphOrchestrator(context=context)
+        _, empty = keys_bytes(conn)
+        for run in range(runs):
+            orchestrator.submit("a", graph="chain2", run=run)
+        _, queued = keys_bytes(conn)
+        with _environment(EZGRAPH_RUN_TTL="600"):  # kept while they are measured
+            procs = system._start_workers(settings, workers)
+        try:
+            conn.rpush(GO_KEY, *["go"] * workers)
+            while context.store.count_runs() < runs:
+                check_alive(procs)
+                time.sleep(0.05)
+            time.sleep(1.0)  # the last runs marked saved
+            conn.delete("bench:done", "bench:t0", "bench:t1", "bench:ready", "bench:go")
+            _, ended = keys_bytes(conn)
+        finally:
+            system._stop_workers(procs)
+            flush_bench_db(conn)
+            dispose_engines()
+    return (queued - empty) / runs, (ended - empty) / runs
+
+
+def scale(widths: Sequence[int], workers: int = 2) -> list[str]:
+    """Measure and format; returns the lines printed."""
+    system = Ezgraph("fast")
+    system.setup()
+    lines: list[str] = []
+    try:
+        rows = []
+        base = None
+        for n in widths:
+            rate, worst, in_order = map_width(system, n, workers)
+            base = base or rate
+            rows.append(
+                [f"{n:,}", f"{rate:.0f}", f"{rate / base:.2f}x", f"{worst:.1f}", str(in_order)]
+            )
+            print(f"map {n}: {rate:.0f} steps/s, worst PING {worst:.1f} ms", flush=True)
+        lines.append("map width (split -> item x n -> gather), one run, 2 ezgraph workers")
+        lines.append(
+            format_rows(["items", "steps/s", "vs narrowest", "worst PING ms", "in order"], rows)
+        )
+        queued, ended = bytes_per_run(system, 2000, workers)
+        lines.append(
+            f"\nchain2, Redis bytes per run: queued {queued:,.0f};"
+            f" ended and kept for EZGRAPH_RUN_TTL {ended:,.0f}"
+        )
+    finally:
+        system.teardown()
+    print("\n".join(lines))
+    return lines
