@@ -1,4 +1,5 @@
-"""The SQL store: ``ezgraph_runs`` and ``ezgraph_steps``, written once per run by upsert.
+"""The SQL store: ``ezgraph_runs``, ``ezgraph_steps`` and ``ezgraph_run_events``, written once per
+run by upsert.
 
 SQLite by default, PostgreSQL through ``postgresql+psycopg2://``. Any number of runs go in one
 transaction (the fast worker batches them); writing a run again replaces it, so a run that was
@@ -16,6 +17,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     Connection,
     DateTime,
@@ -39,7 +41,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.expression import Executable
 
 from ..errors import ConnectionFailed
-from ..model.records import EncodedJSON, RunRecord, RunStatus, StepRecord, StepStatus
+from ..model.records import (
+    EncodedJSON,
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    parse_rq_date,
+)
 from ..settings import redact_text, redact_url, unencoded_in_password
 
 # SQLAlchemy Core tables: workers write through these without importing the ORM (a few MiB of
@@ -85,8 +95,22 @@ steps_table = Table(
     Index("ix_ezgraph_steps_node_status", "node", "status"),  # the metrics' steps by node
 )
 
+# What a run's steps emitted (progress, events), as its Redis stream held them when the run was
+# written: ordered by the stream id (ms, seq); type, step and at are copied out of the body.
+events_table = Table(
+    "ezgraph_run_events",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("ms", BigInteger, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("type", String(200), nullable=False),
+    Column("step", String(220), nullable=True),
+    Column("at", DateTime(timezone=True), nullable=True),
+    Column("body", JSON, nullable=False),
+)
 
-SCHEMA_REVISION = "0002"  # the head of ezgraph/migrations/versions
+
+SCHEMA_REVISION = "0004"  # the head of ezgraph/migrations/versions
 VERSION_TABLE = "ezgraph_alembic_version"
 
 
@@ -208,6 +232,10 @@ class Store:
             connection.execute(_delete_steps, {"run_ids": run_ids})
             if step_rows:
                 connection.execute(steps_table.insert(), step_rows)
+            # Events are added, never replaced: a resumed run's stream may have been trimmed.
+            event_rows = [_event_values(run.run_id, event) for run in runs for event in run.events]
+            if event_rows:
+                _upsert(connection, events_table, event_rows, ["run_id", "ms", "seq"])
 
     def load_run(self, run_id: str) -> RunRecord | None:
         """The persisted run, or None."""
@@ -251,6 +279,19 @@ class Store:
                 for s in steps
             ),
         )
+
+    def load_events(self, run_id: str) -> list[EventRecord]:
+        """The run's stored events, in the order they were emitted."""
+        if not self._schema_ready:
+            self.create_schema()
+        query = (
+            select(events_table.c.ms, events_table.c.seq, events_table.c.body)
+            .where(events_table.c.run_id == run_id)
+            .order_by(events_table.c.ms, events_table.c.seq)
+        )
+        with self._errors(), self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [EventRecord(f"{ms}-{seq}", json.dumps(body)) for ms, seq, body in rows]
 
     def count_runs(self) -> int:
         """How many runs the database holds."""
@@ -364,4 +405,19 @@ def _step_values(run_id: str, position: int, step: StepRecord) -> dict[str, Any]
         "started_at": step.started_at,
         "ended_at": step.ended_at,
         "worker": step.worker,
+    }
+
+
+def _event_values(run_id: str, event: EventRecord) -> dict[str, Any]:
+    ms, _, seq = event.event_id.partition("-")
+    body = json.loads(event.body)
+    step, at = body.get("step"), body.get("at")
+    return {
+        "run_id": run_id,
+        "ms": int(ms),
+        "seq": int(seq or 0),
+        "type": str(body.get("type", "event"))[:200],
+        "step": step if isinstance(step, str) else None,
+        "at": parse_rq_date(at) if isinstance(at, str) else None,
+        "body": EncodedJSON(event.body),
     }
