@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -44,6 +45,50 @@ def event_sink(context: Context, run_id: str) -> EventSink:
     return append
 
 
+class EventCursor:
+    """Reads a run's events from its first, a batch at a time: :meth:`read` gives the events
+    not given yet (from Redis while the run is there, from SQL after)."""
+
+    def __init__(self, context: Context, run_id: str) -> None:
+        self.context = context
+        self.run_id = run_id
+        self.last = "0-0"  # the id of the last emitted event given
+        self.seen: set[tuple[str, str]] = set()  # lifecycle events given: (step, status)
+        self.ended = False  # the run ended: nothing more will come
+
+    def read(self) -> list[dict[str, Any]]:
+        """The events not given yet, in time order.
+
+        Raises:
+            RunNotFound: when neither Redis nor the database knows the run.
+        """
+        events: list[dict[str, Any]] = []
+        chunk = self.context.tuning.events_chunk
+        while not self.ended:
+            header, steps, entries = self.context.runs.read_events(self.run_id, self.last, chunk)
+            if not header:  # never there, or written to SQL and expired: the rest is in SQL
+                events += self._read_stored()
+                self.ended = True
+                break
+            if entries:
+                self.last = entries[-1].event_id
+            events += _merge(entries, _lifecycle(_live_steps(steps), self.seen))
+            if len(entries) < chunk:
+                # The run's events all precede its end (a step emits before it is recorded),
+                # and the header was read before them: an ended run has nothing more to give.
+                self.ended = bool(header.get("ended_at"))
+                break
+        return events
+
+    def _read_stored(self) -> list[dict[str, Any]]:
+        record = self.context.store.load_run(self.run_id)
+        if record is None:
+            raise RunNotFound(f"no run with id {self.run_id!r}")
+        stored = self.context.store.load_events(self.run_id)
+        new = [e for e in stored if _after(e.event_id, self.last)]
+        return _merge(new, _lifecycle(_stored_steps(record.steps), self.seen))
+
+
 def read_events(
     context: Context, run_id: str, follow: bool = False, timeout: float | None = None
 ) -> Iterator[dict[str, Any]]:
@@ -54,35 +99,17 @@ def read_events(
     Raises:
         RunNotFound: when neither Redis nor the database knows the run.
     """
-    tuning = context.tuning
+    block = context.tuning.events_block
     deadline = None if timeout is None else time.monotonic() + timeout
-    last = "0-0"
-    seen: set[tuple[str, str]] = set()  # lifecycle events given: (step, status)
+    cursor = EventCursor(context, run_id)
     while True:
-        header, steps, entries = context.runs.read_events(run_id, last, tuning.events_chunk)
-        if not header:  # never there, or written to SQL and expired: the rest is in SQL
-            record = context.store.load_run(run_id)
-            if record is None:
-                raise RunNotFound(f"no run with id {run_id!r}")
-            stored = [e for e in context.store.load_events(run_id) if _after(e.event_id, last)]
-            yield from _merge(stored, _lifecycle(_stored_steps(record.steps), seen))
+        yield from cursor.read()
+        left = math.inf if deadline is None else deadline - time.monotonic()
+        if cursor.ended or not follow or left <= 0:
             return
-        if entries:
-            last = entries[-1].event_id
-        yield from _merge(entries, _lifecycle(_live_steps(steps), seen))
-        if len(entries) == tuning.events_chunk:
-            continue  # more wait: read on before looking at the run's end
-        # The run's events all precede its end (a step emits before it is recorded), and the
-        # header was read before them: an ended run has nothing more to give.
-        if not follow or header.get("ended_at"):
-            return
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            return
-        block = tuning.events_block if left is None else min(tuning.events_block, left)
         # Wakes on a new event; a step's end (not in the stream) shows within `block`.
-        key = context.keys.events(run_id)
-        context.connection.xread({key: last}, count=1, block=max(1, int(block * 1000)))
+        wait = max(1, int(min(block, left) * 1000))
+        context.connection.xread({context.keys.events(run_id): cursor.last}, count=1, block=wait)
 
 
 def as_dict(event: EventRecord) -> dict[str, Any]:
@@ -91,13 +118,11 @@ def as_dict(event: EventRecord) -> dict[str, Any]:
     return {**body, "id": event.event_id}
 
 
-def _merge(
-    emitted: Iterable[EventRecord], lifecycle: list[dict[str, Any]]
-) -> Iterator[dict[str, Any]]:
+def _merge(emitted: Iterable[EventRecord], lifecycle: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Emitted events (in stream order) and lifecycle events, together in time order."""
     events = [as_dict(e) for e in emitted] + lifecycle
     events.sort(key=_when)  # stable: events of one moment keep their order
-    return iter(events)
+    return events
 
 
 def _when(event: Mapping[str, Any]) -> datetime:
