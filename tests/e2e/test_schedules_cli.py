@@ -43,7 +43,7 @@ def test_a_worker_fires_a_schedule_each_tick(make_context: Callable[..., Context
     worker = ezgraph_process("worker", env=subprocess_env(context.settings))
     try:
         wait_for(lambda: len(Schedules(context).fired()) == 1, 20, "a tick to fire")
-        tick, run_id = Schedules(context).fired()["often"]
+        _tick, run_id = Schedules(context).fired()["often"]
         status = GraphOrchestrator(context=context).wait(run_id, timeout=20)
     finally:
         Schedules(context).remove("often")
