@@ -172,3 +172,9 @@ def report(data: dict[str, Any]) -> dict[str, Any]:
         step.progress(done, total, f"part {done}")
     step.emit({"type": "note", "text": data.get("text", "done")})
     return {"reported": total}
+
+
+def misreport(data: dict[str, Any]) -> dict[str, Any]:
+    """Emit an event naming its step itself (ezgraph sets it): the step fails."""
+    current_step().emit({"step": "elsewhere"})
+    return {}
