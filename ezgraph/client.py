@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from . import rq_compat
 from .context import Context
 from .errors import ConnectionFailed, InvalidRunOperation, RunNotFound, UsageError
+from .events import read_events
 from .handover import RunWriter
 from .model.graph import Graph
 from .model.payload import to_json
@@ -126,6 +127,23 @@ class GraphOrchestrator:
             step: status for (step, _), status in zip(queued, statuses, strict=True) if status
         }
         return record_from_live(live, running)
+
+    def events(
+        self, run_id: str, follow: bool = False, timeout: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The run's events from its first: what its steps reported with ``progress()``
+        (``{"type": "progress", "step", "done", "total", "message", "at", "id"}``) and
+        ``emit()``, and its steps' starts and ends (``{"type": "step", "step", "status",
+        "at"}``); from Redis while the run is there, from SQL after. ``follow``: then the new
+        ones as they come, until the run ends (or ``timeout`` seconds).
+
+        Raises:
+            UsageError: for a malformed run id.
+            RunNotFound: when neither Redis nor the database knows the run.
+        """
+        _check_run_id(run_id)
+        with _redis_errors(self.context):
+            yield from read_events(self.context, run_id, follow, timeout)
 
     def wait(self, run_id: str, timeout: float = 60.0) -> dict[str, Any]:
         """Block until the run reaches a terminal state (or ``timeout``); return its status.

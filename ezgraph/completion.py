@@ -24,6 +24,7 @@ from rq.job import Job
 from . import flow
 from .context import Context
 from .errors import StepError
+from .events import event_sink
 from .faults import crash_point
 from .model.graph import Graph
 from .model.module_api import StepContext, reset_current_step, set_current_step
@@ -103,6 +104,7 @@ class StepRun:
             context.settings.database_url,
             outputs,
             graph.successors(job.node),
+            event_sink(context, job.run_id),
         )
         token = set_current_step(step_context)
         try:

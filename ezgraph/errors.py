@@ -30,6 +30,10 @@ class RunNotFound(EzgraphError):
     """Raised when no run with the given id exists in Redis or in the database."""
 
 
+class ScheduleNotFound(EzgraphError):
+    """Raised when no schedule has the given name."""
+
+
 class InvalidRunOperation(EzgraphError):
     """Raised when an operation does not fit a run's state (cancel a finished run, ...)."""
 

@@ -63,7 +63,7 @@ class RunWriter:
         records = []
         written = []  # run id, the end written (a retry may change it while this writes)
         gone = []
-        for run_id, live in zip(run_ids, context.runs.read_many(run_ids), strict=True):
+        for run_id, live in zip(run_ids, context.runs.read_many(run_ids, events=True), strict=True):
             if live is None:
                 gone.append((run_id, ""))  # expired from Redis: nothing left to write
             elif ended := live.header.get("ended_at"):

@@ -165,6 +165,13 @@ class Tuning:
     canceled_ttl: int = 86_400  # seconds a canceled job stays in RQ's canceled registry
     failed_ttl: int = 31_536_000  # seconds a lost job stays in RQ's failed registry (RQ's)
     wait_recheck: float = 0.5  # GraphOrchestrator.wait reads the status this often
+    # Events (current_step().progress / emit): a run's stream keeps about this many, the
+    # newest; a reader takes them this many per call, and a follower blocks this long.
+    events_max: int = 10_000
+    events_chunk: int = 1_000
+    events_block: float = 0.5
+    # Schedules: a tick missed by more than this many seconds (no scheduler ran) is skipped.
+    schedule_grace: float = 60.0
     # Redis calls: a call that gets no answer in redis_timeout seconds is sent again (the same
     # request, whose reply the scripts keep reply_ttl seconds), by a worker until it answers,
     # by a client for client_patience seconds.

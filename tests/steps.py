@@ -162,3 +162,19 @@ def observe_rq(data: dict[str, Any]) -> dict[str, Any]:
     }
     redis.set(f"test:observed:{job_id}", pickle.dumps(observed))
     return {ctx.step: True}
+
+
+def report(data: dict[str, Any]) -> dict[str, Any]:
+    """Report ``data["steps"]`` (default 3) progress events, then one event of its own."""
+    step = current_step()
+    total = int(data.get("steps", 3))
+    for done in range(1, total + 1):
+        step.progress(done, total, f"part {done}")
+    step.emit({"type": "note", "text": data.get("text", "done")})
+    return {"reported": total}
+
+
+def misreport(data: dict[str, Any]) -> dict[str, Any]:
+    """Emit an event naming its step itself (ezgraph sets it): the step fails."""
+    current_step().emit({"step": "elsewhere"})
+    return {}

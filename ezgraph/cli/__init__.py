@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import click
 
 from ..errors import EzgraphError
-from . import chaos, graph, ops, runs, server, workers
+from . import chaos, graph, ops, runs, schedules, server, workers
 from .app import cli
 
-__all__ = ["chaos", "cli", "graph", "main", "ops", "runs", "server", "workers"]
+__all__ = ["chaos", "cli", "graph", "main", "ops", "runs", "schedules", "server", "workers"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

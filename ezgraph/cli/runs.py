@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
+from ..client import GraphOrchestrator
 from ..errors import ConnectionFailed, EzgraphError, UsageError
 from ..model.records import RunStatus
 from ..ops.run_view import RunView, view_run
@@ -162,19 +163,34 @@ def run(state: CliState, start: str, data: str | None, fields: tuple[str, ...]) 
 @click.option("--json", "as_json", is_flag=True, help="Print the whole status as JSON.")
 @click.option("--watch", "-w", is_flag=True, help="Follow the run, redrawn as it goes, to its end.")
 @click.option(
+    "--follow",
+    "-F",
+    is_flag=True,
+    help="Print the run's events from the first (progress, events, steps' starts and ends),"
+    " then the new ones to its end; with --json, one JSON object a line.",
+)
+@click.option(
     "--timeout",
     callback=seconds(),
     default=3600.0,
     show_default=True,
-    help="Seconds --watch waits.",
+    help="Seconds --watch or --follow waits.",
 )
 @pass_state
-def status(state: CliState, run_id: str, as_json: bool, watch: bool, timeout: float) -> None:
+def status(
+    state: CliState, run_id: str, as_json: bool, watch: bool, follow: bool, timeout: float
+) -> None:
     """Show a run and the status of each of its nodes.
 
-    Pending nodes too, then its result or error; --watch follows it to its end.
+    Pending nodes too, then its result or error; --watch follows it to its end, --follow
+    prints its events as they come.
     """
     orchestrator = state.orchestrator
+    if follow:
+        if watch:
+            raise UsageError("--follow and --watch are two views of a run: choose one")
+        follow_events(orchestrator, run_id, as_json, timeout)
+        return
     if watch and not as_json:
         try:
             view = live.follow(orchestrator, run_id, Console(), timeout)
@@ -194,6 +210,23 @@ def status(state: CliState, run_id: str, as_json: bool, watch: bool, timeout: fl
         click.echo(f"error: {current.error}")
     if current.result is not None:
         click.echo("result: " + json.dumps(current.result, ensure_ascii=False))
+
+
+def follow_events(
+    orchestrator: GraphOrchestrator, run_id: str, as_json: bool, timeout: float
+) -> None:
+    """``status --follow``: the run's events from the first, then as they come, to its end;
+    then (not with --json) its status and error."""
+    try:
+        for event in orchestrator.events(run_id, follow=True, timeout=timeout):
+            click.echo(json.dumps(event, ensure_ascii=False) if as_json else live.event_line(event))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if not as_json:
+        current = orchestrator.get_run(run_id)
+        click.echo(f"run {run_id}: {current.status}")
+        if current.error:
+            click.echo(f"error: {current.error}")
 
 
 def node_lines(view: RunView) -> list[str]:

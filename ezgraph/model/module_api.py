@@ -2,18 +2,28 @@
 
 A module never has to import ezgraph: a plain ``dict`` returned from ``process(data)`` goes on
 to every declared successor. It imports this only to choose successors, to fan out over a list
-it computed, or to read who it is (run id, attempt, idempotency key, upstream outputs).
+it computed, to read who it is (run id, attempt, idempotency key, upstream outputs), or to
+report its progress and events to whoever follows the run (:meth:`StepContext.progress`,
+:meth:`StepContext.emit`).
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterable, Mapping
+import numbers
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import StepError
+from ..errors import PayloadError, StepError
 from .step_job import step_name
+
+# Where a step's events go: the runtime appends them to the run's stream (a step context built
+# without one, as in a test calling a module directly, drops them).
+EventSink = Callable[[dict[str, Any]], None]
+# Keys of an event that ezgraph sets; "step" and "progress" are ezgraph's own event types.
+EVENT_KEYS = ("step", "at", "id")
+EVENT_TYPES = ("step", "progress")
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,7 @@ class StepContext:
     database_url: str = field(repr=False)  # its password must reach no log
     outputs: Mapping[str, Any] = field(default_factory=dict)
     successors: tuple[str, ...] = ()
+    events: EventSink | None = field(default=None, repr=False, compare=False)
 
     @property
     def step(self) -> str:
@@ -87,6 +98,42 @@ class StepContext:
     def idempotency_key(self) -> str:
         """A key unique to this step of this run, stable across attempts."""
         return f"{self.run_id}:{self.step}"
+
+    def progress(self, done: float, total: float, message: str | None = None) -> None:
+        """Report how far the step got (``done`` of ``total``) to whoever follows the run
+        (``GraphOrchestrator().events``, ``ezgraph status --follow``, the dashboard).
+
+        Raises:
+            PayloadError: when ``done`` or ``total`` is not a number, or ``message`` not text.
+        """
+        for name, value in (("done", done), ("total", total)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise PayloadError(f"progress(): {name} must be a number, not {value!r}")
+        if message is not None and not isinstance(message, str):
+            raise PayloadError(f"progress(): message must be text, not {message!r}")
+        self._send({"type": "progress", "done": done, "total": total, "message": message})
+
+    def emit(self, event: Mapping[str, Any]) -> None:
+        """Append ``event`` (a JSON object) to the run's events; its ``type`` is ``"event"``
+        unless it names one. ezgraph adds ``step`` and ``at`` (and ``id`` when read).
+
+        Raises:
+            PayloadError: for an event that is not a JSON object, sets ``step``, ``at`` or
+                ``id``, or takes ezgraph's own types ``step`` or ``progress``.
+        """
+        if not isinstance(event, Mapping):
+            raise PayloadError(f"emit() takes a dict, not {type(event).__name__}")
+        taken = [key for key in EVENT_KEYS if key in event]
+        if taken:
+            raise PayloadError(f"emit(): ezgraph sets {', '.join(map(repr, taken))} itself")
+        kind = event.get("type", "event")
+        if kind in EVENT_TYPES:
+            raise PayloadError(f"emit(): type {kind!r} is ezgraph's own; use progress() or another")
+        self._send({**event, "type": kind})
+
+    def _send(self, event: dict[str, Any]) -> None:
+        if self.events is not None:
+            self.events({**event, "step": self.step})
 
 
 _current: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar(

@@ -66,6 +66,14 @@ class StepRecord:
 
 
 @dataclass(frozen=True)
+class EventRecord:
+    """One entry of a run's events: its stream id (``<ms>-<seq>``) and the event as JSON."""
+
+    event_id: str
+    body: str
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """One run: its header, its result (the sinks' merged state) and its steps."""
 
@@ -79,6 +87,7 @@ class RunRecord:
     created_at: datetime | None = None
     ended_at: datetime | None = None
     steps: tuple[StepRecord, ...] = field(default_factory=tuple)
+    events: tuple[EventRecord, ...] = field(default_factory=tuple)  # what the writer stores
 
     def node_statuses(self) -> dict[str, StepStatus]:
         """Node (or mapped instance) -> status, graph order first."""

@@ -12,6 +12,8 @@ RQ's keys are named by :mod:`ezgraph.rq_compat` (and ``lua/lib/rq.lua``).
 - ``run:<id>:state`` hash: the state a step passed on, kept where a join or the result reads it.
 - ``run:<id>:join`` hash: join arrivals (``left:<node>``, ``any:<node>``) and map counters.
 - ``run:<id>:jobs`` hash: RQ job id -> queue, for every step job of the run.
+- ``run:<id>:events`` stream: what the run's steps emitted (progress, events), capped; it
+  expires with the run's other keys.
 - ``run:<id>:stopped`` channel: a message when the run stops (failed, canceled) or ends.
 - ``runs:live`` / ``runs:unsaved`` sorted sets: runs in flight / ended and not yet in SQL.
 - ``runs:expiring`` sorted set: runs in SQL whose RQ jobs are still being set to expire,
@@ -22,6 +24,8 @@ RQ's keys are named by :mod:`ezgraph.rq_compat` (and ``lua/lib/rq.lua``).
 - ``suspect:<job>:<execution>``: since when the watchdog has seen a step look lost.
 - ``lock:watch``, ``lock:write``, ``follower``: one watchdog pass and one SQL writer at a
   time; a running ``persist --follow`` announces itself.
+- ``schedules`` hash: schedule name -> its definition (JSON); ``schedules:fired`` hash: name
+  -> its last tick and run; ``schedule:<name>:<tick>``: that tick fired (a scheduler's claim).
 - ``crashed:<point>:<step>``, ``chaos:<audit>``: fault injection and the crash audit's ledger.
 """
 
@@ -56,6 +60,10 @@ class Keys:
         """A run's RQ job ids and their queues."""
         return f"{self.prefix}:run:{run_id}:jobs"
 
+    def events(self, run_id: str) -> str:
+        """The stream of what a run's steps emitted (progress and events)."""
+        return f"{self.prefix}:run:{run_id}:events"
+
     def stopped(self, run_id: str) -> str:
         """The channel a message is published on when the run stops or ends."""
         return f"{self.prefix}:run:{run_id}:stopped"
@@ -68,6 +76,7 @@ class Keys:
             self.state(run_id),
             self.join(run_id),
             self.jobs(run_id),
+            self.events(run_id),
         )
 
     @property
@@ -134,6 +143,20 @@ class Keys:
     def follower(self) -> str:
         """Set while an ``ezgraph persist --follow`` writes every ended run."""
         return f"{self.prefix}:follower"
+
+    @property
+    def schedules(self) -> str:
+        """The schedules: name -> definition (JSON)."""
+        return f"{self.prefix}:schedules"
+
+    @property
+    def schedules_fired(self) -> str:
+        """Each schedule's last fired tick and run: name -> ``<tick> <run_id>``."""
+        return f"{self.prefix}:schedules:fired"
+
+    def schedule_tick(self, name: str, tick: int) -> str:
+        """Set once schedule ``name`` fired for ``tick`` (epoch seconds): no second run."""
+        return f"{self.prefix}:schedule:{name}:{tick}"
 
     def chaos_ledger(self, audit: str) -> str:
         """Where one ``ezgraph chaos`` audit counts executions and side effects (its steps add

@@ -27,6 +27,7 @@ SCRIPTS = (
     "mark_saved",
     "resume_run",
     "read_join_input",
+    "append_event",
 )
 
 
@@ -194,6 +195,13 @@ class JoinInputRequest(NamedTuple):
     spec: str  # the job's join-input spec (JSON of run, predecessors, states)
 
 
+class Event(NamedTuple):
+    """An event a step emitted, for its run's stream (``append_event``)."""
+
+    run_id: str
+    body: str  # the event as JSON
+
+
 RECORDS: dict[str, type[tuple[Any, ...]]] = {
     "head": Head,
     "submission": Submission,
@@ -208,9 +216,17 @@ RECORDS: dict[str, type[tuple[Any, ...]]] = {
     "requeue_step": RequeueStep,
     "resume": Resume,
     "join_input_request": JoinInputRequest,
+    "event": Event,
 }
 # What Lua reads of the tuning.
-LUA_TUNING = ("wake_list_max", "canceled_ttl", "failed_ttl", "reply_ttl", "expire_chunk")
+LUA_TUNING = (
+    "wake_list_max",
+    "canceled_ttl",
+    "failed_ttl",
+    "reply_ttl",
+    "expire_chunk",
+    "events_max",
+)
 
 # ezgraph's own fields in an RQ job's hash (RQ and stock workers ignore them).
 JOIN_INPUT_FIELD = "ezgraph_join_input"  # a join's job: what to read for its input (JSON)

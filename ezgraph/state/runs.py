@@ -18,7 +18,15 @@ from typing import Any
 
 from redis import Redis
 
-from ..model.records import EncodedJSON, RunRecord, RunStatus, StepRecord, StepStatus, parse_rq_date
+from ..model.records import (
+    EncodedJSON,
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    parse_rq_date,
+)
 from ..model.step_job import step_name
 from .keys import Keys
 from .protocol import (
@@ -26,6 +34,7 @@ from .protocol import (
     Claim,
     Claimed,
     CompletionRequest,
+    Event,
     Failure,
     Finished,
     JoinInput,
@@ -54,6 +63,7 @@ class LiveRun:
     header: dict[str, str]
     steps: dict[str, dict[str, str]]
     states: dict[str, str]
+    events: tuple[EventRecord, ...] = ()  # read only for the writer (read_many's ``events``)
 
 
 class RedisRuns:
@@ -136,6 +146,12 @@ class RedisRuns:
             self.scripts.call("resume_run", *Resume(run_id), patience=self.patience)
         )
 
+    def append_event(self, run_id: str, body: str) -> str | None:
+        """Append an event (JSON) to the run's stream; returns its id, None when the run is
+        gone from Redis."""
+        reply = self.scripts.call("append_event", *Event(run_id, body), patience=self.patience)
+        return as_text(reply) if reply else None
+
     def mark_saved(self, written: Sequence[tuple[str, str]], ttl: int) -> int:
         """Runs are in SQL: drop them from the unsaved set and let their keys and their RQ jobs'
         expire in ``ttl`` seconds, unless a run's end changed since it was read (``written``:
@@ -166,21 +182,49 @@ class RedisRuns:
         """The run as Redis holds it, or None."""
         return self.read_many([run_id])[0]
 
-    def read_many(self, run_ids: Sequence[str]) -> list[LiveRun | None]:
-        """Several runs in one round trip (None for a run Redis no longer holds)."""
+    def read_many(self, run_ids: Sequence[str], events: bool = False) -> list[LiveRun | None]:
+        """Several runs in one round trip (None for a run Redis no longer holds); ``events``:
+        with their events (the whole capped stream: the writer stores them)."""
         commands: list[tuple[Any, ...]] = []
+        keys = self.keys
+        per_run = 4 if events else 3
         for run_id in run_ids:
-            keys = self.keys
             commands += [
                 ("HGETALL", key)
                 for key in (keys.run(run_id), keys.steps(run_id), keys.state(run_id))
             ]
-        replies = [_text_dict(reply) for reply in self.scripts.read_pipelined(commands)]
+            if events:
+                commands.append(("XRANGE", keys.events(run_id), "-", "+"))
+        replies = self.scripts.read_pipelined(commands)
         runs: list[LiveRun | None] = []
         for n, run_id in enumerate(run_ids):
-            header, raw_steps, states = replies[3 * n : 3 * n + 3]
-            runs.append(LiveRun(run_id, header, _by_step(raw_steps), states) if header else None)
+            first = per_run * n
+            header, raw_steps, states = (_text_dict(r) for r in replies[first : first + 3])
+            stream = parse_stream(replies[first + 3]) if events else ()
+            runs.append(
+                LiveRun(run_id, header, _by_step(raw_steps), states, stream) if header else None
+            )
         return runs
+
+    def read_events(
+        self, run_id: str, after: str, count: int
+    ) -> tuple[dict[str, str], dict[str, dict[str, str]], tuple[EventRecord, ...]]:
+        """In one round trip: the run's header (status, ended_at; empty when Redis no longer
+        holds it), its steps, and up to ``count`` of its events after id ``after``."""
+        keys = self.keys
+        header, steps, stream = self.scripts.read_pipelined(
+            [
+                ("HMGET", keys.run(run_id), "status", "ended_at"),
+                ("HGETALL", keys.steps(run_id)),
+                ("XRANGE", keys.events(run_id), f"({after}", "+", "COUNT", count),
+            ]
+        )
+        fields = {
+            name: value.decode()
+            for name, value in zip(("status", "ended_at"), header, strict=True)
+            if value is not None
+        }
+        return fields, _by_step(_text_dict(steps)), parse_stream(stream)
 
     def read_steps(self, run_ids: Sequence[str]) -> list[dict[str, dict[str, str]]]:
         """The steps of several runs (as :attr:`LiveRun.steps`) in one round trip; empty for a
@@ -279,6 +323,7 @@ def record_from_live(
         created_at=parse_rq_date(header.get("created_at")),
         ended_at=parse_rq_date(header.get("ended_at")),
         steps=tuple(steps),
+        events=live.events,
     )
 
 
@@ -327,6 +372,14 @@ def _by_step(fields: dict[str, str]) -> dict[str, dict[str, str]]:
         step, _, field = name.rpartition(".")
         steps.setdefault(step, {})[field] = value
     return steps
+
+
+def parse_stream(reply: Any) -> tuple[EventRecord, ...]:
+    """A raw XRANGE reply of a run's events as records."""
+    return tuple(
+        EventRecord(entry_id.decode(), _text_dict(fields).get("e", "{}"))
+        for entry_id, fields in reply or ()
+    )
 
 
 def _text_dict(reply: Any) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""The SQL store: ``ezgraph_runs`` and ``ezgraph_steps``, written once per run by upsert.
+"""The SQL store: ``ezgraph_runs``, ``ezgraph_steps`` and ``ezgraph_run_events``, written once per
+run by upsert.
 
 SQLite by default, PostgreSQL through ``postgresql+psycopg2://``. Any number of runs go in one
 transaction (the fast worker batches them); writing a run again replaces it, so a run that was
@@ -16,6 +17,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     Connection,
     DateTime,
@@ -45,10 +47,12 @@ from ..model.records import (
     MAX_NAME,
     MAX_RUN_ID,
     EncodedJSON,
+    EventRecord,
     RunRecord,
     RunStatus,
     StepRecord,
     StepStatus,
+    parse_rq_date,
 )
 from ..settings import TUNING, Tuning, redact_text, redact_url, unencoded_in_password
 
@@ -95,8 +99,22 @@ steps_table = Table(
     Index("ix_ezgraph_steps_node_status", "node", "status"),  # the metrics' steps by node
 )
 
+# What a run's steps emitted (progress, events), as its Redis stream held them when the run was
+# written: ordered by the stream id (ms, seq); type, step and at are copied out of the body.
+events_table = Table(
+    "ezgraph_run_events",
+    metadata,
+    Column("run_id", String(MAX_RUN_ID), primary_key=True),
+    Column("ms", BigInteger, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("type", String(MAX_NAME), nullable=False),
+    Column("step", String(MAX_NAME + 20), nullable=True),
+    Column("at", DateTime(timezone=True), nullable=True),
+    Column("body", JSON, nullable=False),
+)
 
-SCHEMA_REVISION = "0002"  # the head of ezgraph/migrations/versions
+
+SCHEMA_REVISION = "0003"  # the head of ezgraph/migrations/versions
 VERSION_TABLE = "ezgraph_alembic_version"
 
 
@@ -250,6 +268,10 @@ class Store:
             connection.execute(_delete_steps, {"run_ids": run_ids})
             if step_rows:
                 connection.execute(steps_table.insert(), step_rows)
+            # Events are added, never replaced: a resumed run's stream may have been trimmed.
+            event_rows = [_event_values(run.run_id, event) for run in runs for event in run.events]
+            if event_rows:
+                _upsert(connection, events_table, event_rows, ["run_id", "ms", "seq"])
 
     def load_run(self, run_id: str) -> RunRecord | None:
         """The persisted run, or None."""
@@ -293,6 +315,19 @@ class Store:
                 for s in steps
             ),
         )
+
+    def load_events(self, run_id: str) -> list[EventRecord]:
+        """The run's stored events, in the order they were emitted."""
+        if not self._schema_ready:
+            self.create_schema()
+        query = (
+            select(events_table.c.ms, events_table.c.seq, events_table.c.body)
+            .where(events_table.c.run_id == run_id)
+            .order_by(events_table.c.ms, events_table.c.seq)
+        )
+        with self._errors(), self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [EventRecord(f"{ms}-{seq}", json.dumps(body)) for ms, seq, body in rows]
 
     def count_runs(self) -> int:
         """How many runs the database holds."""
@@ -421,3 +456,18 @@ def _storable(text: str | None) -> str | None:
     """Text every database holds: PostgreSQL refuses NUL in text, so it is shown as ``\\x00``
     (JSON values keep theirs escaped as ``\\u0000``, which its ``json`` type takes)."""
     return text.replace("\x00", "\\x00") if text and "\x00" in text else text
+
+
+def _event_values(run_id: str, event: EventRecord) -> dict[str, Any]:
+    ms, _, seq = event.event_id.partition("-")
+    body = json.loads(event.body)
+    step, at = body.get("step"), body.get("at")
+    return {
+        "run_id": run_id,
+        "ms": int(ms),
+        "seq": int(seq or 0),
+        "type": str(body.get("type", "event"))[:200],
+        "step": step if isinstance(step, str) else None,
+        "at": parse_rq_date(at) if isinstance(at, str) else None,
+        "body": EncodedJSON(event.body),
+    }

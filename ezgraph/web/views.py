@@ -1,7 +1,8 @@
-"""The dashboard's own pages: the runs list and a run (its graph, steps, cancel and retry).
+"""The dashboard's own pages: the runs list and a run (its graph, steps, events, cancel and
+retry).
 
 Pages are Jinja templates (``templates/ezgraph``); a live run's page asks ``/runs/<id>.json``
-every second and reloads its graph and steps (``/runs/<id>/live``) when they changed.
+every second and reloads its graph, steps and events (``/runs/<id>/live``) when they changed.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ..state.history import RunQuery
 Hook = Callable[[], Response | None]
 PAGE_SIZES = (20, 50, 100, 200)  # offered by the page's form
 MAX_PAGE = 500
+EVENTS_SHOWN = 200  # a run page shows its newest events, this many
 blueprint = Blueprint("ezgraph", __name__)  # templates and static files: the app's folders
 
 
@@ -152,6 +154,7 @@ def run(run_id: str) -> str:
         graph=_graph_markup(view),
         read_only=board.read_only,
         poll_ms=board.poll_ms,
+        **_events(run_id),
     )
 
 
@@ -160,14 +163,31 @@ def run_live(run_id: str) -> str:
     """The changing part of a run's page (graph, header, steps), for its poll."""
     view = _view(run_id)
     return render_template(
-        "ezgraph/run_live.html", view=view, record=view.record, graph=_graph_markup(view)
+        "ezgraph/run_live.html",
+        view=view,
+        record=view.record,
+        graph=_graph_markup(view),
+        **_events(run_id),
     )
 
 
 @blueprint.get("/runs/<run_id>.json")
 def run_json(run_id: str) -> Response:
-    """A run's status, every node's status and its maps' progress, as JSON."""
-    return jsonify(_view(run_id, with_rq=False).to_json())
+    """A run's status, every node's status and its maps' progress, as JSON (with how many
+    events its steps emitted while it is in Redis: the page's poll sees them come)."""
+    status = _view(run_id, with_rq=False).to_json()
+    context = dashboard().context
+    status["events"] = context.connection.xlen(context.keys.events(run_id))
+    return jsonify(status)
+
+
+@blueprint.get("/runs/<run_id>/events.json")
+def run_events(run_id: str) -> Response:
+    """A run's events from the first (``GraphOrchestrator().events``), as a JSON list."""
+    try:
+        return jsonify(list(dashboard().orchestrator.events(run_id)))
+    except (RunNotFound, UsageError) as error:
+        raise NotFound(str(error)) from None
 
 
 @blueprint.get("/runs/<run_id>/graph.<fmt>")
@@ -219,6 +239,13 @@ def _view(run_id: str, with_rq: bool = True) -> RunView:
         return view_run(dashboard().orchestrator, run_id, with_rq=with_rq)
     except (RunNotFound, UsageError) as error:
         raise NotFound(str(error)) from None
+
+
+def _events(run_id: str) -> dict[str, Any]:
+    """A run page's events: the newest, how many in all, and each step's last progress."""
+    events = list(dashboard().orchestrator.events(run_id))
+    progress = {e["step"]: e for e in events if e.get("type") == "progress"}
+    return {"events": events[-EVENTS_SHOWN:], "event_count": len(events), "progress": progress}
 
 
 def _graph_markup(view: RunView) -> Markup:

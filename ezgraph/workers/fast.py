@@ -119,7 +119,8 @@ class FastWorker(SimpleWorker):
         heartbeat.beat(self.name)  # alive, and in the workers set, from the start
         heartbeat.start()
         self._install_stop_handlers()
-        maintenance = Maintenance(self, with_scheduler=with_scheduler)
+        # A burst worker (ezgraph run, worker --burst) serves what is there: it starts no runs.
+        maintenance = Maintenance(self, with_scheduler, fire_schedules=with_scheduler and not burst)
         maintenance.start()
         signal.signal(signal.SIGALRM, rq_compat.raise_timeout)
         try:

@@ -1,12 +1,14 @@
-"""An ezgraph worker's background threads: recovery, due retries and the hand-over to SQL.
+"""An ezgraph worker's background threads: recovery, due retries, schedules and the hand-over
+to SQL.
 
 The maintenance thread, once a second: give back dead workers' claims and make the watchdog's
-pass (:mod:`ezgraph.recovery`, the pass one worker at a time), move retries whose delay has
-passed to their queues (RQ's scheduler's job), and drop the ended jobs whose time has passed
-from RQ's registries. Its writer thread does every SQL write of the worker: the runs its worker
-ended, when the worker asks (:meth:`Maintenance.write_soon`), and once a second the ended runs
-nobody wrote (their worker died, or the database was down). So a database that hangs delays
-neither steps nor recovery: it only keeps runs waiting in Redis.
+pass (:mod:`ezgraph.recovery`, the pass one worker at a time, which also fires the due
+schedules: :mod:`ezgraph.schedules`), move retries whose delay has passed to their queues
+(RQ's scheduler's job), and drop the ended jobs whose time has passed from RQ's registries.
+Its writer thread does every SQL write of the worker: the runs its worker ended, when the
+worker asks (:meth:`Maintenance.write_soon`), and once a second the ended runs nobody wrote
+(their worker died, or the database was down). So a database that hangs delays neither steps
+nor recovery: it only keeps runs waiting in Redis.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from .. import handover, recovery
+from ..schedules import Schedules
 
 if TYPE_CHECKING:  # the worker owns its maintenance thread: a type only
     from .fast import FastWorker
@@ -29,11 +32,14 @@ logger = logging.getLogger(__name__)
 class Maintenance(threading.Thread):
     """The background duties of one ezgraph worker (see the module doc)."""
 
-    def __init__(self, worker: FastWorker, with_scheduler: bool = True) -> None:
+    def __init__(
+        self, worker: FastWorker, with_scheduler: bool = True, fire_schedules: bool = False
+    ) -> None:
         super().__init__(name=f"ezgraph-maintenance-{worker.name}", daemon=True)
         self.worker = worker
         self.context = worker.context
         self.with_scheduler = with_scheduler
+        self.schedules = Schedules(worker.context) if fire_schedules else None
         self.stopped = threading.Event()
         self._wake = threading.Event()
         self._write = False  # the worker asked for a write of ended runs
@@ -68,6 +74,8 @@ class Maintenance(threading.Thread):
         # Not released: it lets one pass a second through, whichever worker makes it.
         if context.connection.set(context.keys.watch_lock, self.worker.name, nx=True, px=900):
             recovery.watch_runs(context, writer.ended)
+            if self.schedules is not None:
+                self.schedules.fire_due()
         if self.with_scheduler:
             self.enqueue_due_retries()
         handover.forget_ended_jobs(context, [q.name for q in self.worker.queues])

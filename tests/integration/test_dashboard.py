@@ -188,3 +188,22 @@ def test_basic_auth_guards_every_page_and_rq_dashboard_is_mounted(
     assert rq.status_code == 200 and "RQ" in rq.get_data(as_text=True)
     queues = client.get("/rq/0/data/queues.json", headers=right).get_json()
     assert "queues" in queues
+
+
+def test_a_run_page_shows_its_events_and_its_steps_progress(
+    make_context: Callable[..., Context], redis_conn: Redis
+) -> None:
+    context = make_context("tests.graphs.reporting")
+    run_id = GraphOrchestrator(context=context).submit("work", {"text": "<b>hi</b>"})
+    client = client_for(context)
+    assert client.get(f"/runs/{run_id}.json").get_json()["events"] == 0
+    drain(context)
+    assert client.get(f"/runs/{run_id}.json").get_json()["events"] == 4  # the poll sees them
+    html = client.get(f"/runs/{run_id}").get_data(as_text=True)
+    assert '<progress class="step" value="3" max="3">' in html and "part 3" in html
+    assert html.count('<tr class="event progress">') == 3
+    assert '<tr class="event note">' in html and "&lt;b&gt;hi&lt;/b&gt;" in html  # escaped
+    assert html.count('<tr class="event step">') == 4  # work and done: started, finished
+    redis_conn.delete(*context.keys.run_keys(run_id))  # from SQL now
+    stored = client.get(f"/runs/{run_id}/events.json").get_json()
+    assert [e["type"] for e in stored] == ["step", *["progress"] * 3, "note", *["step"] * 3]

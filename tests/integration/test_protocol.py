@@ -257,8 +257,8 @@ def test_the_lua_key_names_are_keys_py(
     ]
     body = (
         "return {key.run('R'), key.steps('R'), key.state('R'), key.join('R'), key.jobs('R'),"
-        " key.stopped('R'), key.alive('W'), key.claimed('W'), key.idle('Q'), key.wake('Q'),"
-        " key.live_runs, key.unsaved_runs, key.expiring_runs, key.workers}"
+        " key.events('R'), key.stopped('R'), key.alive('W'), key.claimed('W'), key.idle('Q'),"
+        " key.wake('Q'), key.live_runs, key.unsaved_runs, key.expiring_runs, key.workers}"
     )
     names = redis_conn.eval(prelude + body, 0, "pfx", "rq:", "now", "0")
     keys = Keys("pfx")

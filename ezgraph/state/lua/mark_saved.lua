@@ -14,7 +14,7 @@ local marked = 0
 for n = FIRST + 1, #ARGV, 2 do
   run.bind(ARGV[n])
   local status, ended = unpack(redis.call('HMGET', run.key, 'status', 'ended_at'))
-  local keys = {run.key, run.steps, run.state, run.join}
+  local keys = {run.key, run.steps, run.state, run.join, run.events}
   if not status or ended == ARGV[n + 1] then  -- gone (no status), or as written
     redis.call('ZREM', key.unsaved_runs, run.id)
     for _, k in ipairs(keys) do redis.call('EXPIRE', k, ttl) end

@@ -7,7 +7,9 @@
   var every = parseInt(live.dataset.pollMs, 10) || 1000;
   var last = null;
 
-  function state(run) { return run.status + " " + JSON.stringify(run.nodes) + JSON.stringify(run.maps); }
+  function state(run) {
+    return run.status + " " + JSON.stringify(run.nodes) + JSON.stringify(run.maps) + " " + run.events;
+  }
 
   function refresh() {
     return fetch(live.dataset.liveUrl, { credentials: "same-origin" })

@@ -19,6 +19,7 @@ function key.steps(id) return PREFIX .. ':run:' .. id .. ':steps' end
 function key.state(id) return PREFIX .. ':run:' .. id .. ':state' end
 function key.join(id) return PREFIX .. ':run:' .. id .. ':join' end
 function key.jobs(id) return PREFIX .. ':run:' .. id .. ':jobs' end
+function key.events(id) return PREFIX .. ':run:' .. id .. ':events' end
 function key.stopped(id) return PREFIX .. ':run:' .. id .. ':stopped' end
 function key.alive(worker) return PREFIX .. ':alive:' .. worker end
 function key.claimed(worker) return PREFIX .. ':claimed:' .. worker end

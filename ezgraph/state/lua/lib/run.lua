@@ -31,7 +31,7 @@ local TERMINAL = {finished = true, failed = true, skipped = true, canceled = tru
 function run.bind(id)
   run.id = id
   run.key, run.steps, run.state = key.run(id), key.steps(id), key.state(id)
-  run.join, run.jobs = key.join(id), key.jobs(id)
+  run.join, run.jobs, run.events = key.join(id), key.jobs(id), key.events(id)
   run.pending_delta = 0  -- changes to the count of steps created and not yet ended
 end
 
