@@ -21,6 +21,7 @@ from .state.redis_io import ScriptRunner
 from .state.runs import RedisRuns
 
 if TYPE_CHECKING:  # imported where first used: see Context.store
+    from .state.notifications import Notifications
     from .state.sql import Store
 
 
@@ -38,6 +39,7 @@ class Context:
         self.runs = RedisRuns(self.connection, self.keys, self.scripts, tuning.client_patience)
         self.jobs = JobFactory(settings, tuning)
         self._store: Store | None = None
+        self._notifications: Notifications | None = None
         self._graphs: dict[str, Graph] = {}
         self._run_graphs: dict[tuple[str, str], Graph] = {}  # by package and version
         self._functions: dict[tuple[str, str], StepFunction] = {}
@@ -52,6 +54,15 @@ class Context:
 
             self._store = Store(self.settings.database_url)
         return self._store
+
+    @property
+    def notifications(self) -> Notifications:
+        """The runs' notifications in SQL (FLOW_ORCHESTRATION_URL), made on first use."""
+        if self._notifications is None:
+            from .state.notifications import Notifications  # SQLAlchemy: see store
+
+            self._notifications = Notifications(self.store)
+        return self._notifications
 
     def graph(self, package: str | None = None) -> Graph:
         """The validated graph of ``package`` (default: the settings' modules package), cached."""

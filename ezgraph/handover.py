@@ -17,7 +17,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
@@ -26,6 +27,9 @@ from .errors import ConnectionFailed
 from .faults import crash_point
 from .settings import Tuning
 from .state.runs import record_from_live
+
+if TYPE_CHECKING:  # imported where first used: see start_notifier
+    from .notify import Notifier
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ class RunWriter:
         self._last_write = 0.0
         self._follower_seen = (-math.inf, False)  # (when looked, a follower writes)
         self._lock = threading.Lock()
+        self.on_written: Callable[[], None] | None = None  # wakes this process's notifier
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -61,12 +66,18 @@ class RunWriter:
         if not records:
             return []
         crash_point(context.connection, context.keys, "before_persist", "run")
+        notify = context.settings.notify_url is not None
         try:
-            context.store.save_runs(records)
+            if notify:  # with their notifications, in the same transaction: none is lost
+                context.store.save_runs(records, context.notifications.pending_for(records))
+            else:
+                context.store.save_runs(records)
         except ConnectionFailed as error:
             logger.warning("runs kept in Redis until the database answers: %s", error)
             return []
         context.runs.mark_saved(written, context.settings.run_ttl)
+        if notify and self.on_written is not None:
+            self.on_written()
         return [record.run_id for record in records]
 
     def write_unsaved(
@@ -166,6 +177,7 @@ def follow(context: Context, stopped: threading.Event, name: str) -> None:
     """
     tuning = context.tuning
     writer = RunWriter(context, name)
+    notifier = start_notifier(context, writer)  # it POSTs the runs too, when asked to
     connection, key = context.connection, context.keys.follower
     announced = -math.inf
     waiting_since: float | None = None  # when runs were first seen waiting
@@ -198,3 +210,21 @@ def follow(context: Context, stopped: threading.Event, name: str) -> None:
             connection.delete(key)
         time.sleep(tuning.follower_look_every)  # workers that just looked leave runs to us
         writer.take_turn(final=True)
+        if notifier is not None:
+            notifier.stop()
+
+
+def start_notifier(context: Context, writer: RunWriter | None = None) -> Notifier | None:
+    """Start this process's notifier, woken when ``writer`` writes runs, when
+    ``FLOW_ORCHESTRATION_URL`` is set; else None."""
+    if context.settings.notify_url is None:
+        return None
+    # Imported here: every step's process imports this module, and only those that POST
+    # runs need urllib3 (a stock worker's forked work-horse imports ezgraph for each job).
+    from .notify import Notifier
+
+    notifier = Notifier(context, context.settings.notify_url)
+    notifier.start()
+    if writer is not None:
+        writer.on_written = notifier.wake
+    return notifier

@@ -56,7 +56,8 @@ def init_db(state: CliState) -> None:
 def persist(state: CliState, follow: bool) -> None:
     """Write ended runs waiting in Redis to SQL.
 
-    Now, or with --follow as they end.
+    Now, or with --follow as they end; with FLOW_ORCHESTRATION_URL set, it also POSTs the
+    runs' notifications that are due.
     """
     context = state.context
     try:
@@ -68,6 +69,9 @@ def persist(state: CliState, follow: bool) -> None:
     if not follow:
         count = RunWriter(context, name).write_unsaved()
         click.echo(f"{count} runs written")
+        notifier = handover.start_notifier(context)
+        if notifier is not None:  # and the notifications due: what fails waits in SQL
+            notifier.stop()
         return
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

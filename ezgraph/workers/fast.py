@@ -33,7 +33,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 
 from .. import completion, recovery, rq_compat
 from ..context import Context
-from ..handover import RunWriter
+from ..handover import RunWriter, start_notifier
 from ..liveness import Heartbeat
 from ..model.step_job import StepJob
 from ..rq_compat import ClaimedJob
@@ -115,6 +115,7 @@ class FastWorker(SimpleWorker):
         self._install_stop_handlers()
         maintenance = Maintenance(self, with_scheduler=with_scheduler)
         maintenance.start()
+        notifier = start_notifier(self.context, self.writer)  # with FLOW_ORCHESTRATION_URL
         signal.signal(signal.SIGALRM, rq_compat.raise_timeout)
         try:
             return self._loop(maintenance, burst, with_scheduler, max_jobs)
@@ -128,6 +129,8 @@ class FastWorker(SimpleWorker):
             self.connection.delete(self.context.keys.alive(self.name))
             self.register_death()  # type: ignore[no-untyped-call]
             self.writer.take_turn(final=True)
+            if notifier is not None:
+                notifier.stop()
 
     def _loop(
         self, maintenance: Maintenance, burst: bool, with_scheduler: bool, max_jobs: int | None
