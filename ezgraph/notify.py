@@ -4,10 +4,11 @@ The hand-over writes a run and its pending notification in one transaction
 (:mod:`ezgraph.state.notifications`); a :class:`Notifier` thread, in every process that
 writes runs (``ezgraph worker``, ``ezgraph persist``, a stock SimpleWorker), sends the due
 ones, off the steps' path: a receiver that is slow or down delays its notifications, never a
-step or a run. A POST that fails is sent again by urllib3's ``Retry`` (at once, then after 1 and
-2 s, and as the receiver's ``Retry-After`` says); when that fails too, the run waits in SQL for
-a later attempt, 5 s then twice as long each time up to 10 minutes, and the notifier pauses as
-long (the receiver is down: the others would fail too). Delivery is at least once: a process
+step or a run. A POST that fails is sent again by urllib3's ``Retry`` (at once, then after 1
+and 2 s; a ``Retry-After`` is not followed: it could hold the notifier past its lease); when
+that fails too, the run waits in SQL for a later attempt, 5 s then twice as long each time up
+to 10 minutes, and the notifier pauses as long (the receiver is down: the others would fail
+too). Delivery is at least once: a process
 that dies after the receiver took a POST, before marking it delivered, leaves it to be sent again
 once its lease ends; the ``Idempotency-Key`` header (``<run_id>:<ended_at>``) tells the receiver
 it has seen it.
@@ -145,7 +146,8 @@ class Notifier(threading.Thread):
 
 def retry_policy(tuning: Tuning) -> Retry:
     """How one attempt retries a POST: on connection errors and answers in
-    :data:`RETRY_STATUSES`, with urllib3's exponential backoff and ``Retry-After``."""
+    :data:`RETRY_STATUSES`, with urllib3's exponential backoff (a ``Retry-After`` of hours
+    would hold the notifier past its lease: the waits between attempts stand in for it)."""
     return Retry(
         total=tuning.notify_retries,
         redirect=0,
@@ -154,7 +156,7 @@ def retry_policy(tuning: Tuning) -> Retry:
         backoff_factor=tuning.notify_backoff,
         raise_on_redirect=False,
         raise_on_status=False,
-        respect_retry_after_header=True,
+        respect_retry_after_header=False,
     )
 
 
