@@ -17,6 +17,7 @@ anything per step (``Context.tracing`` is None).
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -28,12 +29,15 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind, Tracer, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from redis import Redis
+from redis.exceptions import RedisError
 
 from . import __version__
 from .model.step_job import StepJob
 from .settings import Settings
 from .state.keys import Keys
 from .state.protocol import as_text
+
+logger = logging.getLogger(__name__)
 
 PROPAGATOR = TraceContextTextMapPropagator()
 MAX_LINKS = 128  # the SDK's default span link limit: a map's successor links to its first items
@@ -96,7 +100,11 @@ class Tracing:
 
     def _predecessors(self, run_id: str, nodes: Sequence[str]) -> list[str]:
         """The span contexts a join's predecessors left (a mapped node's: each instance's)."""
-        left = self.connection.hgetall(self.keys.trace(run_id))
+        try:
+            left = self.connection.hgetall(self.keys.trace(run_id))
+        except RedisError as error:  # a trace is never worth a step: it loses its links
+            logger.warning("run %s: predecessors' spans unread: %s", run_id, error)
+            return []
         wanted = re.compile(f"(?:{'|'.join(map(re.escape, nodes))})(?:-\\d+)?")
         found = sorted((as_text(name) or "", as_text(value) or "") for name, value in left.items())
         return [value for name, value in found if wanted.fullmatch(name)]
@@ -119,10 +127,15 @@ class StepSpan:
         own = mine.get("traceparent", "")
         if any(job.reads_join_input for job in jobs):
             key = self.tracing.keys.trace(self.job.run_id)
-            with self.tracing.connection.pipeline(transaction=False) as pipe:
-                pipe.hset(key, self.job.step, own)
-                pipe.expire(key, self.tracing.ttl)
-                pipe.execute()
+            try:
+                with self.tracing.connection.pipeline(transaction=False) as pipe:
+                    pipe.hset(key, self.job.step, own)
+                    pipe.expire(key, self.tracing.ttl)
+                    pipe.execute()
+            except RedisError as error:  # the join will not link to this step
+                logger.warning(
+                    "run %s step %s: span unsaved: %s", self.job.run_id, self.job.step, error
+                )
         carried = {**self.run, LINK: own}
         return tuple(replace(job, trace=carried) for job in jobs)
 
