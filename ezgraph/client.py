@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from redis import Redis
@@ -76,6 +77,8 @@ class GraphOrchestrator:
         input_json = to_json(payload, "payload", self.settings.max_payload_bytes)
         run_id = _check_run_id(run_id or uuid.uuid4().hex)
         start = StepJob(run_id, start_module, graph.package, payload, graph_version=graph.version)
+        if self.context.tracing is not None:  # the run's trace starts here
+            start = replace(start, trace=self.context.tracing.submitted(run_id, start))
         job = self.context.jobs.build(graph, start)
         submission = Submission(
             run_id=run_id,

@@ -17,7 +17,7 @@ import os
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rq.job import Job
 
@@ -40,6 +40,9 @@ from .state.protocol import (
     Outcome,
     join_input_spec,
 )
+
+if TYPE_CHECKING:  # OpenTelemetry's part, imported only with tracing on (Context.tracing)
+    from .tracing import StepSpan
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +87,19 @@ class StepRun:
 
     def call(self) -> CompletionRequest:
         """Run the module and build what recording its success needs; raises what the module
-        raised, or :class:`~ezgraph.errors.StepError` / ``PayloadError`` for a bad result."""
+        raised, or :class:`~ezgraph.errors.StepError` / ``PayloadError`` for a bad result.
+        With tracing on, all of it is the step's span."""
+        tracing = self.context.tracing
+        if tracing is None:
+            return self._call(self.context.graph_of(self.job), None)
+        graph = self.context.graph_of(self.job)
+        predecessors = graph.predecessors(self.job.node) if self.job.reads_join_input else ()
+        attempt = self.attempt
+        with tracing.step(self.job, attempt.number, attempt.worker, predecessors) as span:
+            return self._call(graph, span)
+
+    def _call(self, graph: Graph, span: StepSpan | None) -> CompletionRequest:
         context, job = self.context, self.job
-        graph = context.graph_of(job)
         if job.node in graph.unavailable:
             raise StepError(self._not_here(job.node))
         state: dict[str, Any] = job.state or {}
@@ -135,7 +148,8 @@ class StepRun:
             worker=self.attempt.worker,
             attempt=self.attempt.number,
         )
-        jobs = tuple(context.jobs.build(graph, planned) for planned in plan.jobs)
+        successors = plan.jobs if span is None else span.hand_on(plan.jobs)
+        jobs = tuple(context.jobs.build(graph, planned) for planned in successors)
         return CompletionRequest(completion, jobs, plan.walk, result.output)
 
     def _join_input(self, graph: Graph) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from redis import Redis
 
 from .connection import connect
+from .errors import UsageError
 from .model.graph import Graph, StepFunction, load_graph
 from .model.step_job import StepJob
 from .rq_compat import JobFactory
@@ -20,8 +21,10 @@ from .state.keys import Keys
 from .state.redis_io import ScriptRunner
 from .state.runs import RedisRuns
 
-if TYPE_CHECKING:  # imported where first used: see Context.store
+if TYPE_CHECKING:  # imported where first used: see Context.store and Context.tracing
+    from .state.notifications import Notifications
     from .state.sql import Store
+    from .tracing import Tracing
 
 
 class Context:
@@ -37,7 +40,10 @@ class Context:
         self.scripts = ScriptRunner(self.connection, settings.key_prefix, tuning)
         self.runs = RedisRuns(self.connection, self.keys, self.scripts, tuning.client_patience)
         self.jobs = JobFactory(settings, tuning)
+        # None unless EZGRAPH_TRACING is on: then each step makes its span (ezgraph.tracing).
+        self.tracing: Tracing | None = None if settings.tracing == "off" else self._tracing()
         self._store: Store | None = None
+        self._notifications: Notifications | None = None
         self._graphs: dict[str, Graph] = {}
         self._run_graphs: dict[tuple[str, str], Graph] = {}  # by package and version
         self._functions: dict[tuple[str, str], StepFunction] = {}
@@ -52,6 +58,26 @@ class Context:
 
             self._store = Store(self.settings.database_url, self.tuning)
         return self._store
+
+    def _tracing(self) -> Tracing:
+        """The tracing of this process's runs (the optional ``tracing`` extra)."""
+        try:
+            from .tracing import Tracing  # OpenTelemetry: imported only when tracing is on
+        except ImportError as error:
+            raise UsageError(
+                f"EZGRAPH_TRACING={self.settings.tracing} needs OpenTelemetry ({error}):"
+                " pip install 'ezgraph[tracing]'"
+            ) from None
+        return Tracing.for_settings(self.settings, self.connection, self.keys)
+
+    @property
+    def notifications(self) -> Notifications:
+        """The runs' notifications in SQL (FLOW_ORCHESTRATION_URL), made on first use."""
+        if self._notifications is None:
+            from .state.notifications import Notifications  # SQLAlchemy: see store
+
+            self._notifications = Notifications(self.store)
+        return self._notifications
 
     def graph(self, package: str | None = None) -> Graph:
         """The validated graph of ``package`` (default: the settings' modules package), cached."""

@@ -19,7 +19,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
@@ -30,6 +31,9 @@ from .faults import crash_point
 from .model.records import RunRecord
 from .settings import Tuning
 from .state.runs import record_from_live
+
+if TYPE_CHECKING:  # imported where first used: see start_notifier
+    from .notify import Notifier
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ class RunWriter:
         self._down_until = 0.0  # the database is down: not tried again before (monotonic)
         self._retry_in = 0.0
         self._refused = 0  # runs the last write set aside
+        self.on_written: Callable[[], None] | None = None  # wakes this process's notifier
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -75,21 +80,29 @@ class RunWriter:
         if not records:
             return []
         crash_point(context.connection, context.keys, "before_persist", "run")
+        notify = context.settings.notify_url is not None
         try:
-            saved = self._save(records)
+            saved = self._save(records, notify)
         except ConnectionFailed as error:
             self._database_down(error)
             return []
         self._database_up()
         if context.runs.mark_saved([pair for pair in written if pair[0] in saved], ttl):
             context.runs.expire_saved(ttl)  # a big run's jobs, a chunk per call
+        if notify and saved and self.on_written is not None:
+            self.on_written()
         return [record.run_id for record in records if record.run_id in saved]
 
-    def _save(self, records: Sequence[RunRecord]) -> set[str]:
-        """Save ``records``; when the database refuses the batch, halves of it, down to the
-        runs it refuses, which are set aside. Returns the ids saved."""
+    def _save(self, records: Sequence[RunRecord], notify: bool) -> set[str]:
+        """Save ``records`` (with their notifications, in the same transaction: none is lost);
+        when the database refuses the batch, halves of it, down to the runs it refuses, which
+        are set aside. Returns the ids saved."""
+        context = self.context
         try:
-            self.context.store.save_runs(records)
+            if notify:
+                context.store.save_runs(records, context.notifications.pending_for(records))
+            else:
+                context.store.save_runs(records)
             return {record.run_id for record in records}
         except StoreRefused as error:
             if len(records) == 1:
@@ -99,7 +112,7 @@ class RunWriter:
                 self._refused += 1
                 return set()
             middle = len(records) // 2
-            return self._save(records[:middle]) | self._save(records[middle:])
+            return self._save(records[:middle], notify) | self._save(records[middle:], notify)
 
     def _database_down(self, error: ConnectionFailed) -> None:
         """The database failed: wait before trying again, longer each time it stays down."""
@@ -232,6 +245,7 @@ def follow(context: Context, stopped: threading.Event, name: str) -> None:
     """
     tuning = context.tuning
     writer = RunWriter(context, name)
+    notifier = start_notifier(context, writer)  # it POSTs the runs too, when asked to
     connection, key = context.connection, context.keys.follower
     announced = -math.inf
     waiting_since: float | None = None  # when runs were first seen waiting
@@ -265,3 +279,21 @@ def follow(context: Context, stopped: threading.Event, name: str) -> None:
             connection.delete(key)
         time.sleep(tuning.follower_look_every)  # workers that just looked leave runs to us
         writer.take_turn(final=True)
+        if notifier is not None:
+            notifier.stop()
+
+
+def start_notifier(context: Context, writer: RunWriter | None = None) -> Notifier | None:
+    """Start this process's notifier, woken when ``writer`` writes runs, when
+    ``FLOW_ORCHESTRATION_URL`` is set; else None."""
+    if context.settings.notify_url is None:
+        return None
+    # Imported here: every step's process imports this module, and only those that POST
+    # runs need urllib3 (a stock worker's forked work-horse imports ezgraph for each job).
+    from .notify import Notifier
+
+    notifier = Notifier(context, context.settings.notify_url)
+    notifier.start()
+    if writer is not None:
+        writer.on_written = notifier.wake
+    return notifier

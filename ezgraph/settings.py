@@ -40,7 +40,11 @@ ENV_VARS = (
     "EZGRAPH_CLAIM_BATCH",
     "EZGRAPH_DASHBOARD_USERNAME",
     "EZGRAPH_DASHBOARD_PASSWORD",
+    "FLOW_ORCHESTRATION_URL",
+    "EZGRAPH_TRACING",
 )
+
+TRACING_MODES = ("off", "on", "console")
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,11 @@ class Settings:
     # HTTP basic auth of `ezgraph dashboard` and `ezgraph metrics` (both, or neither).
     dashboard_username: str | None = None
     dashboard_password: str | None = field(default=None, repr=False)
+    # Where each ended run is POSTed once it is in SQL (None: runs are not sent anywhere).
+    notify_url: str | None = None
+    # OpenTelemetry spans of runs and steps: off, on (the process's tracer provider) or
+    # console (ezgraph installs the SDK's, printing spans); needs ezgraph[tracing].
+    tracing: str = "off"
 
     @property
     def embedded(self) -> bool:
@@ -97,6 +106,8 @@ class Settings:
             "claim_batch": _int(env, "EZGRAPH_CLAIM_BATCH", 8, 1, 1_000),
             "dashboard_username": env.get("EZGRAPH_DASHBOARD_USERNAME") or None,
             "dashboard_password": env.get("EZGRAPH_DASHBOARD_PASSWORD") or None,
+            "notify_url": _http_url(env, "FLOW_ORCHESTRATION_URL"),
+            "tracing": _tracing(env),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
@@ -108,7 +119,7 @@ class Settings:
     def __repr__(self) -> str:
         """The settings, their URLs' passwords hidden (a repr may reach a log or a traceback)."""
         shown = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
-        for name in ("redis_url", "database_url"):
+        for name in ("redis_url", "database_url", "notify_url"):
             if shown[name] is not None:
                 shown[name] = redact_url(shown[name])
         return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
@@ -150,6 +161,15 @@ class Tuning:
     sql_statement_timeout: int = 30  # seconds a statement may run (PostgreSQL)
     sql_retry: float = 1.0
     sql_retry_max: float = 30.0
+    # Notifications (FLOW_ORCHESTRATION_URL): a notifier thread POSTs the runs in SQL.
+    notify_every: float = 1.0  # seconds between looks at the notifications due
+    notify_batch: int = 100  # notifications one look takes at most
+    notify_timeout: float = 10.0  # seconds to connect, and to read the answer, per POST
+    notify_retries: int = 3  # a POST that fails is sent again at once, then 1 s, 2 s later...
+    notify_backoff: float = 0.5  # ...(urllib3's Retry backoff_factor)
+    notify_later: float = 5.0  # then the run waits this long, doubling per failed attempt...
+    notify_later_max: float = 600.0  # ...up to this (urllib3's backoff, with a second of jitter)
+    notify_lease: float = 120.0  # a notifier that took a run has this long to send it
     # The fast worker's loop.
     idle_wait: float = 1.0  # seconds an idle worker blocks on its queues' wake list
     idle_mark: float = 3.0  # seconds an empty claim marks its queues idle (only then they wake)
@@ -197,6 +217,28 @@ def _redis_url_from_env(env: Mapping[str, str]) -> str | None:
     password = env.get("REDIS_PASSWORD")
     auth = f":{quote(password, safe='')}@" if password else ""
     return f"redis://{auth}{host}:{port}/{db}"
+
+
+def _http_url(env: Mapping[str, str], name: str) -> str | None:
+    """The http(s) URL ``name`` holds, or None when unset."""
+    raw = env.get(name)
+    if not raw:
+        return None
+    if not re.match(r"https?://[^/?#]+", raw):
+        raise UsageError(f"{name} must be an http:// or https:// URL, got {redact_url(raw)!r}")
+    return raw
+
+
+def _tracing(env: Mapping[str, str]) -> str:
+    """EZGRAPH_TRACING as one of :data:`TRACING_MODES` (1/true/yes mean on, 0/false/no off)."""
+    raw = (env.get("EZGRAPH_TRACING") or "off").strip().lower()
+    mode = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}.get(
+        raw, raw
+    )
+    if mode not in TRACING_MODES:
+        choices = ", ".join(TRACING_MODES)
+        raise UsageError(f"EZGRAPH_TRACING must be one of {choices}, got {raw!r}")
+    return mode
 
 
 def _int(

@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 
 from ..client import GraphOrchestrator
+from ..context import Context
 from ..errors import ConnectionFailed, EzgraphError, UsageError
 from ..model.records import RunStatus
 from ..ops.run_view import RunView, view_run
@@ -210,6 +211,25 @@ def status(
         click.echo(f"error: {current.error}")
     if current.result is not None:
         click.echo("result: " + json.dumps(current.result, ensure_ascii=False))
+    if view.terminal and state.settings.notify_url is not None:
+        click.echo(notification_line(state.orchestrator.context, current.run_id))
+
+
+def notification_line(context: Context, run_id: str) -> str:
+    """Where the run's POST to FLOW_ORCHESTRATION_URL is."""
+    try:
+        notification = context.notifications.of(run_id)
+    except ConnectionFailed as error:
+        return f"notification: unknown ({error})"
+    if notification is None:
+        return "notification: none yet (sent once the run is in SQL)"
+    tries = f"{notification.attempts} attempt{'s' if notification.attempts != 1 else ''}"
+    if notification.state == "delivered":
+        return f"notification: delivered ({tries})"
+    last = f": {notification.last_error}" if notification.last_error else ""
+    if notification.state == "failed":
+        return f"notification: failed ({tries}){last}"
+    return f"notification: pending ({tries}){last}"
 
 
 def follow_events(

@@ -56,7 +56,8 @@ def init_db(state: CliState) -> None:
 def persist(state: CliState, follow: bool) -> None:
     """Write ended runs waiting in Redis to SQL.
 
-    Now, or with --follow as they end.
+    Now, or with --follow as they end; with FLOW_ORCHESTRATION_URL set, it also POSTs the
+    runs' notifications that are due.
     """
     context = state.context
     try:
@@ -69,6 +70,9 @@ def persist(state: CliState, follow: bool) -> None:
         context.runs.restore_set_aside()  # the database may take them now
         count = RunWriter(context, name).write_unsaved()
         click.echo(f"{count} runs written")
+        notifier = handover.start_notifier(context)
+        if notifier is not None:  # and the notifications due: what fails waits in SQL
+            notifier.stop()
         if refused := context.runs.set_aside():
             runs, them = ("1 run", "it") if len(refused) == 1 else (f"{len(refused)} runs", "them")
             reasons = "; ".join(f"{run_id}: {reason}" for run_id, reason in refused.items())

@@ -36,6 +36,8 @@ class StepJob:
     item: Any = None
     item_key: str = "item"
     graph_version: str | None = None  # the version of the graph its run started on
+    # With tracing on: the run's trace context and the span of the step that created it.
+    trace: dict[str, str] | None = None
 
     @property
     def step(self) -> str:
@@ -58,6 +60,8 @@ class StepJob:
             kwargs["state"] = self.state
         if self.index is not None:
             kwargs.update(index=self.index, item=self.item, item_key=self.item_key)
+        if self.trace is not None:
+            kwargs["trace"] = self.trace
         return kwargs
 
     @classmethod
@@ -74,4 +78,5 @@ class StepJob:
             item=kwargs.get("item"),
             item_key=kwargs.get("item_key", kwargs.get("key", "item")),
             graph_version=kwargs.get("version"),
+            trace=kwargs.get("trace"),
         )

@@ -96,7 +96,14 @@ class EzgraphCollector(Collector):
             ]
             buckets.append(("+Inf", float(histogram.count)))
             durations.add_metric([node], buckets, sum_value=histogram.total)
-        yield from (runs, steps, durations)
+        notifications = GaugeMetricFamily(
+            "ezgraph_notifications",
+            "Ended runs' notifications to FLOW_ORCHESTRATION_URL, by state.",
+            labels=["state"],
+        )
+        for state, count in sorted(self.context.notifications.counts().items()):
+            notifications.add_metric([state], count)
+        yield from (runs, steps, durations, notifications)
 
     def _from_redis(self) -> Iterator[Metric]:
         context = self.context

@@ -26,6 +26,8 @@ RQ's keys are named by :mod:`ezgraph.rq_compat` (and ``lua/lib/rq.lua``).
   time; a running ``persist --follow`` announces itself.
 - ``schedules`` hash: schedule name -> its definition (JSON); ``schedules:fired`` hash: name
   -> its last tick and run; ``schedule:<name>:<tick>``: that tick fired (a scheduler's claim).
+- ``trace:<run_id>`` hash: step -> its span's ``traceparent``, where a join reads its
+  predecessors' (only with tracing on: :mod:`ezgraph.tracing`; it expires on its own).
 - ``crashed:<point>:<step>``, ``chaos:<audit>``: fault injection and the crash audit's ledger.
 """
 
@@ -67,6 +69,10 @@ class Keys:
     def stopped(self, run_id: str) -> str:
         """The channel a message is published on when the run stops or ends."""
         return f"{self.prefix}:run:{run_id}:stopped"
+
+    def trace(self, run_id: str) -> str:
+        """The span contexts a run's steps left for the joins after them (tracing only)."""
+        return f"{self.prefix}:trace:{run_id}"
 
     def run_keys(self, run_id: str) -> tuple[str, ...]:
         """Every key one run holds."""

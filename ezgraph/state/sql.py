@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, cast
 
@@ -113,8 +113,25 @@ events_table = Table(
     Column("body", JSON, nullable=False),
 )
 
+# One row per run to POST to FLOW_ORCHESTRATION_URL (migration 0004), written with the run;
+# ``ezgraph.notify`` delivers it. ``ended_at`` is the end it tells: a retried run that ends
+# again is told again.
+notifications_table = Table(
+    "ezgraph_notifications",
+    metadata,
+    Column("run_id", String(MAX_RUN_ID), primary_key=True),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+    Column("state", String(16), nullable=False),  # pending, delivered or failed
+    Column("attempts", Integer, nullable=False, default=0),
+    # When it is due; while a notifier sends it, when that notifier's lease ends.
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    Index("ix_ezgraph_notifications_due", "state", "next_attempt_at"),
+)
 
-SCHEMA_REVISION = "0003"  # the head of ezgraph/migrations/versions
+
+SCHEMA_REVISION = "0004"  # the head of ezgraph/migrations/versions
 VERSION_TABLE = "ezgraph_alembic_version"
 
 
@@ -244,8 +261,11 @@ class Store:
             revision = connection.scalar(text(f"select version_num from {VERSION_TABLE}"))
         return None if revision is None else str(revision)
 
-    def save_runs(self, runs: Sequence[RunRecord]) -> None:
+    def save_runs(
+        self, runs: Sequence[RunRecord], also: Callable[[Connection], None] | None = None
+    ) -> None:
         """Write ``runs`` and their steps in one transaction; a run written before is replaced.
+        ``also`` writes more in that transaction (the runs' notifications).
 
         Raises:
             ConnectionFailed: the database is down or does not answer (try again later).
@@ -272,6 +292,8 @@ class Store:
             event_rows = [_event_values(run.run_id, event) for run in runs for event in run.events]
             if event_rows:
                 _upsert(connection, events_table, event_rows, ["run_id", "ms", "seq"])
+            if also is not None:
+                also(connection)
 
     def load_run(self, run_id: str) -> RunRecord | None:
         """The persisted run, or None."""
@@ -358,6 +380,14 @@ class Store:
         with self._errors(), self.engine.connect() as connection:
             yield connection
 
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A connection in a transaction, committed at the end (the schema made first)."""
+        if not self._schema_ready:
+            self.create_schema()
+        with self._errors(), self.engine.begin() as connection:
+            yield connection
+
     def _errors(self) -> AbstractContextManager[None]:
         return _database_errors(self.url)
 
@@ -386,19 +416,23 @@ def _database_errors(url: str) -> Iterator[None]:
 def _upsert_statement(dialect: str, table: Table, keys: tuple[str, ...]) -> Executable:
     """``INSERT ... ON CONFLICT (keys) DO UPDATE`` for ``table``, built once per process (building
     it anew for each batch cost more than a one-run batch's writes)."""
-    # Imported here: each dialect costs a worker 1-2 MiB it needs only with that database.
-    if dialect == "postgresql":
-        from sqlalchemy.dialects import postgresql
-
-        statement: Any = postgresql.insert(table)
-    else:
-        from sqlalchemy.dialects import sqlite
-
-        statement = sqlite.insert(table)
+    statement: Any = insert_of(dialect)(table)
     updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
     return cast(
         Executable, statement.on_conflict_do_update(index_elements=list(keys), set_=updates)
     )
+
+
+def insert_of(dialect: str) -> Any:
+    """The dialect's ``insert`` (with ``on_conflict_do_update``) for PostgreSQL or SQLite."""
+    # Imported here: each dialect costs a worker 1-2 MiB it needs only with that database.
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert
 
 
 _delete_steps = delete(steps_table).where(

@@ -34,7 +34,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 from .. import completion, recovery, rq_compat
 from ..connection import check_eviction
 from ..context import Context
-from ..handover import RunWriter
+from ..handover import RunWriter, start_notifier
 from ..liveness import Heartbeat
 from ..model.step_job import StepJob
 from ..rq_compat import ClaimedJob
@@ -122,6 +122,7 @@ class FastWorker(SimpleWorker):
         # A burst worker (ezgraph run, worker --burst) serves what is there: it starts no runs.
         maintenance = Maintenance(self, with_scheduler, fire_schedules=with_scheduler and not burst)
         maintenance.start()
+        notifier = start_notifier(self.context, self.writer)  # with FLOW_ORCHESTRATION_URL
         signal.signal(signal.SIGALRM, rq_compat.raise_timeout)
         try:
             return self._loop(maintenance, burst, with_scheduler, max_jobs)
@@ -130,6 +131,8 @@ class FastWorker(SimpleWorker):
             maintenance.stop()
             heartbeat.stop()
             self._leave()
+            if notifier is not None:
+                notifier.stop()
 
     def _leave(self) -> None:
         """Finish what was run, give back what is claimed, say goodbye, write what waits. With

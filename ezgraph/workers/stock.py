@@ -9,7 +9,9 @@ so ezgraph keeps one :class:`StockProcess` per process and connection, made at i
 - **the hand-over to SQL**: runs that end here are written by a thread, in batches, with the
   one policy of :class:`~ezgraph.handover.RunWriter` (unless ``persist --follow`` writes them),
   and once more when the process exits normally. A forked work-horse exits (``os._exit``)
-  right after its job, so there a run that ends is written at once.
+  right after its job, so there a run that ends is written at once;
+- **notifications** (``FLOW_ORCHESTRATION_URL``): a notifier thread POSTs the runs written,
+  except in a forked work-horse (:mod:`ezgraph.notify`: another process sends its runs').
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from redis.exceptions import RedisError
 from rq.job import Job
@@ -28,10 +30,13 @@ from .. import completion, rq_compat
 from ..connection import check_eviction
 from ..context import Context
 from ..errors import UnsafeRedis
-from ..handover import RunWriter
+from ..handover import RunWriter, start_notifier
 from ..liveness import Heartbeat
 from ..model.step_job import StepJob
 from ..settings import Settings
+
+if TYPE_CHECKING:  # started by handover.start_notifier: a type only
+    from ..notify import Notifier
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +58,7 @@ class StockProcess:
         self.heartbeat = Heartbeat(
             context.connection, context.keys, tuning, self._beating, tick=tuning.stock_tick
         )
+        self.notifier: Notifier | None = None
         self._writer_thread = threading.Thread(
             target=self._write_when_due, name="ezgraph-stock-writer", daemon=True
         )
@@ -66,18 +72,22 @@ class StockProcess:
             process = cls._by_connection.get(key)
             if process is None:
                 process = cls(Context(Settings.from_env(), job.connection))
-                process.start()
+                # A forked work-horse ends with its job: its runs are sent by another process.
+                process.start(notify=os.environ.get("RQ_JOB_ID") != job.id)
                 cls._by_connection[key] = process
             return process
 
-    def start(self) -> None:
-        """Start the heartbeat and the writer; write what is left when the process exits."""
+    def start(self, notify: bool = False) -> None:
+        """Start the heartbeat and the writer, and with ``notify`` the notifier (when
+        ``FLOW_ORCHESTRATION_URL`` is set); write what is left when the process exits."""
         try:
             check_eviction(self.context.connection)
         except UnsafeRedis as error:  # a stock worker cannot be refused: say it at each start
             logger.error("%s", error)
         self.heartbeat.start()
         self._writer_thread.start()
+        if notify:
+            self.notifier = start_notifier(self.context, self.writer)
         atexit.register(self._write_at_exit)
 
     def run(self, job: StepJob, rq_job: Job) -> dict:  # type: ignore[type-arg]
@@ -143,6 +153,8 @@ class StockProcess:
         self.heartbeat.stop()
         self._writer_thread.join(timeout=5)
         self._write_at_exit()
+        if self.notifier is not None:
+            self.notifier.stop()
 
     def _write_at_exit(self) -> None:
         if self.writer.waiting and not self.writer.follower_writes():

@@ -17,6 +17,7 @@ from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
 
 from ..conftest import ROOT, drain, ezgraph_cli, ezgraph_process, subprocess_env, wait_for
+from ..integration.test_notify import Receiver
 
 
 def test_submit_prints_the_run_id_last_and_status_reads_it(
@@ -187,3 +188,20 @@ def test_ctrl_c_during_submit_wait_prints_the_run_id_and_the_run_goes_on(
     ]
     drain(context)
     assert GraphOrchestrator(context=context).status(run_id)["status"] == "finished"
+
+
+def test_run_posts_the_ended_run_to_flow_orchestration_url_and_status_says_so(
+    make_context: Callable[..., Context],
+) -> None:
+    receiver = Receiver()
+    try:
+        context = make_context("tests.graphs.chain")
+        env = subprocess_env(context.settings, FLOW_ORCHESTRATION_URL=receiver.url)
+        done = ezgraph_cli("run", "a", "-f", "x=1", env=env)
+        assert done.returncode == 0, done.stderr
+        [(status, _headers, body)] = receiver.requests  # sent before the command returned
+        assert status == 200 and body["status"] == "finished" and body["result"]["x"] == "1"
+        shown = ezgraph_cli("status", body["run_id"], env=env)
+        assert shown.stdout.splitlines()[-1] == "notification: delivered (1 attempt)"
+    finally:
+        receiver.close()

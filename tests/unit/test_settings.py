@@ -104,3 +104,25 @@ def test_the_settings_repr_hides_the_passwords() -> None:
 def test_a_steps_context_repr_hides_the_database_url() -> None:
     context = StepContext("r", "n", None, 1, "postgresql://u:QXZJ@h/db")
     assert "QXZJ" not in repr(context)
+
+
+def test_the_seeds_orchestration_url_is_where_runs_are_posted() -> None:
+    url = "https://hooks.example.com/runs?token=s3cret"
+    settings = Settings.from_env({"FLOW_ORCHESTRATION_URL": url})
+    assert settings.notify_url == url
+    assert "s3cret" not in repr(settings)
+    assert Settings.from_env({}).notify_url is None
+    with pytest.raises(UsageError, match="FLOW_ORCHESTRATION_URL must be an http"):
+        Settings.from_env({"FLOW_ORCHESTRATION_URL": "ftp://user:pw@host/x"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "mode"), [("", "off"), ("0", "off"), ("1", "on"), ("ON", "on"), ("console", "console")]
+)
+def test_tracing_is_off_unless_asked_for(raw: str, mode: str) -> None:
+    assert Settings.from_env({"EZGRAPH_TRACING": raw}).tracing == mode
+
+
+def test_a_bad_tracing_mode_names_the_choices() -> None:
+    with pytest.raises(UsageError, match="EZGRAPH_TRACING must be one of off, on, console"):
+        Settings.from_env({"EZGRAPH_TRACING": "jaeger"})
