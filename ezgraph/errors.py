@@ -42,6 +42,16 @@ class ConnectionFailed(EzgraphError):
     """Raised when Redis or the database cannot be reached; names the URL without password."""
 
 
+class SubmitInterrupted(ConnectionFailed):
+    """Raised when Redis or the database failed part-way through a bulk submission:
+    ``run_ids`` are the runs submitted (those of the first payloads, in order); the rest were
+    not."""
+
+    def __init__(self, message: str, run_ids: list[str]) -> None:
+        super().__init__(message)
+        self.run_ids = run_ids
+
+
 class EmbeddedServerError(ConnectionFailed):
     """Raised when the embedded Redis-compatible server cannot be started."""
 

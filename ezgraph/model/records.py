@@ -74,6 +74,7 @@ class RunRecord:
     created_at: datetime | None = None
     ended_at: datetime | None = None
     steps: tuple[StepRecord, ...] = field(default_factory=tuple)
+    idempotency_key: str | None = None  # the key it was submitted with, if any
 
     def node_statuses(self) -> dict[str, StepStatus]:
         """Node (or mapped instance) -> status, graph order first."""

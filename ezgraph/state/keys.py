@@ -12,6 +12,8 @@ RQ's keys are named by :mod:`ezgraph.rq_compat` (and ``lua/lib/rq.lua``).
 - ``run:<id>:state`` hash: the state a step passed on, kept where a join or the result reads it.
 - ``run:<id>:join`` hash: join arrivals (``left:<node>``, ``any:<node>``) and map counters.
 - ``run:<id>:jobs`` hash: RQ job id -> queue, for every step job of the run.
+- ``idem:<key>``: the run id of idempotency key ``<key>`` (or ``claim <run id>`` for a moment
+  while a submitter looks the key up in SQL); it expires with the run's keys.
 - ``run:<id>:stopped`` channel: a message when the run stops (failed, canceled) or ends.
 - ``runs:live`` / ``runs:unsaved`` sorted sets: runs in flight / ended and not yet in SQL.
 - ``alive:<worker>``: a worker running steps is alive while this lives (its heartbeat).
@@ -57,6 +59,10 @@ class Keys:
     def stopped(self, run_id: str) -> str:
         """The channel a message is published on when the run stops or ends."""
         return f"{self.prefix}:run:{run_id}:stopped"
+
+    def idempotency(self, key: str) -> str:
+        """The run id of a submission's idempotency key."""
+        return f"{self.prefix}:idem:{key}"
 
     def run_keys(self, run_id: str) -> tuple[str, ...]:
         """Every key one run holds."""

@@ -30,6 +30,7 @@ from .protocol import (
     Finished,
     JoinInput,
     JoinInputRequest,
+    NewRun,
     Outcome,
     PlannedJob,
     RequeueClaims,
@@ -37,11 +38,12 @@ from .protocol import (
     Resume,
     Resumed,
     Submission,
+    Submitted,
     as_text,
     finish_and_claim_argv,
-    jobs_argv,
     list_argv,
     parse_finish_and_claim,
+    submission_argv,
 )
 from .redis_io import ScriptRunner
 
@@ -69,12 +71,13 @@ class RedisRuns:
 
     # -- changes (one script each) -----------------------------------------------------------
 
-    def submit(self, submission: Submission, job: PlannedJob) -> bool:
-        """Create the run and its first step; False when the run id is taken."""
-        reply = self.scripts.call(
-            "submit_run", *submission, *jobs_argv([job]), patience=self.patience
-        )
-        return bool(reply)
+    def submit(
+        self, submission: Submission, runs: Sequence[tuple[NewRun, PlannedJob]]
+    ) -> list[Submitted]:
+        """Create runs and their first steps (or claim their idempotency keys), in one call."""
+        argv = submission_argv(submission, runs)
+        reply = self.scripts.call("submit_run", *argv, patience=self.patience)
+        return Submitted.parse_all(reply)
 
     def complete(self, request: CompletionRequest) -> Outcome:
         """Record a step that succeeded and create its ready successors, atomically."""
@@ -234,6 +237,7 @@ def record_from_live(
         created_at=parse_rq_date(header.get("created_at")),
         ended_at=parse_rq_date(header.get("ended_at")),
         steps=tuple(steps),
+        idempotency_key=header.get("idempotency_key") or None,
     )
 
 

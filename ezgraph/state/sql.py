@@ -86,7 +86,18 @@ steps_table = Table(
 )
 
 
-SCHEMA_REVISION = "0002"  # the head of ezgraph/migrations/versions
+# A submission's idempotency key and its run (migration 0003): a key is written with its run's
+# first write to SQL, and a key that is there already keeps its run (insert or ignore), so a
+# duplicate can never fail the batch it is in.
+idempotency_table = Table(
+    "ezgraph_idempotency_keys",
+    metadata,
+    Column("idempotency_key", String(200), primary_key=True),
+    Column("run_id", String(64), nullable=False),
+)
+
+
+SCHEMA_REVISION = "0003"  # the head of ezgraph/migrations/versions
 VERSION_TABLE = "ezgraph_alembic_version"
 
 
@@ -208,6 +219,22 @@ class Store:
             connection.execute(_delete_steps, {"run_ids": run_ids})
             if step_rows:
                 connection.execute(steps_table.insert(), step_rows)
+            key_rows = [
+                {"idempotency_key": run.idempotency_key, "run_id": run.run_id}
+                for run in runs
+                if run.idempotency_key
+            ]
+            if key_rows:
+                _insert_missing(connection, idempotency_table, key_rows, "idempotency_key")
+
+    def runs_by_key(self, keys: Sequence[str]) -> dict[str, str]:
+        """The run ids of those of ``keys`` the database holds (idempotency keys)."""
+        if not self._schema_ready:
+            self.create_schema()
+        column = idempotency_table.c.idempotency_key
+        query = select(column, idempotency_table.c.run_id).where(column.in_(list(keys)))
+        with self._errors(), self.engine.connect() as connection:
+            return {key: run_id for key, run_id in connection.execute(query)}
 
     def load_run(self, run_id: str) -> RunRecord | None:
         """The persisted run, or None."""
@@ -333,6 +360,36 @@ def _upsert(
             match = [table.c[key] == row[key] for key in keys]
             connection.execute(delete(table).where(*match))
         connection.execute(table.insert(), rows)
+
+
+def _insert_missing(
+    connection: Connection, table: Table, rows: list[dict[str, Any]], key: str
+) -> None:
+    """Insert those of ``rows`` whose ``key`` the table does not hold yet; keep the others."""
+    dialect = connection.dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        connection.execute(_insert_missing_statement(dialect, table, key), rows)
+        return
+    held = set(
+        connection.scalars(select(table.c[key]).where(table.c[key].in_([r[key] for r in rows])))
+    )
+    new = [row for row in rows if row[key] not in held]
+    if new:
+        connection.execute(table.insert(), new)
+
+
+@functools.cache
+def _insert_missing_statement(dialect: str, table: Table, key: str) -> Executable:
+    """``INSERT ... ON CONFLICT (key) DO NOTHING`` for ``table``, built once per process."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        statement: Any = postgresql.insert(table)
+    else:
+        from sqlalchemy.dialects import sqlite
+
+        statement = sqlite.insert(table)
+    return cast(Executable, statement.on_conflict_do_nothing(index_elements=[key]))
 
 
 def _run_values(run: RunRecord) -> dict[str, Any]:
