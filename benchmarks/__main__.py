@@ -7,6 +7,7 @@ against the same Redis, in one run.
     python -m benchmarks --systems plain-rq ezgraph-stock --graphs chain2 --reps 15
                                       # one comparison, with enough repetitions to see past noise
     python -m benchmarks --dashboard  # only the dashboard's pages over 100,000 runs in SQL
+    python -m benchmarks --submit     # only submission speed from one process (no workers)
 
 Graphs: chain2 (a -> b), chain5, fanin (1 -> 8 -> 1). It prints steps/s, runs/s, the ratio to
 plain RQ in the same run, Redis commands per step, worker and Redis CPU per step, worker RSS,
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 
 import rq
 
-from . import dashboard
+from . import dashboard, submission
 from .baselines import CeleryChain, PlainRQ
 from .ezgraph_systems import Ezgraph
 from .harness import (
@@ -124,7 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dashboard-runs", type=int, default=100_000, help="runs put in SQL")
     parser.add_argument("--dashboard-reps", type=int, default=20, help="requests per page")
     parser.add_argument("--dashboard-db", help="database URL (default: a fresh SQLite file)")
+    parser.add_argument(
+        "--submit", action="store_true", help="only time submission from one process (see below)"
+    )
+    parser.add_argument("--submit-runs", type=int, default=5_000, help="runs per way of submit")
     args = parser.parse_args(argv)
+    if args.submit:
+        redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+        print("\n".join(submission.measure(redis_url, args.submit_runs, args.reps)))
+        return 0
     if args.dashboard:
         redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
         lines = dashboard.measure(

@@ -33,7 +33,7 @@ from .handover import RunWriter
 from .model.graph import Graph
 from .model.records import RunRecord, RunStatus
 from .model.step_job import job_id
-from .settings import Settings
+from .settings import ENV_VARS, Settings
 from .state.runs import record_from_live
 from .submission import check_run_id
 
@@ -331,6 +331,7 @@ class GraphOrchestrator:
 _shared: dict[Settings, GraphOrchestrator] = {}  # this process's, by settings (see shared())
 _shared_pid = os.getpid()
 _shared_lock = threading.Lock()
+_settings_by_env: dict[tuple[str | None, ...], Settings] = {}  # Settings.from_env() by ENV_VARS
 SHARED_MAX = 8  # orchestrators kept at most (each holds a Redis connection pool)
 
 
@@ -342,11 +343,18 @@ def shared(settings: Settings | None = None) -> GraphOrchestrator:
     not be shared across a fork).
     """
     global _shared_pid
-    settings = settings or Settings.from_env()
+    # The environment is read into Settings once per distinct value of its variables: reading
+    # it costs about as much as a submission.
+    seen = tuple(os.environ.get(name) for name in ENV_VARS) if settings is None else ()
     with _shared_lock:
         if _shared_pid != os.getpid():
             _shared.clear()  # the parent's: leave its connections alone
             _shared_pid = os.getpid()
+        if settings is None:
+            settings = _settings_by_env.pop(seen, None) or Settings.from_env()
+            _settings_by_env[seen] = settings  # the last used last
+            if len(_settings_by_env) > SHARED_MAX:
+                del _settings_by_env[next(iter(_settings_by_env))]
         orchestrator = _shared.pop(settings, None)
         if orchestrator is None:
             if len(_shared) >= SHARED_MAX:

@@ -22,7 +22,7 @@ from .errors import ConnectionFailed, PayloadError, UsageError
 from .model.graph import Graph
 from .model.payload import to_json
 from .model.step_job import StepJob
-from .state.protocol import Action, NewRun, Submission, Submitted
+from .state.protocol import Action, NewRun, PlannedJob, Submission, Submitted
 
 MAX_KEY_LENGTH = 200  # the SQL column's width
 
@@ -131,7 +131,8 @@ _shapes: dict[tuple[str, str, str], tuple[str, str]] = {}
 
 def send(context: Context, batch: Batch) -> Iterator[list[str]]:
     """Submit the batch's runs, ``Tuning.submit_chunk`` per Lua call; yields each chunk's run
-    ids (for a run whose key was taken, the run that holds it), in order.
+    ids (for a run whose key was taken, the run that holds it), in order. Chunks without keys
+    are pipelined (:meth:`~ezgraph.state.runs.RedisRuns.submit_each`).
 
     Raises:
         UsageError: for a run id that exists already.
@@ -140,20 +141,37 @@ def send(context: Context, batch: Batch) -> Iterator[list[str]]:
         RedisError: from Redis (the chunks yielded before were submitted).
     """
     size = context.tuning.submit_chunk
-    for first in range(0, len(batch.runs), size):
-        yield _send_chunk(context, batch, batch.runs[first : first + size])
+    chunks = [batch.runs[first : first + size] for first in range(0, len(batch.runs), size)]
+    if any(r.key for r in batch.runs):
+        for runs in chunks:
+            yield _send_chunk(context, batch, runs)
+        return
+    requests = (
+        [(NewRun(r.run_id, r.input, "", "create"), job) for r, job in zip(runs, jobs, strict=True)]
+        for runs in chunks
+        for jobs in [_jobs(context, batch, runs)]
+    )
+    replies_each = context.runs.submit_each(batch.submission, requests)
+    for runs, replies in zip(chunks, replies_each, strict=True):
+        ids: list[str | None] = [None] * len(runs)
+        _read_replies(runs, range(len(runs)), replies, ids, {})
+        yield [run_id or "" for run_id in ids]  # each one created, or taken: raised
+
+
+def _jobs(context: Context, batch: Batch, runs: Sequence[NewRunPlan]) -> list[PlannedJob]:
+    """The start step's job of each run."""
+    graph, start, version = batch.graph, batch.start, batch.graph.version
+    return [
+        context.jobs.build(
+            graph, StepJob(r.run_id, start, graph.package, dict(r.payload), graph_version=version)
+        )
+        for r in runs
+    ]
 
 
 def _send_chunk(context: Context, batch: Batch, runs: Sequence[NewRunPlan]) -> list[str]:
     """One chunk: one call; for keyed runs, a claim, an SQL read and a second call."""
-    graph, start = batch.graph, batch.start
-    jobs = [
-        context.jobs.build(
-            graph,
-            StepJob(r.run_id, start, graph.package, dict(r.payload), graph_version=graph.version),
-        )
-        for r in runs
-    ]
+    jobs = _jobs(context, batch, runs)
     ids: list[str | None] = [None] * len(runs)
     action: dict[int, Action] = {n: "claim" if r.key else "create" for n, r in enumerate(runs)}
     todo = list(range(len(runs)))

@@ -12,7 +12,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,16 @@ class RedisRuns:
         argv = submission_argv(submission, runs)
         reply = self.scripts.call("submit_run", *argv, patience=self.patience)
         return Submitted.parse_all(reply)
+
+    def submit_each(
+        self, submission: Submission, chunks: Iterable[Sequence[tuple[NewRun, PlannedJob]]]
+    ) -> Iterator[list[Submitted]]:
+        """:meth:`submit` for each chunk, pipelined: a chunk is built while Redis creates the
+        chunk before it. Only for runs without idempotency keys (their claims need a second
+        call, after SQL is read)."""
+        argvs = (submission_argv(submission, runs) for runs in chunks)
+        for reply in self.scripts.call_each("submit_run", argvs, patience=self.patience):
+            yield Submitted.parse_all(reply)
 
     def complete(self, request: CompletionRequest) -> Outcome:
         """Record a step that succeeded and create its ready successors, atomically."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 import ezgraph
 from ezgraph import client
@@ -22,6 +23,7 @@ from ezgraph.context import Context
 from ezgraph.errors import PayloadError, UsageError
 from ezgraph.handover import RunWriter
 from ezgraph.settings import TUNING, Settings
+from ezgraph.state.redis_io import ScriptRunner
 
 from ..conftest import drain
 
@@ -191,3 +193,26 @@ def test_concurrent_submitters_with_one_key_start_one_run(
     end_and_forget(context, redis_conn, [run_id])
     assert submit_concurrently(context, "live", 8) == {run_id}  # each one from SQL
     assert context.runs.live() == [] and redis_conn.llen("rq:queue:a") == 0
+
+
+def test_a_pipelined_chunk_whose_reply_is_lost_is_answered_once_when_sent_again(
+    make_context: Callable[..., Context], redis_conn: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two chunks are in flight at once; the reply of one that Redis ran is lost (its
+    connection drops): both are sent again, answered with their kept replies, and every run is
+    created once, in order."""
+    context = make_context(CHAIN, tuning=SMALL_CHUNKS)
+    receive = ScriptRunner._receive
+    calls = iter(range(100))
+
+    def drop_the_second_reply(self: ScriptRunner) -> Any:
+        reply = receive(self)
+        if next(calls) == 1:
+            raise RedisConnectionError("connection dropped (injected)")
+        return reply
+
+    monkeypatch.setattr(ScriptRunner, "_receive", drop_the_second_reply)
+    run_ids = GraphOrchestrator(context=context).submit_many("a", [{"n": n} for n in range(10)])
+    assert next(calls) > 4  # sent again, then the rest pipelined
+    assert len(set(run_ids)) == 10 and queued_ids(redis_conn, "a") == run_ids
+    assert sorted(context.runs.live()) == sorted(run_ids)
