@@ -40,7 +40,7 @@ from .harness import (
 )
 from .run_baselines import measure_available, run_systems
 
-SYSTEMS = ("plain-rq", "ezgraph-stock", "ezgraph-fast", "celery")
+SYSTEMS = ("plain-rq", "ezgraph-stock", "ezgraph-fast", "ezgraph-fast-pg", "celery")
 
 
 def ratio_table(measurements: Sequence[Measurement]) -> str:
@@ -90,6 +90,32 @@ def ratio_table(measurements: Sequence[Measurement]) -> str:
         ],
         rows,
     )
+
+
+def postgres_table(measurements: Sequence[Measurement]) -> str:
+    """Per graph, the ezgraph worker's steps/s with runs written to PostgreSQL over its figure
+    with SQLite: the median, and the range of the ratio repetition by repetition (each
+    against the SQLite run of the same repetition; target 0.8x). Empty without both."""
+    groups = group_reps(measurements)
+    rows = []
+    for (system, graph), reps in groups.items():
+        sqlite = groups.get(("ezgraph-fast", graph))
+        if system != "ezgraph-fast-pg" or not sqlite:
+            continue
+        ratio = median_of(reps).steps_per_s / median_of(sqlite).steps_per_s
+        paired = [p.steps_per_s / s.steps_per_s for p, s in zip(reps, sqlite, strict=False)]
+        rows.append(
+            [
+                graph,
+                f"{median_of(reps).steps_per_s:.0f}",
+                f"{median_of(sqlite).steps_per_s:.0f}",
+                f"{ratio:.2f}x",
+                f"{min(paired):.2f}-{max(paired):.2f}",
+                "met" if ratio >= 0.8 else "NOT met",
+            ]
+        )
+    header = ["graph", "PostgreSQL steps/s", "SQLite steps/s", "ratio", "(reps)", ">= 0.8x"]
+    return format_rows(header, rows) if rows else ""
 
 
 def _cpu(measurement: Measurement) -> float:
@@ -144,7 +170,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.runs, args.reps, args.latency_n = 100, 1, 30
 
-    every: list[System] = [PlainRQ(), Ezgraph("stock"), Ezgraph("fast"), CeleryChain()]
+    every: list[System] = [
+        PlainRQ(),
+        Ezgraph("stock"),
+        Ezgraph("fast"),
+        Ezgraph("fast", postgres=True),
+        CeleryChain(),
+    ]
     leave_out = {"celery"} if args.no_celery else set()
     candidates = [s for s in every if s.name in args.systems and s.name not in leave_out]
     if not candidates:
@@ -156,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print()
     print(ratio_table(measurements))
+    if postgres := postgres_table(measurements):
+        print(f"\nezgraph worker, runs written to PostgreSQL against SQLite\n{postgres}")
     if latencies:
         print(f"\nidle latency, chain2, n={args.latency_n}")
         print(format_latency(latencies))

@@ -96,7 +96,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("postgres_url")
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as connection:  # each test starts with empty tables
-        for table in ("ezgraph_steps", "ezgraph_runs", "ezgraph_alembic_version"):
+        tables = ("ezgraph_steps", "ezgraph_runs", "ezgraph_idempotency_keys")
+        for table in (*tables, "ezgraph_alembic_version"):
             connection.execute(sqlalchemy.text(f"drop table if exists {table}"))
     engine.dispose()
     return url
