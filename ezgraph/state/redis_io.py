@@ -107,7 +107,8 @@ class ScriptRunner:
                     oom = str(error).startswith("OOM")
                     if not isinstance(error, self._SENT_AGAIN) and not oom:
                         raise
-                    logger.warning("Redis did not answer %s (%s); sending it again", name, error)
+                    if not isinstance(error, NoScriptError):  # Redis lost its scripts: no news
+                        logger.warning("Redis did not answer %s (%s); sending again", name, error)
                     while in_flight:  # one by one, then the rest pipelined again
                         reply = self._call_again(in_flight[0], name, patience, None)
                         in_flight.popleft()
