@@ -11,6 +11,7 @@ from alembic.script import ScriptDirectory
 
 from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
+from ezgraph.errors import ConnectionFailed
 from ezgraph.model.records import RunRecord, RunStatus, StepRecord, StepStatus
 from ezgraph.state.sql import SCHEMA_REVISION, VERSION_TABLE, Store, metadata
 
@@ -84,6 +85,12 @@ def test_a_run_written_again_is_replaced_whole_in_a_batch_of_new_ones(database_u
     }
     assert store.runs_by_key(["k1", "k2"]) == {"k1": "r1"}
     assert store.count_runs() == 4
+    if database_url.startswith("postgresql"):  # a step name over its column's 220 characters
+        too_long = RunRecord("r5", "p", "a", RunStatus.FINISHED, {}, steps=(
+            StepRecord("m" * 300, "m", None, StepStatus.FINISHED),))  # fmt: skip
+        with pytest.raises(ConnectionFailed, match="value too long for type character varying"):
+            store.save_runs([run("r6", RunStatus.FINISHED, 1), too_long])
+        assert store.load_run("r6") is None and store.count_runs() == 4  # rolled back whole
 
 
 @pytest.mark.parametrize(
