@@ -112,8 +112,9 @@ class GraphOrchestrator:
         Raises:
             UsageError: for an unknown start module or a malformed key, before anything is sent.
             PayloadError: for a bad payload, named by its index (``payloads[3]``), likewise.
-            SubmitInterrupted: when Redis (or, with keys, the database) failed part-way; its
-                ``run_ids`` are the runs of the first payloads, submitted; the rest were not.
+            SubmitInterrupted: when Redis (or, with keys, the database) failed part-way: its
+                ``run_ids`` are the runs of the first payloads, submitted; its ``unsure`` the
+                runs of the next ones, whose calls were in flight; the rest were not submitted.
         """
         payloads = list(payloads)
         if idempotency_keys is not None and len(idempotency_keys) != len(payloads):
@@ -133,10 +134,16 @@ class GraphOrchestrator:
                 for run_ids in submission.send(self.context, batch):
                     submitted += run_ids
         except ConnectionFailed as error:
+            # The calls in flight when Redis failed (two chunks at most) may have run.
+            unsure = [
+                r.run_id for r in batch.runs[len(submitted) :][: submission.in_flight(self.context)]
+            ]
             raise SubmitInterrupted(
-                f"{error}; the first {len(submitted)} of {len(payloads)} runs were submitted,"
-                " the rest were not",
+                f"{error}; of {len(payloads)} runs, the first {len(submitted)} were submitted,"
+                f" the {len(unsure)} after them may have been (ezgraph status tells once Redis"
+                " answers), the rest were not",
                 submitted,
+                unsure,
             ) from error
         return submitted
 

@@ -158,6 +158,11 @@ def send(context: Context, batch: Batch) -> Iterator[list[str]]:
         yield [run_id or "" for run_id in ids]  # each one created, or taken: raised
 
 
+def in_flight(context: Context) -> int:
+    """How many runs :func:`send` may have sent beyond those it yielded: two chunks."""
+    return 2 * context.tuning.submit_chunk
+
+
 def _jobs(context: Context, batch: Batch, runs: Sequence[NewRunPlan]) -> list[PlannedJob]:
     """The start step's job of each run."""
     graph, start, version = batch.graph, batch.start, batch.graph.version

@@ -180,7 +180,8 @@ def submit_lines(state: CliState, start: str, lines: BinaryIO, key: str | None) 
         for run_id in error.run_ids:
             click.echo(run_id)
         if keys is None:
-            resume = f" (from line {numbers[len(error.run_ids)]} on)"
+            first, last = len(error.run_ids), len(error.run_ids) + len(error.unsure) - 1
+            resume = f" (those unsure: lines {numbers[first]}-{numbers[max(first, last)]})"
         else:
             resume = "; the same command again submits the rest, each key's run once"
         raise EzgraphError(f"{error}{resume}") from None

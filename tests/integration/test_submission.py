@@ -20,7 +20,7 @@ import ezgraph
 from ezgraph import client
 from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
-from ezgraph.errors import PayloadError, UsageError
+from ezgraph.errors import PayloadError, SubmitInterrupted, UsageError
 from ezgraph.handover import RunWriter
 from ezgraph.settings import TUNING, Settings
 from ezgraph.state.redis_io import ScriptRunner
@@ -216,3 +216,29 @@ def test_a_pipelined_chunk_whose_reply_is_lost_is_answered_once_when_sent_again(
     assert next(calls) > 4  # sent again, then the rest pipelined
     assert len(set(run_ids)) == 10 and queued_ids(redis_conn, "a") == run_ids
     assert sorted(context.runs.live()) == sorted(run_ids)
+
+
+def test_a_bulk_submission_redis_fails_part_way_says_which_runs_were_submitted(
+    make_context: Callable[..., Context], redis_conn: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replies stop coming after the first chunk's: the runs of that chunk were submitted,
+    those of the two chunks in flight may have been (here they were), none after."""
+    context = make_context(CHAIN, tuning=dataclasses.replace(SMALL_CHUNKS, client_patience=0.2))
+    receive = ScriptRunner._receive
+    calls = iter(range(100))
+
+    def answer_once(self: ScriptRunner) -> Any:
+        reply = receive(self)
+        if next(calls) >= 1:
+            raise RedisConnectionError("connection dropped (injected)")
+        return reply
+
+    monkeypatch.setattr(ScriptRunner, "_receive", answer_once)
+    with pytest.raises(SubmitInterrupted) as caught:
+        GraphOrchestrator(context=context).submit_many("a", [{"n": n} for n in range(12)])
+    error = caught.value
+    assert "of 12 runs, the first 3 were submitted, the 6 after them may have been" in str(error)
+    assert len(error.run_ids) == 3 and len(error.unsure) == 6
+    monkeypatch.undo()
+    assert queued_ids(redis_conn, "a")[:3] == error.run_ids
+    assert set(context.runs.live()) <= set(error.run_ids + error.unsure)  # none of the rest
