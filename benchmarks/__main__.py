@@ -9,6 +9,7 @@ against the same Redis, in one run.
     python -m benchmarks --dashboard  # only the dashboard's pages over 100,000 runs in SQL
     python -m benchmarks --soak 300   # chain2 at 70% of its maximum rate, Redis memory watched
     python -m benchmarks --scale      # map width, worst Redis stall, bytes per run
+    python -m benchmarks --submit     # only submission speed from one process (no workers)
 
 Graphs: chain2 (a -> b), chain5, fanin (1 -> 8 -> 1). It prints steps/s, runs/s, the ratio to
 plain RQ in the same run, Redis commands per step, worker and Redis CPU per step, worker RSS,
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 
 import rq
 
-from . import dashboard, scale, soak
+from . import dashboard, scale, soak, submission
 from .baselines import CeleryChain, PlainRQ
 from .ezgraph_systems import Ezgraph
 from .harness import (
@@ -41,7 +42,7 @@ from .harness import (
 )
 from .run_baselines import measure_available, run_systems
 
-SYSTEMS = ("plain-rq", "ezgraph-stock", "ezgraph-fast", "celery")
+SYSTEMS = ("plain-rq", "ezgraph-stock", "ezgraph-fast", "ezgraph-fast-pg", "celery")
 
 
 def ratio_table(measurements: Sequence[Measurement]) -> str:
@@ -93,6 +94,32 @@ def ratio_table(measurements: Sequence[Measurement]) -> str:
     )
 
 
+def postgres_table(measurements: Sequence[Measurement]) -> str:
+    """Per graph, the ezgraph worker's steps/s with runs written to PostgreSQL over its figure
+    with SQLite: the median, and the range of the ratio repetition by repetition (each
+    against the SQLite run of the same repetition; target 0.8x). Empty without both."""
+    groups = group_reps(measurements)
+    rows = []
+    for (system, graph), reps in groups.items():
+        sqlite = groups.get(("ezgraph-fast", graph))
+        if system != "ezgraph-fast-pg" or not sqlite:
+            continue
+        ratio = median_of(reps).steps_per_s / median_of(sqlite).steps_per_s
+        paired = [p.steps_per_s / s.steps_per_s for p, s in zip(reps, sqlite, strict=False)]
+        rows.append(
+            [
+                graph,
+                f"{median_of(reps).steps_per_s:.0f}",
+                f"{median_of(sqlite).steps_per_s:.0f}",
+                f"{ratio:.2f}x",
+                f"{min(paired):.2f}-{max(paired):.2f}",
+                "met" if ratio >= 0.8 else "NOT met",
+            ]
+        )
+    header = ["graph", "PostgreSQL steps/s", "SQLite steps/s", "ratio", "(reps)", ">= 0.8x"]
+    return format_rows(header, rows) if rows else ""
+
+
 def _cpu(measurement: Measurement) -> float:
     """Worker + Redis CPU per step (NaN when not measured)."""
     return measurement.worker_cpu_us + measurement.redis_cpu_us
@@ -134,7 +161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--widths", type=int, nargs="+", default=[1_000, 10_000, 100_000], help="map widths"
     )
+    parser.add_argument(
+        "--submit", action="store_true", help="only time submission from one process (see below)"
+    )
+    parser.add_argument("--submit-runs", type=int, default=5_000, help="runs per way of submit")
     args = parser.parse_args(argv)
+    if args.submit:
+        redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+        print("\n".join(submission.measure(redis_url, args.submit_runs, args.reps)))
+        return 0
     if args.scale:
         scale.scale(args.widths, args.workers)
         return 0
@@ -151,7 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.runs, args.reps, args.latency_n = 100, 1, 30
 
-    every: list[System] = [PlainRQ(), Ezgraph("stock"), Ezgraph("fast"), CeleryChain()]
+    every: list[System] = [
+        PlainRQ(),
+        Ezgraph("stock"),
+        Ezgraph("fast"),
+        Ezgraph("fast", postgres=True),
+        CeleryChain(),
+    ]
     leave_out = {"celery"} if args.no_celery else set()
     candidates = [s for s in every if s.name in args.systems and s.name not in leave_out]
     if not candidates:
@@ -163,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print()
     print(ratio_table(measurements))
+    if postgres := postgres_table(measurements):
+        print(f"\nezgraph worker, runs written to PostgreSQL against SQLite\n{postgres}")
     if latencies:
         print(f"\nidle latency, chain2, n={args.latency_n}")
         print(format_latency(latencies))

@@ -2,8 +2,9 @@
 
 Same harness as the baselines (ready/go barrier, first-start mark by the source step), with
 one stricter rule: a run counts as done only once it is **in the SQL database** (SQLite in a
-fresh temporary folder), so the window ends when the last run was persisted, not when its last
-step finished.
+fresh temporary folder, or, for ``ezgraph-fast-pg``, PostgreSQL in a schema made for the
+measurement and dropped after), so the window ends when the last run was persisted, not when
+its last step finished.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import contextlib
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from subprocess import Popen
+
+import sqlalchemy
 
 from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
@@ -61,22 +65,68 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-class Ezgraph(WorkerSystem):
-    """ezgraph with ``kind`` workers: ``fast`` (``ezgraph worker``) or ``stock`` (SimpleWorker)."""
+POSTGRES_URL_ENV = "BENCH_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
-    def __init__(self, kind: str = "fast", url: str | None = None) -> None:
+
+@contextlib.contextmanager
+def postgres_schema(base_url: str) -> Iterator[str]:
+    """A URL of PostgreSQL at ``base_url`` scoped to a new schema, dropped on exit."""
+    schema = f"ezgraph_bench_{uuid.uuid4().hex[:10]}"
+    engine = sqlalchemy.create_engine(base_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text(f"create schema {schema}"))
+        yield f"{base_url}?options=-csearch_path%3D{schema}"
+    finally:
+        dispose_engines()
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text(f"drop schema if exists {schema} cascade"))
+        engine.dispose()
+
+
+class Ezgraph(WorkerSystem):
+    """ezgraph with ``kind`` workers: ``fast`` (``ezgraph worker``) or ``stock`` (SimpleWorker);
+    runs written to SQLite, or with ``postgres`` to PostgreSQL (``$BENCH_POSTGRES_URL``)."""
+
+    def __init__(self, kind: str = "fast", url: str | None = None, postgres: bool = False) -> None:
         super().__init__(url)
         self.kind = kind
-        self.name = f"ezgraph-{kind}"
+        self.name = f"ezgraph-{kind}" + ("-pg" if postgres else "")
+        self.postgres_url = (
+            os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL) if postgres else None
+        )
+        self.missing = "PostgreSQL does not answer at $BENCH_POSTGRES_URL"
+
+    def available(self) -> bool:
+        if self.postgres_url is None:
+            return True
+        try:
+            engine = sqlalchemy.create_engine(self.postgres_url)
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text("select 1"))
+            engine.dispose()
+        except Exception:
+            return False
+        return True
 
     def teardown(self) -> None:
         super().teardown()
         dispose_engines()
 
-    def _settings(self, graph: str, folder: str) -> Settings:
+    @contextlib.contextmanager
+    def _database(self, folder: str) -> Iterator[str]:
+        """The database URL of one measurement: a fresh SQLite file, or PostgreSQL schema."""
+        if self.postgres_url is None:
+            yield f"sqlite:///{Path(folder) / 'bench.db'}"
+        else:
+            with postgres_schema(self.postgres_url) as url:
+                yield url
+
+    def _settings(self, graph: str, database_url: str) -> Settings:
         return Settings(
             redis_url=self.url,
-            database_url=f"sqlite:///{Path(folder) / 'bench.db'}",
+            database_url=database_url,
             modules_package=f"benchmarks.graphs.{graph}",
         )
 
@@ -105,8 +155,11 @@ class Ezgraph(WorkerSystem):
     def run(self, graph: str, runs: int, workers: int = 2) -> Measurement:
         flush_bench_db(self.conn)
         procs: list[Popen[bytes]] = []
-        with tempfile.TemporaryDirectory(prefix="ezgraph-bench-") as folder:
-            settings = self._settings(graph, folder)
+        with (
+            tempfile.TemporaryDirectory(prefix="ezgraph-bench-") as folder,
+            self._database(folder) as database_url,
+        ):
+            settings = self._settings(graph, database_url)
             context = Context(settings, self.conn)
             context.store.create_schema()
             orchestrator = GraphOrchestrator(context=context)
@@ -150,8 +203,11 @@ class Ezgraph(WorkerSystem):
         flush_bench_db(self.conn)
         procs: list[Popen[bytes]] = []
         counter = iter(range(1 << 30))
-        with tempfile.TemporaryDirectory(prefix="ezgraph-bench-") as folder:
-            settings = self._settings("chain2", folder)
+        with (
+            tempfile.TemporaryDirectory(prefix="ezgraph-bench-") as folder,
+            self._database(folder) as database_url,
+        ):
+            settings = self._settings("chain2", database_url)
             context = Context(settings, self.conn)
             context.store.create_schema()
             orchestrator = GraphOrchestrator(context=context)

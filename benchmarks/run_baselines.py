@@ -85,10 +85,8 @@ def measure_available(
         if system.available():
             systems.append(system)
         else:
-            print(
-                f"skipping {system.name}: not installed (pip install -e '.[bench]')",
-                file=sys.stderr,
-            )
+            missing = getattr(system, "missing", "not installed (pip install -e '.[bench]')")
+            print(f"skipping {system.name}: {missing}", file=sys.stderr)
     check_quiet(connect())
     load_before = load_average()
     measurements, latencies = run_systems(

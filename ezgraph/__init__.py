@@ -13,6 +13,7 @@ from .errors import (
     PayloadError,
     RunNotFound,
     StepError,
+    SubmitInterrupted,
     UsageError,
 )
 from .model.module_api import Map, Route, StepContext, current_step
@@ -33,6 +34,7 @@ __all__ = [
     "Settings",
     "StepContext",
     "StepError",
+    "SubmitInterrupted",
     "UsageError",
     "__version__",
     "current_step",

@@ -1,7 +1,8 @@
 """The public face: submit runs, read their status, cancel or retry them, count queues.
 
 ``GraphOrchestrator`` holds a :class:`~ezgraph.context.Context`; the module-level
-:func:`submit` and :func:`status` build one from the environment for each call (the seed's API).
+:func:`submit` and :func:`status` (the seed's API) use one per process and settings, read from
+the environment (:func:`shared`).
 """
 
 from __future__ import annotations
@@ -10,29 +11,33 @@ import json
 import os
 import threading
 import time
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 from redis import Redis
 from redis.client import PubSub
 from redis.exceptions import RedisError
 
-from . import rq_compat
+from . import rq_compat, submission
 from .context import Context
-from .errors import ConnectionFailed, InvalidRunOperation, RunNotFound, UsageError
+from .errors import (
+    ConnectionFailed,
+    InvalidRunOperation,
+    PayloadError,
+    RunNotFound,
+    SubmitInterrupted,
+    UsageError,
+)
 from .events import read_events
 from .handover import RunWriter
 from .model.graph import Graph
-from .model.payload import to_json
-from .model.records import MAX_RUN_ID, RunRecord, RunStatus
-from .model.step_job import StepJob, job_id
-from .settings import Settings
-from .state.protocol import Submission
+from .model.records import RunRecord, RunStatus
+from .model.step_job import job_id
+from .settings import ENV_VARS, Settings
 from .state.redis_io import out_of_memory
 from .state.runs import record_from_live
+from .submission import check_run_id
 
 
 class GraphOrchestrator:
@@ -61,39 +66,88 @@ class GraphOrchestrator:
         start_module: str,
         data: Mapping[str, Any] | None = None,
         run_id: str | None = None,
+        *,
+        idempotency_key: str | None = None,
         **fields: Any,
     ) -> str:
         """Start a run at ``start_module`` with ``data`` and ``fields`` as its state; return its id.
 
+        With ``idempotency_key``, the run is created once per key: a later call with the same
+        key (from any process, while the run is live and after, from SQL) returns the first
+        run's id and creates nothing; its payload is not looked at. A keyed call reads the
+        database as well as Redis.
+
         Raises:
-            UsageError: for an unknown start module.
+            UsageError: for an unknown start module, a malformed run id or key, or a run id
+                that exists already.
             PayloadError: for a payload that is not a JSON object or is over the size limit.
         """
-        graph = self.graph
-        if start_module not in graph.connections:
-            known = ", ".join(graph.nodes)
-            raise UsageError(f"unknown start module {start_module!r} (graph nodes: {known})")
+        if data is not None and not isinstance(data, Mapping):
+            raise PayloadError(f"payload must be a JSON object, got {type(data).__name__}")
         payload = {**(data or {}), **fields}
-        input_json = to_json(payload, "payload", self.settings.max_payload_bytes)
-        run_id = _check_run_id(run_id or uuid.uuid4().hex)
-        start = StepJob(run_id, start_module, graph.package, payload, graph_version=graph.version)
-        if self.context.tracing is not None:  # the run's trace starts here
-            start = replace(start, trace=self.context.tracing.submitted(run_id, start))
-        job = self.context.jobs.build(graph, start)
-        submission = Submission(
-            run_id=run_id,
-            start=start_module,
-            package=graph.package,
-            graph=graph.to_json(),
-            input=input_json,
-            joins=json.dumps(graph.join_arrivals_from(start_module)),
-            version=graph.version,
+        batch = submission.prepare(
+            self.context,
+            start_module,
+            [payload],
+            [run_id or None],
+            [idempotency_key],
+            label=lambda n: "payload",
         )
         with _redis_errors(self.context):
-            created = self.context.runs.submit(submission, job)
-        if not created:
-            raise UsageError(f"run id {run_id!r} exists already")
-        return run_id
+            (run_ids,) = submission.send(self.context, batch)
+        return run_ids[0]
+
+    def submit_many(
+        self,
+        start_module: str,
+        payloads: Iterable[Mapping[str, Any]],
+        *,
+        idempotency_keys: Sequence[str] | None = None,
+    ) -> list[str]:
+        """Start one run per payload at ``start_module``; return their ids, in order.
+
+        Every payload (and key) is checked before any run is submitted, so a bad one submits
+        nothing; then the runs go in chunks, one Redis call per chunk (``Tuning.submit_chunk``
+        runs). ``idempotency_keys``, one per payload, make each run once-only as
+        :meth:`submit`'s ``idempotency_key`` does.
+
+        Raises:
+            UsageError: for an unknown start module or a malformed key, before anything is sent.
+            PayloadError: for a bad payload, named by its index (``payloads[3]``), likewise.
+            SubmitInterrupted: when Redis (or, with keys, the database) failed part-way: its
+                ``run_ids`` are the runs of the first payloads, submitted; its ``unsure`` the
+                runs of the next ones, whose calls were in flight; the rest were not submitted.
+        """
+        payloads = list(payloads)
+        if idempotency_keys is not None and len(idempotency_keys) != len(payloads):
+            raise UsageError(
+                f"{len(idempotency_keys)} idempotency keys for {len(payloads)} payloads"
+            )
+        batch = submission.prepare(
+            self.context,
+            start_module,
+            payloads,
+            keys=idempotency_keys,
+            label=lambda n: f"payloads[{n}]",
+        )
+        submitted: list[str] = []
+        try:
+            with _redis_errors(self.context):
+                for run_ids in submission.send(self.context, batch):
+                    submitted += run_ids
+        except ConnectionFailed as error:
+            # The calls in flight when Redis failed (two chunks at most) may have run.
+            unsure = [
+                r.run_id for r in batch.runs[len(submitted) :][: submission.in_flight(self.context)]
+            ]
+            raise SubmitInterrupted(
+                f"{error}; of {len(payloads)} runs, the first {len(submitted)} were submitted,"
+                f" the {len(unsure)} after them may have been (ezgraph status tells once Redis"
+                " answers), the rest were not",
+                submitted,
+                unsure,
+            ) from error
+        return submitted
 
     def status(self, run_id: str) -> dict[str, Any]:
         """The run as ``{"run_id", "status", "nodes", "result", "error", ...}``.
@@ -106,7 +160,7 @@ class GraphOrchestrator:
 
     def get_run(self, run_id: str) -> RunRecord:
         """The run's record: from Redis while it is there, else from SQL."""
-        _check_run_id(run_id)
+        check_run_id(run_id)
         with _redis_errors(self.context):
             record = self._read_live(run_id)
         if record is None:
@@ -144,7 +198,7 @@ class GraphOrchestrator:
             UsageError: for a malformed run id.
             RunNotFound: when neither Redis nor the database knows the run.
         """
-        _check_run_id(run_id)
+        check_run_id(run_id)
         with _redis_errors(self.context):
             yield from read_events(self.context, run_id, follow, timeout)
 
@@ -155,7 +209,7 @@ class GraphOrchestrator:
         as soon as that happens, and reads the status every ``Tuning.wait_recheck`` seconds too.
         """
         deadline = time.monotonic() + timeout
-        _check_run_id(run_id)
+        check_run_id(run_id)
         channel = self.context.keys.stopped(run_id)
         with _redis_errors(self.context), self._subscription(channel) as pubsub:
             while True:
@@ -215,7 +269,7 @@ class GraphOrchestrator:
             RunNotFound: for an unknown run.
             InvalidRunOperation: when the run is already finished, failed or canceled.
         """
-        _check_run_id(run_id)
+        check_run_id(run_id)
         runs = self.context.runs
         with _redis_errors(self.context):
             outcome = runs.cancel(run_id, "run canceled")
@@ -261,7 +315,7 @@ class GraphOrchestrator:
             InvalidRunOperation: when the run is not failed, still has steps running, or is
                 no longer in Redis.
         """
-        _check_run_id(run_id)
+        check_run_id(run_id)
         with _redis_errors(self.context):
             resumed = self.context.runs.resume(run_id)
         if resumed.status == "gone":
@@ -300,28 +354,60 @@ class GraphOrchestrator:
         return dict(zip(nodes, counts, strict=True))
 
 
-def submit(start_module: str, **fields: Any) -> str:
-    """Submit a run with settings from the environment; return its id (the seed's API)."""
-    return GraphOrchestrator().submit(start_module, **fields)
+_shared: dict[Settings, GraphOrchestrator] = {}  # this process's, by settings (see shared())
+_shared_pid = os.getpid()
+_shared_lock = threading.Lock()
+_settings_by_env: dict[tuple[str | None, ...], Settings] = {}  # Settings.from_env() by ENV_VARS
+SHARED_MAX = 8  # orchestrators kept at most (each holds a Redis connection pool)
+
+
+def shared(settings: Settings | None = None) -> GraphOrchestrator:
+    """The orchestrator this process keeps for ``settings`` (default: from the environment).
+
+    Built once per process and settings, so that :func:`submit` and :func:`status` cost what
+    a reused :class:`GraphOrchestrator` does; a forked child builds its own (a connection must
+    not be shared across a fork).
+    """
+    global _shared_pid
+    # The environment is read into Settings once per distinct value of its variables: reading
+    # it costs about as much as a submission.
+    seen = tuple(os.environ.get(name) for name in ENV_VARS) if settings is None else ()
+    with _shared_lock:
+        if _shared_pid != os.getpid():
+            _shared.clear()  # the parent's: leave its connections alone
+            _shared_pid = os.getpid()
+        if settings is None:
+            settings = _settings_by_env.pop(seen, None) or Settings.from_env()
+            _settings_by_env[seen] = settings  # the last used last
+            if len(_settings_by_env) > SHARED_MAX:
+                del _settings_by_env[next(iter(_settings_by_env))]
+        orchestrator = _shared.pop(settings, None)
+        if orchestrator is None:
+            if len(_shared) >= SHARED_MAX:
+                oldest = _shared.pop(next(iter(_shared)))
+                oldest.context.connection.connection_pool.disconnect()
+            orchestrator = GraphOrchestrator(settings)
+        _shared[settings] = orchestrator  # the last used last
+    return orchestrator
+
+
+def submit(
+    start_module: str,
+    data: Mapping[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+    **fields: Any,
+) -> str:
+    """Submit a run with settings from the environment; return its id (the seed's API).
+
+    As :meth:`GraphOrchestrator.submit`, on this process's orchestrator for those settings.
+    """
+    return shared().submit(start_module, data, idempotency_key=idempotency_key, **fields)
 
 
 def status(run_id: str) -> dict[str, Any]:
     """A run's status with settings from the environment (the seed's API)."""
-    return GraphOrchestrator().status(run_id)
-
-
-def _check_run_id(run_id: str) -> str:
-    """Return ``run_id`` when it is well-formed (what :meth:`GraphOrchestrator.submit` accepts).
-
-    Raises:
-        UsageError: for an empty id, one holding anything but letters, digits, '-' and '_', or
-            one longer than the database's column (:data:`MAX_RUN_ID`).
-    """
-    if not run_id.replace("-", "").replace("_", "").isalnum():
-        raise UsageError(f"run id {run_id!r} may only hold letters, digits, '-' and '_'")
-    if len(run_id) > MAX_RUN_ID:
-        raise UsageError(f"run id {run_id!r} is {len(run_id)} characters; at most {MAX_RUN_ID}")
-    return run_id
+    return shared().status(run_id)
 
 
 @contextmanager

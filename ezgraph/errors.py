@@ -56,6 +56,17 @@ class StoreRefused(EzgraphError):
     set aside with this reason while other runs are written (``ezgraph persist`` names it)."""
 
 
+class SubmitInterrupted(ConnectionFailed):
+    """Raised when Redis or the database failed part-way through a bulk submission:
+    ``run_ids`` are the runs submitted (those of the first payloads, in order), ``unsure`` the
+    runs of the next payloads, which may or may not have been; the rest were not."""
+
+    def __init__(self, message: str, run_ids: list[str], unsure: list[str]) -> None:
+        super().__init__(message)
+        self.run_ids = run_ids
+        self.unsure = unsure
+
+
 class EmbeddedServerError(ConnectionFailed):
     """Raised when the embedded Redis-compatible server cannot be started."""
 

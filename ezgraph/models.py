@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import DeclarativeBase, Mapped
 
-from .state.sql import metadata, runs_table, steps_table
+from .state.sql import idempotency_table, metadata, runs_table, steps_table
 
 
 class Base(DeclarativeBase):
@@ -59,3 +59,12 @@ class StepRow(Base):
     started_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
     worker: Mapped[str | None]
+
+
+class IdempotencyKeyRow(Base):
+    """A submission's idempotency key and the run it started (``ezgraph_idempotency_keys``)."""
+
+    __table__ = idempotency_table
+
+    idempotency_key: Mapped[str]
+    run_id: Mapped[str]

@@ -192,6 +192,10 @@ class Tuning:
     events_block: float = 0.5
     # Schedules: a tick missed by more than this many seconds (no scheduler ran) is skipped.
     schedule_grace: float = 60.0
+    # Submission: runs per submit_run call (a call of 200 holds Redis about 5 ms)...
+    submit_chunk: int = 200
+    key_claim: float = 10.0  # ...how long a submitter's claim on an idempotency key holds...
+    key_wait: float = 0.01  # ...and how often another one with that key looks again
     # Redis calls: a call that gets no answer in redis_timeout seconds is sent again (the same
     # request, whose reply the scripts keep reply_ttl seconds), by a worker until it answers,
     # by a client for client_patience seconds.

@@ -96,7 +96,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("postgres_url")
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as connection:  # each test starts with empty tables
-        tables = ("ezgraph_notifications", "ezgraph_steps", "ezgraph_runs")
+        tables = (
+            "ezgraph_notifications",
+            "ezgraph_steps",
+            "ezgraph_runs",
+            "ezgraph_idempotency_keys",
+            "ezgraph_run_events",
+        )
         for table in (*tables, "ezgraph_alembic_version"):
             connection.execute(sqlalchemy.text(f"drop table if exists {table}"))
     engine.dispose()

@@ -6,14 +6,15 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import click
 from rich.console import Console
 
 from ..client import GraphOrchestrator
 from ..context import Context
-from ..errors import ConnectionFailed, EzgraphError, UsageError
+from ..errors import ConnectionFailed, EzgraphError, SubmitInterrupted, UsageError
+from ..model.payload import to_json
 from ..model.records import RunStatus
 from ..ops.run_view import RunView, view_run
 from ..ops.system import read_workers, serving
@@ -79,6 +80,16 @@ def print_outcome(outcome: dict[str, Any], waited: float | None = None) -> None:
 @cli.command()
 @click.argument("start")
 @payload_options
+@click.option(
+    "--key",
+    help="An idempotency key: the same key gives the same run, however often it is sent"
+    " (with --jsonl, line N's key is KEY:N).",
+)
+@click.option(
+    "--jsonl",
+    type=click.File("rb"),
+    help="Submit one run per line of this JSON-lines file (- for stdin); print their ids.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the run to end and print its result.")
 @click.option(
     "--timeout", callback=seconds(), default=60.0, show_default=True, help="Seconds --wait waits."
@@ -89,16 +100,24 @@ def submit(
     start: str,
     data: str | None,
     fields: tuple[str, ...],
+    key: str | None,
+    jsonl: BinaryIO | None,
     wait: bool,
     timeout: float,
 ) -> None:
     """Submit a run at node START; print its id last.
 
-    With --wait, show its nodes as they run (on stderr), then print its result.
+    With --wait, show its nodes as they run (on stderr), then print its result. With --jsonl,
+    every line is checked before any run is submitted: a bad line submits nothing.
     """
+    if jsonl is not None:
+        if data is not None or fields or wait:
+            raise UsageError("--jsonl takes the payloads from its lines: no --data, -f or --wait")
+        submit_lines(state, start, jsonl, key)
+        return
     payload = parse_fields(data, fields)
     orchestrator = state.orchestrator
-    run_id = orchestrator.submit(start, payload)
+    run_id = orchestrator.submit(start, payload, idempotency_key=key)
     warn_if_unserved(state, start)
     if wait:
         try:
@@ -114,6 +133,62 @@ def submit(
             sys.exit(1)
         return
     click.echo(run_id)
+
+
+MAX_BAD_LINES = 20  # bad lines of a --jsonl input reported one by one
+
+
+def read_lines(lines: BinaryIO, limit: int) -> tuple[list[dict[str, Any]], list[int], list[str]]:
+    """The payloads of a JSON-lines input, their line numbers, and one message per bad line
+    (blank lines are skipped, and counted)."""
+    payloads: list[dict[str, Any]] = []
+    numbers: list[int] = []
+    bad: list[str] = []
+    for number, raw in enumerate(lines, start=1):
+        try:
+            text = raw.decode()
+            if not text.strip():
+                continue
+            payload = json.loads(text)
+            if not isinstance(payload, dict):
+                raise UsageError(f"must be a JSON object, got {type(payload).__name__}")
+            to_json(payload, "payload", limit)
+        except UnicodeDecodeError:
+            bad.append(f"line {number}: not UTF-8")
+        except (ValueError, RecursionError, UsageError) as error:
+            what = "" if isinstance(error, UsageError) else "not valid JSON: "
+            bad.append(f"line {number}: {what}{one_line(error)}")
+        else:
+            payloads.append(payload)
+            numbers.append(number)
+    return payloads, numbers, bad
+
+
+def submit_lines(state: CliState, start: str, lines: BinaryIO, key: str | None) -> None:
+    """``submit --jsonl``: read and check every line, then submit them all (or nothing)."""
+    payloads, numbers, bad = read_lines(lines, state.settings.max_payload_bytes)
+    name = getattr(lines, "name", "-")
+    if bad:
+        for line in bad[:MAX_BAD_LINES]:
+            click.echo(f"error: {line}", err=True)
+        more = f" (the first {MAX_BAD_LINES} shown)" if len(bad) > MAX_BAD_LINES else ""
+        raise UsageError(f"{len(bad)} bad lines in {name}{more}: nothing submitted")
+    if not payloads:
+        raise UsageError(f"no JSON lines in {name}: nothing submitted")
+    keys = [f"{key}:{number}" for number in numbers] if key is not None else None
+    try:
+        run_ids = state.orchestrator.submit_many(start, payloads, idempotency_keys=keys)
+    except SubmitInterrupted as error:
+        for run_id in error.run_ids:
+            click.echo(run_id)
+        if keys is None:
+            first, last = len(error.run_ids), len(error.run_ids) + len(error.unsure) - 1
+            resume = f" (those unsure: lines {numbers[first]}-{numbers[max(first, last)]})"
+        else:
+            resume = "; the same command again submits the rest, each key's run once"
+        raise EzgraphError(f"{error}{resume}") from None
+    warn_if_unserved(state, start)
+    click.echo("\n".join(run_ids))
 
 
 def warn_if_unserved(state: CliState, start: str) -> None:

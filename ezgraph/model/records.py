@@ -88,6 +88,7 @@ class RunRecord:
     ended_at: datetime | None = None
     steps: tuple[StepRecord, ...] = field(default_factory=tuple)
     events: tuple[EventRecord, ...] = field(default_factory=tuple)  # what the writer stores
+    idempotency_key: str | None = None  # the key it was submitted with, if any
 
     def node_statuses(self) -> dict[str, StepStatus]:
         """Node (or mapped instance) -> status, graph order first."""

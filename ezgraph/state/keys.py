@@ -14,6 +14,8 @@ RQ's keys are named by :mod:`ezgraph.rq_compat` (and ``lua/lib/rq.lua``).
 - ``run:<id>:jobs`` hash: RQ job id -> queue, for every step job of the run.
 - ``run:<id>:events`` stream: what the run's steps emitted (progress, events), capped; it
   expires with the run's other keys.
+- ``idem:<key>``: the run id of idempotency key ``<key>`` (or ``claim <run id>`` for a moment
+  while a submitter looks the key up in SQL); it expires with the run's keys.
 - ``run:<id>:stopped`` channel: a message when the run stops (failed, canceled) or ends.
 - ``runs:live`` / ``runs:unsaved`` sorted sets: runs in flight / ended and not yet in SQL.
 - ``runs:expiring`` sorted set: runs in SQL whose RQ jobs are still being set to expire,
@@ -73,6 +75,10 @@ class Keys:
     def trace(self, run_id: str) -> str:
         """The span contexts a run's steps left for the joins after them (tracing only)."""
         return f"{self.prefix}:trace:{run_id}"
+
+    def idempotency(self, key: str) -> str:
+        """The run id of a submission's idempotency key."""
+        return f"{self.prefix}:idem:{key}"
 
     def run_keys(self, run_id: str) -> tuple[str, ...]:
         """Every key one run holds."""

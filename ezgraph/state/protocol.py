@@ -45,15 +45,43 @@ class Head(NamedTuple):
 
 
 class Submission(NamedTuple):
-    """A new run (``submit_run``); followed by the start step's planned job."""
+    """New runs of one graph from one start node (``submit_run``); followed by a count and,
+    per run, its :class:`NewRun` and its start step's planned job."""
 
-    run_id: str
     start: str
     package: str
     graph: str  # the graph's shape as JSON (Graph.to_json)
-    input: str  # the payload as JSON
     joins: str  # JSON {join: arrivals expected}, for joins this start cannot fully reach
     version: str  # the graph's version (Graph.version)
+    claim_ms: int  # how long a claim on an idempotency key holds
+
+
+Action = Literal["create", "claim", "release"]
+
+
+class NewRun(NamedTuple):
+    """One run of a submission. A run with an idempotency ``key`` is created in two calls: the
+    first (``claim``) claims the key, the caller looks the key up in SQL, the second
+    (``create``, or ``release`` when SQL knows the key) creates the run if the claim held."""
+
+    run_id: str
+    input: str  # the payload as JSON
+    key: str  # the idempotency key, or ''
+    action: Action
+
+
+class Submitted(NamedTuple):
+    """What ``submit_run`` did with one run: ``created``; ``taken`` (its run id exists);
+    ``existing`` (its key belongs to run ``run_id``); ``claimed`` (the key is this call's to
+    look up in SQL); ``busy`` (another caller holds the key's claim); ``released``."""
+
+    status: str
+    run_id: str
+
+    @classmethod
+    def parse_all(cls, reply: Sequence[Any]) -> list[Submitted]:
+        """From ``submit_run``'s reply: a pair per run."""
+        return [cls(as_text(status) or "", as_text(run_id) or "") for status, run_id in reply]
 
 
 class JobHead(NamedTuple):
@@ -205,6 +233,7 @@ class Event(NamedTuple):
 RECORDS: dict[str, type[tuple[Any, ...]]] = {
     "head": Head,
     "submission": Submission,
+    "new_run": NewRun,
     "job": JobHead,
     "completion": Completion,
     "failure": Failure,
@@ -254,6 +283,14 @@ def jobs_argv(jobs: Iterable[PlannedJob]) -> list[Any]:
     argv: list[Any] = [len(jobs)]
     for job in jobs:
         argv += [job.step, job.job_id, job.queue, len(job.fields), *job.fields]
+    return argv
+
+
+def submission_argv(submission: Submission, runs: Sequence[tuple[NewRun, PlannedJob]]) -> list[Any]:
+    """The ARGV of ``submit_run`` after the head."""
+    argv: list[Any] = [*submission, len(runs)]
+    for new_run, job in runs:
+        argv += [*new_run, job.step, job.job_id, job.queue, len(job.fields), *job.fields]
     return argv
 
 

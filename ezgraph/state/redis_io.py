@@ -12,7 +12,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from typing import Any
 
@@ -74,23 +75,83 @@ class ScriptRunner:
         wait_for_memory: bool = False,
     ) -> Any:
         """Run script ``name`` with the head and ``args``; a call Redis does not answer (a
-        timeout, a dropped connection, or no memory left) is sent again for ``patience``
-        seconds (or until ``until`` is set), then its error raised. No memory left (Redis refuses
+        timeout, a dropped connection) is sent again for ``patience`` seconds (or until
+        ``until`` is set), then its error raised. No memory left (Redis refuses
         a script before it runs: nothing was written) is raised at once, unless
         ``wait_for_memory`` (a worker recording what it ran): then it is waited out."""
+        return self._call_again([*self._head(), *args], name, patience, until, wait_for_memory)
+
+    def call_each(
+        self, name: str, argvs: Iterable[Sequence[Any]], patience: float = 0.0
+    ) -> Iterator[Any]:
+        """Run script ``name`` once per item of ``argvs`` (each without the head), keeping two
+        calls in flight: the next item is built while Redis runs the call before it. Yields
+        the replies in order. After a failure, the calls not answered are sent again one by
+        one as :meth:`call` sends them: each of the two in flight is a caller of its own, so a
+        call Redis ran is answered with its kept reply, never run twice."""
+        pending = iter(argvs)
+        in_flight: deque[list[Any]] = deque()
+        sent = 0
+        try:
+            while True:
+                try:
+                    for args in pending:
+                        argv = [*self._head(slot=sent % 2), *args]
+                        sent += 1
+                        in_flight.append(argv)
+                        self._send([("EVALSHA", self._scripts[name].sha, 0, *argv)])
+                        if len(in_flight) == 2:
+                            reply = self._receive()
+                            in_flight.popleft()
+                            yield reply
+                    while in_flight:
+                        reply = self._receive()
+                        in_flight.popleft()
+                        yield reply
+                    return
+                except (RedisError, OSError) as error:
+                    self._drop_connection()  # a reply may be left unread
+                    if not isinstance(error, self._SENT_AGAIN):  # no memory left too: a client's
+                        raise
+                    if not isinstance(error, NoScriptError):  # Redis lost its scripts: no news
+                        logger.warning("Redis did not answer %s (%s); sending again", name, error)
+                    while in_flight:  # one by one, then the rest pipelined again
+                        reply = self._call_again(in_flight[0], name, patience, None)
+                        in_flight.popleft()
+                        yield reply
+        finally:
+            if in_flight:  # the caller stopped early: its replies must not be read as others'
+                self._drop_connection()
+
+    # Errors after which a pipelined call is sent again (no memory left is not one of them).
+    _SENT_AGAIN = (RedisConnectionError, RedisTimeoutError, OSError, NoScriptError)
+
+    def _head(self, slot: int | None = None) -> Head:
+        """The head of this thread's next call (``slot``: one of its calls in flight)."""
         local = self._local
         if not hasattr(local, "caller"):
             local.caller, local.requests = f"{os.getpid()}-{uuid.uuid4().hex[:12]}", 0
         local.requests += 1
-        head = Head(
+        caller = local.caller if slot is None else f"{local.caller}.{slot}"
+        return Head(
             self.prefix,
             RQ_PREFIX,
             utcnow_iso(),
             repr(time.time()),
-            local.caller,
+            caller,
             str(local.requests),
         )
-        argv = [*head, *args]
+
+    def _call_again(
+        self,
+        argv: list[Any],
+        name: str,
+        patience: float,
+        until: threading.Event | None,
+        wait_for_memory: bool = False,
+    ) -> Any:
+        """One call (``argv`` with its head), sent again while Redis does not answer (see
+        :meth:`call`)."""
         deadline = time.monotonic() + patience
         delay = 0.05
         while True:
@@ -134,22 +195,42 @@ class ScriptRunner:
         """The replies of ``commands``, sent in one write past redis-py's command and pipeline
         layers, on this thread's own connection. A connection that failed, or that still owes
         replies after an error reply, is closed; the next call opens it again."""
-        connection = self._own_connection()
+        self._send(commands)
         replies: list[Any] = []
+        try:
+            for _ in commands:
+                replies.append(self._receive())
+            return replies
+        except RedisError as error:
+            if isinstance(error, ResponseError) and len(replies) + 1 < len(commands):
+                self._local.connection.disconnect()  # replies after the failed one are unread
+            raise
+
+    def _send(self, commands: Sequence[tuple[Any, ...]]) -> None:
+        """Write ``commands`` on this thread's connection (closed if that fails)."""
+        connection = self._own_connection()
         try:
             # hiredis packs what redis-py's serializer would, without its per-argument checks.
             packed = b"".join(hiredis.pack_command(command) for command in commands)
-            connection.send_packed_command([packed])  # type: ignore[no-untyped-call]
-            for _ in commands:
-                replies.append(connection.read_response())
-            return replies
+            connection.send_packed_command([packed])
         except (RedisConnectionError, RedisTimeoutError, OSError):
-            connection.disconnect()  # type: ignore[no-untyped-call]
+            connection.disconnect()
             raise
-        except RedisError:
-            if len(replies) + 1 < len(commands):  # replies after the failed one are unread
-                connection.disconnect()  # type: ignore[no-untyped-call]
+
+    def _receive(self) -> Any:
+        """The next reply on this thread's connection (closed if reading fails)."""
+        connection = self._local.connection
+        try:
+            return connection.read_response()
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            connection.disconnect()
             raise
+
+    def _drop_connection(self) -> None:
+        """Close this thread's connection (the next call opens it again)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.disconnect()
 
     def _own_connection(self) -> Any:
         """A connection of the client's pool that this thread keeps: no check-out and return

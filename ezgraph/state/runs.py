@@ -12,7 +12,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from .protocol import (
     Finished,
     JoinInput,
     JoinInputRequest,
+    NewRun,
     Outcome,
     PlannedJob,
     RequeueClaims,
@@ -46,11 +47,12 @@ from .protocol import (
     Resume,
     Resumed,
     Submission,
+    Submitted,
     as_text,
     finish_and_claim_argv,
-    jobs_argv,
     list_argv,
     parse_finish_and_claim,
+    submission_argv,
 )
 from .redis_io import ScriptRunner
 
@@ -79,12 +81,23 @@ class RedisRuns:
 
     # -- changes (one script each) -----------------------------------------------------------
 
-    def submit(self, submission: Submission, job: PlannedJob) -> bool:
-        """Create the run and its first step; False when the run id is taken."""
-        reply = self.scripts.call(
-            "submit_run", *submission, *jobs_argv([job]), patience=self.patience
-        )
-        return bool(reply)
+    def submit(
+        self, submission: Submission, runs: Sequence[tuple[NewRun, PlannedJob]]
+    ) -> list[Submitted]:
+        """Create runs and their first steps (or claim their idempotency keys), in one call."""
+        argv = submission_argv(submission, runs)
+        reply = self.scripts.call("submit_run", *argv, patience=self.patience)
+        return Submitted.parse_all(reply)
+
+    def submit_each(
+        self, submission: Submission, chunks: Iterable[Sequence[tuple[NewRun, PlannedJob]]]
+    ) -> Iterator[list[Submitted]]:
+        """:meth:`submit` for each chunk, pipelined: a chunk is built while Redis creates the
+        chunk before it. Only for runs without idempotency keys (their claims need a second
+        call, after SQL is read)."""
+        argvs = (submission_argv(submission, runs) for runs in chunks)
+        for reply in self.scripts.call_each("submit_run", argvs, patience=self.patience):
+            yield Submitted.parse_all(reply)
 
     def complete(self, request: CompletionRequest) -> Outcome:
         """Record a step that succeeded and create its ready successors, atomically."""
@@ -324,6 +337,7 @@ def record_from_live(
         ended_at=parse_rq_date(header.get("ended_at")),
         steps=tuple(steps),
         events=live.events,
+        idempotency_key=header.get("idempotency_key") or None,
     )
 
 

@@ -131,7 +131,18 @@ notifications_table = Table(
 )
 
 
-SCHEMA_REVISION = "0004"  # the head of ezgraph/migrations/versions
+# A submission's idempotency key and its run (migration 0005): a key is written with its run's
+# first write to SQL, and a key that is there already keeps its run (insert or ignore), so a
+# duplicate can never fail the batch it is in.
+idempotency_table = Table(
+    "ezgraph_idempotency_keys",
+    metadata,
+    Column("idempotency_key", String(MAX_NAME), primary_key=True),
+    Column("run_id", String(MAX_RUN_ID), nullable=False),
+)
+
+
+SCHEMA_REVISION = "0005"  # the head of ezgraph/migrations/versions
 VERSION_TABLE = "ezgraph_alembic_version"
 
 
@@ -275,6 +286,7 @@ class Store:
             return
         if not self._schema_ready:
             self.create_schema()
+        runs = list({run.run_id: run for run in runs}.values())  # a batch upserts a run once
         run_rows = [_run_values(run) for run in runs]
         step_rows = [
             _step_values(run.run_id, position, step)
@@ -282,18 +294,25 @@ class Store:
             for position, step in enumerate(run.steps)
         ]
         with self._errors(), self.engine.begin() as connection:
-            _upsert(connection, runs_table, run_rows, ["run_id"])
-            # A resumed run may have fewer mapped instances than before: replace its steps whole.
-            run_ids = [run.run_id for run in runs]
-            connection.execute(_delete_steps, {"run_ids": run_ids})
-            if step_rows:
-                connection.execute(steps_table.insert(), step_rows)
+            if connection.dialect.name == "postgresql":
+                _save_on_postgresql(connection, runs, run_rows, step_rows)
+            else:
+                _save_runs_and_steps(connection, runs, run_rows, step_rows)
             # Events are added, never replaced: a resumed run's stream may have been trimmed.
             event_rows = [_event_values(run.run_id, event) for run in runs for event in run.events]
             if event_rows:
                 _upsert(connection, events_table, event_rows, ["run_id", "ms", "seq"])
             if also is not None:
                 also(connection)
+
+    def runs_by_key(self, keys: Sequence[str]) -> dict[str, str]:
+        """The run ids of those of ``keys`` the database holds (idempotency keys)."""
+        if not self._schema_ready:
+            self.create_schema()
+        column = idempotency_table.c.idempotency_key
+        query = select(column, idempotency_table.c.run_id).where(column.in_(list(keys)))
+        with self._errors(), self.engine.connect() as connection:
+            return {key: run_id for key, run_id in connection.execute(query)}
 
     def load_run(self, run_id: str) -> RunRecord | None:
         """The persisted run, or None."""
@@ -413,10 +432,15 @@ def _database_errors(url: str) -> Iterator[None]:
 
 
 @functools.cache
-def _upsert_statement(dialect: str, table: Table, keys: tuple[str, ...]) -> Executable:
-    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` for ``table``, built once per process (building
-    it anew for each batch cost more than a one-run batch's writes)."""
+def _upsert_statement(
+    dialect: str, table: Table, keys: tuple[str, ...], replace: bool = True
+) -> Executable:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` (or, without ``replace``, ``DO NOTHING``)
+    for ``table`` on PostgreSQL or SQLite, built once per process (building it anew for each
+    batch cost more than a one-run batch's writes)."""
     statement: Any = insert_of(dialect)(table)
+    if not replace:
+        return cast(Executable, statement.on_conflict_do_nothing(index_elements=list(keys)))
     updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
     return cast(
         Executable, statement.on_conflict_do_update(index_elements=list(keys), set_=updates)
@@ -452,6 +476,113 @@ def _upsert(
             match = [table.c[key] == row[key] for key in keys]
             connection.execute(delete(table).where(*match))
         connection.execute(table.insert(), rows)
+
+
+def _insert_missing(
+    connection: Connection, table: Table, rows: list[dict[str, Any]], key: str
+) -> None:
+    """Insert those of ``rows`` whose ``key`` the table does not hold yet; keep the others."""
+    dialect = connection.dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        connection.execute(_upsert_statement(dialect, table, (key,), replace=False), rows)
+        return
+    column = table.c[key]
+    held = set(connection.scalars(select(column).where(column.in_([r[key] for r in rows]))))
+    new = [row for row in rows if row[key] not in held]
+    if new:
+        connection.execute(table.insert(), new)
+
+
+def _save_runs_and_steps(
+    connection: Connection,
+    runs: Sequence[RunRecord],
+    run_rows: list[dict[str, Any]],
+    step_rows: list[dict[str, Any]],
+) -> None:
+    """:meth:`Store.save_runs` on SQLite (and others): executemany of each table's rows."""
+    _upsert(connection, runs_table, run_rows, ["run_id"])
+    # A resumed run may have fewer mapped instances than before: replace its steps whole.
+    connection.execute(_delete_steps, {"run_ids": [run.run_id for run in runs]})
+    if step_rows:
+        connection.execute(steps_table.insert(), step_rows)
+    key_rows = [
+        {"idempotency_key": run.idempotency_key, "run_id": run.run_id}
+        for run in runs
+        if run.idempotency_key
+    ]
+    if key_rows:
+        _insert_missing(connection, idempotency_table, key_rows, "idempotency_key")
+
+
+def _save_on_postgresql(
+    connection: Connection,
+    runs: Sequence[RunRecord],
+    run_rows: list[dict[str, Any]],
+    step_rows: list[dict[str, Any]],
+) -> None:
+    """:meth:`Store.save_runs` on PostgreSQL: each table's rows in one multi-row statement,
+    sent by psycopg2's ``execute_values``, and only the steps of runs written before deleted
+    (the upsert returns which rows it inserted: those have no ``xmax``). SQLAlchemy's
+    executemany made a round trip per run for an ``INSERT ... ON CONFLICT`` (it batches one only
+    with RETURNING), and with RETURNING spent more CPU building the parameters than psycopg2
+    does: a batch of 100 chain2 runs took 68-80 ms, then 23-35 ms, and 15-23 ms here."""
+    from psycopg2 import Error, extras  # type: ignore[import-untyped]
+
+    execute_values = extras.execute_values
+
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    sql = ""
+    try:
+        sql, rows = _postgresql_rows(runs_table, run_rows)
+        returned = execute_values(cursor, sql, rows, page_size=len(rows), fetch=True)
+        replaced = [run_id for run_id, inserted in returned if not inserted]
+        if replaced:
+            connection.execute(_delete_steps, {"run_ids": replaced})
+        if step_rows:
+            sql, rows = _postgresql_rows(steps_table, step_rows)
+            execute_values(cursor, sql, rows, page_size=len(rows))
+        key_rows = [(run.idempotency_key, run.run_id) for run in runs if run.idempotency_key]
+        if key_rows:
+            sql, _ = _postgresql_rows(idempotency_table, [])
+            execute_values(cursor, sql, key_rows, page_size=len(key_rows))
+    except Error as error:  # as SQLAlchemy would have raised it (the callers catch its errors)
+        raise DBAPIError.instance(sql, None, error, Error) from error
+    finally:
+        cursor.close()
+
+
+# What follows each table's multi-row INSERT on PostgreSQL (psycopg2's %s is its VALUES).
+_POSTGRESQL_TAILS = {
+    "ezgraph_runs": "ON CONFLICT (run_id) DO UPDATE SET {updates} RETURNING run_id, xmax = 0",
+    "ezgraph_steps": "",
+    "ezgraph_idempotency_keys": "ON CONFLICT (idempotency_key) DO NOTHING",
+}
+
+
+def _postgresql_rows(table: Table, rows: list[dict[str, Any]]) -> tuple[str, list[tuple[Any, ...]]]:
+    """``table``'s INSERT for ``execute_values``, and ``rows`` as tuples of its columns' values
+    (a JSON column's as JSON text, which PostgreSQL reads into ``json``)."""
+    sql, json_columns = _postgresql_insert(table)
+    names = [column.name for column in table.columns]
+    values = [
+        tuple(
+            _json_text(row[name]) if name in json_columns and row[name] is not None else row[name]
+            for name in names
+        )
+        for row in rows
+    ]
+    return sql, values
+
+
+@functools.cache
+def _postgresql_insert(table: Table) -> tuple[str, frozenset[str]]:
+    """``table``'s INSERT ... VALUES %s with its tail, and its JSON columns; built once."""
+    names = [column.name for column in table.columns]
+    keys = {column.name for column in table.primary_key.columns}
+    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in names if name not in keys)
+    tail = _POSTGRESQL_TAILS[table.name].format(updates=updates)
+    sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES %s {tail}"
+    return sql, frozenset(c.name for c in table.columns if isinstance(c.type, JSON))
 
 
 def _run_values(run: RunRecord) -> dict[str, Any]:

@@ -196,6 +196,24 @@ CASES: dict[str, Case] = {
         env={"EZGRAPH_MAX_PAYLOAD": "100"},
         kept=nothing_written,
     ),
+    "empty idempotency key": Case(
+        ("submit", "a", "--key", ""),
+        "error: idempotency key must be 1 to 200 characters, got ''",
+        2,
+        kept=nothing_written,
+    ),
+    "--jsonl with --data": Case(
+        ("submit", "a", "--jsonl", "/dev/null", "--data", "{}"),
+        "error: --jsonl takes the payloads from its lines: no --data, -f or --wait",
+        2,
+        kept=nothing_written,
+    ),
+    "--jsonl without a line": Case(
+        ("submit", "a", "--jsonl", "/dev/null"),
+        "error: no JSON lines in /dev/null: nothing submitted",
+        2,
+        kept=nothing_written,
+    ),
     "unknown start node": Case(
         ("submit", "zz", "-f", "x=1"),
         "error: unknown start module 'zz' (graph nodes: a, b)",

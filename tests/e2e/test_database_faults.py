@@ -3,7 +3,6 @@ one run SQL cannot hold never keeps the others out (issue 17, items 4 and 8)."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -12,11 +11,12 @@ from collections.abc import Callable, Iterator
 import pytest
 from redis import Redis
 
+from ezgraph import submission
 from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
 from ezgraph.model.records import RunStatus
 from ezgraph.model.step_job import StepJob
-from ezgraph.state.protocol import Submission
+from ezgraph.state.protocol import NewRun
 
 from ..conftest import drain, ezgraph_cli, ezgraph_process, subprocess_env, wait_for
 
@@ -111,19 +111,9 @@ def test_a_run_sql_refuses_is_set_aside_and_every_other_run_lands(
     job = context.jobs.build(
         graph, StepJob(too_long, "a", graph.package, {}, graph_version=graph.version)
     )
-    created = context.runs.submit(
-        Submission(
-            run_id=too_long,
-            start="a",
-            package=graph.package,
-            graph=graph.to_json(),
-            input="{}",
-            joins=json.dumps(graph.join_arrivals_from("a")),
-            version=graph.version,
-        ),
-        job,
-    )
-    assert created
+    batch = submission.prepare(context, "a", [{}])  # the graph's part of a submission
+    (reply,) = context.runs.submit(batch.submission, [(NewRun(too_long, "{}", "", "create"), job)])
+    assert reply.status == "created"
     others = [orchestrator.submit("a", {"n": n}) for n in range(20)]
     drain(failing)
     drain(context)

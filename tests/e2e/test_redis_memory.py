@@ -59,6 +59,8 @@ def test_at_maxmemory_submit_fails_in_one_line_and_workers_wait_for_memory(
     try:
         wait_for(lambda: server.llen("rq:queue:a") < 3, 30, "the worker to take a step")
         fill(server)
+        # Below what is used: runs that expire meanwhile do not make room for the submit.
+        server.config_set("maxmemory", str(server.info("memory")["used_memory"] - 2_000_000))
         refused = ezgraph_cli("submit", "a", "-f", "sleep:=0", env=subprocess_env(settings))
         assert refused.returncode == 1
         assert refused.stderr.strip().splitlines() == [

@@ -258,7 +258,8 @@ def test_the_lua_key_names_are_keys_py(
     body = (
         "return {key.run('R'), key.steps('R'), key.state('R'), key.join('R'), key.jobs('R'),"
         " key.events('R'), key.stopped('R'), key.alive('W'), key.claimed('W'), key.idle('Q'),"
-        " key.wake('Q'), key.live_runs, key.unsaved_runs, key.expiring_runs, key.workers}"
+        " key.wake('Q'), key.live_runs, key.unsaved_runs, key.expiring_runs, key.workers,"
+        " key.idempotency('K')}"
     )
     names = redis_conn.eval(prelude + body, 0, "pfx", "rq:", "now", "0")
     keys = Keys("pfx")
@@ -273,5 +274,6 @@ def test_the_lua_key_names_are_keys_py(
         keys.unsaved_runs,
         keys.expiring_runs,
         keys.workers,
+        keys.idempotency("K"),
     ]
     assert [name.decode() for name in names] == expected

@@ -11,6 +11,8 @@ from alembic.script import ScriptDirectory
 
 from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
+from ezgraph.errors import StoreRefused
+from ezgraph.model.records import RunRecord, RunStatus, StepRecord, StepStatus
 from ezgraph.state.sql import SCHEMA_REVISION, VERSION_TABLE, Store, metadata
 
 from ..conftest import drain, ezgraph_cli, subprocess_env
@@ -51,6 +53,44 @@ def test_a_database_made_before_migrations_is_adopted_with_its_rows(
     store = Store(sqlite_url)
     assert store._revision() == SCHEMA_REVISION
     assert store.load_run(run_id) is not None
+
+
+def test_a_run_written_again_is_replaced_whole_in_a_batch_of_new_ones(database_url: str) -> None:
+    """A batch upserts its runs (one multi-row INSERT on PostgreSQL) and replaces the steps of
+    those written before only; a run twice in a batch is written once, as it was last; a key
+    another run holds keeps its first run."""
+
+    def run(run_id: str, status: RunStatus, steps: int, key: str | None = None) -> RunRecord:
+        return RunRecord(
+            run_id, "p", "a", status, {"q": run_id}, idempotency_key=key,
+            steps=tuple(StepRecord(f"m-{i}", "m", i, StepStatus.FINISHED) for i in range(steps)),
+        )  # fmt: skip
+
+    store = Store(database_url)
+    store.save_runs([run("r1", RunStatus.FAILED, 3, "k1"), run("r2", RunStatus.FINISHED, 2)])
+    store.save_runs(
+        [
+            run("r3", RunStatus.FINISHED, 1),
+            run("r1", RunStatus.RUNNING, 9),
+            run("r1", RunStatus.FINISHED, 1, "k1"),
+            run("r4", RunStatus.FINISHED, 2, "k1"),
+        ]
+    )
+    loaded = {r: store.load_run(r) for r in ("r1", "r2", "r3", "r4")}
+    assert {r: (x.status, len(x.steps)) for r, x in loaded.items() if x} == {
+        "r1": (RunStatus.FINISHED, 1),
+        "r2": (RunStatus.FINISHED, 2),
+        "r3": (RunStatus.FINISHED, 1),
+        "r4": (RunStatus.FINISHED, 2),
+    }
+    assert store.runs_by_key(["k1", "k2"]) == {"k1": "r1"}
+    assert store.count_runs() == 4
+    if database_url.startswith("postgresql"):  # a step name over its column's 220 characters
+        too_long = RunRecord("r5", "p", "a", RunStatus.FINISHED, {}, steps=(
+            StepRecord("m" * 300, "m", None, StepStatus.FINISHED),))  # fmt: skip
+        with pytest.raises(StoreRefused, match="value too long for type character varying"):
+            store.save_runs([run("r6", RunStatus.FINISHED, 1), too_long])
+        assert store.load_run("r6") is None and store.count_runs() == 4  # rolled back whole
 
 
 @pytest.mark.parametrize(

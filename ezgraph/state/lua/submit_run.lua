@@ -1,20 +1,67 @@
--- Create a run and its first step, unless the run id exists.
--- ARGV: the head, a submission (FIELDS.submission), then the start step's planned job.
+-- Create runs and their first steps: one call for a chunk of runs of one graph and start.
+-- ARGV: the head, a submission (FIELDS.submission), a count, then per run its new_run
+-- (FIELDS.new_run) and its start step's planned job (FIELDS.job and its hash fields).
 -- `joins` is JSON {join: arrivals expected} for joins some of whose predecessors cannot run
--- from this start. Returns 1 when created, 0 when the run id exists (sent again after a
+-- from this start.
+-- A run with an idempotency key is created once per key: `idem:<key>` holds its run id from
+-- its creation until it expires with the run's other keys (mark_saved), and after that SQL
+-- knows the key. So a caller first claims the key (action `claim`: `idem:<key>` holds
+-- 'claim <run id>' for claim_ms), looks it up in SQL, then creates the run (`create`) or lets
+-- the claim go (`release`, the key is in SQL); a claim that expired meanwhile creates nothing.
+-- Returns per run {status, run id}, as protocol.Submitted reads it (sent again after a
 -- timeout, the first call's reply).
 local kept = recall()
 if kept then return kept end
 local s, i = read_record(FIELDS.submission, FIRST)
-local jobs = run.read_jobs(i)
-run.bind(s.run_id)
-if redis.call('EXISTS', run.key) == 1 then return 0 end
-redis.call('HSET', run.key, 'status', 'queued', 'start', s.start, 'package', s.package,
-  'graph', s.graph, 'version', s.version, 'input', s.input, 'created_at', NOW_ISO, 'pending', 0)
-for join, left in pairs(cjson.decode(s.joins)) do
-  redis.call('HSET', run.join, 'left:' .. join, left)
+local joins = cjson.decode(s.joins)
+local count = tonumber(ARGV[i]); i = i + 1
+
+local function create(r, job)
+  run.bind(r.run_id)
+  if redis.call('EXISTS', run.key) == 1 then return 'taken' end
+  redis.call('HSET', run.key, 'status', 'queued', 'start', s.start, 'package', s.package,
+    'graph', s.graph, 'version', s.version, 'input', r.input, 'created_at', NOW_ISO, 'pending', 0)
+  if r.key ~= '' then
+    redis.call('HSET', run.key, 'idempotency_key', r.key)
+    redis.call('SET', key.idempotency(r.key), r.run_id)  -- no TTL until the run is in SQL
+  end
+  for join, left in pairs(joins) do
+    redis.call('HSET', run.join, 'left:' .. join, left)
+  end
+  redis.call('ZADD', key.live_runs, NOW, run.id)
+  run.create_job(s.start, job)
+  run.apply_pending()
+  return 'created'
 end
-redis.call('ZADD', key.live_runs, NOW, run.id)
-run.create_job(s.start, jobs[s.start])
-run.apply_pending()
-return remember(1)
+
+local replies = {}
+for n = 1, count do
+  local r, job
+  r, i = read_record(FIELDS.new_run, i)
+  job, i = read_record(FIELDS.job, i)
+  job.first, job.last = i, i + tonumber(job.field_count) - 1
+  i = job.last + 1
+  local status, id = nil, r.run_id
+  if r.key == '' then
+    status = create(r, job)
+  else
+    local idem = key.idempotency(r.key)
+    local held, mine = redis.call('GET', idem), 'claim ' .. r.run_id
+    if held and string.sub(held, 1, 6) ~= 'claim ' then
+      status, id = 'existing', held
+    elseif r.action == 'claim' then
+      if not held then redis.call('SET', idem, mine, 'PX', s.claim_ms) end
+      status = (not held or held == mine) and 'claimed' or 'busy'
+    elseif held ~= mine then
+      status = 'busy'  -- the claim expired: start again
+    elseif r.action == 'release' then
+      redis.call('DEL', idem)
+      status = 'released'
+    else
+      status = create(r, job)
+      if status == 'taken' then redis.call('DEL', idem) end
+    end
+  end
+  replies[n] = {status, id}
+end
+return remember(replies)

@@ -26,6 +26,7 @@ function key.claimed(worker) return PREFIX .. ':claimed:' .. worker end
 function key.idle(queue) return PREFIX .. ':idle:' .. queue end
 function key.wake(queue) return PREFIX .. ':wake:' .. queue end
 function key.reply(caller) return PREFIX .. ':reply:' .. caller end
+function key.idempotency(k) return PREFIX .. ':idem:' .. k end
 key.live_runs = PREFIX .. ':runs:live'
 key.unsaved_runs = PREFIX .. ':runs:unsaved'
 key.expiring_runs = PREFIX .. ':runs:expiring'
