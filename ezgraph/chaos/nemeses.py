@@ -43,12 +43,13 @@ class Strike:
     since: float  # time.monotonic()
     held: list[str]  # job ids, or run ids for hang-db
     worker: str | None = None  # the worker struck
+    struck: str = "Redis"  # what was struck, when not a worker
     what: str = "step(s)"  # what ``held`` holds
     heal_at: float | None = None
     heal: Callable[[], None] | None = None
 
     def describe(self) -> str:
-        struck = f"worker {self.worker}" if self.worker else "server"
+        struck = f"worker {self.worker}" if self.worker else self.struck
         return f"{struck}, holding {len(self.held)} {self.what}"
 
 
@@ -176,7 +177,7 @@ class HangDb(Nemesis):
         with locked(context.settings.database_url):
             time.sleep(self.hold)
         unsaved = context.runs.unsaved(limit=1_000_000)
-        return Strike(time.monotonic(), unsaved, what="ended run(s) to write")
+        return Strike(time.monotonic(), unsaved, struck="database", what="ended run(s) to write")
 
     def recovered(self, arena: Arena, strike: Strike) -> bool:
         connection = arena.context.connection
