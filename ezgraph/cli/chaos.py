@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from ..chaos import CHAOS_GRAPH, Chaos
-from ..context import Context
+from ..chaos import CHAOS_GRAPH, NEMESES, Chaos
+from ..errors import UsageError
 from .app import CliState, cli, interrupt, pass_state, seconds
 
 
@@ -29,14 +29,34 @@ from .app import CliState, cli, interrupt, pass_state, seconds
     callback=seconds(),
     default=5.0,
     show_default=True,
-    help="Seconds between kills (mean).",
+    help="Seconds from a fault's recovery to the next fault (mean).",
 )
 @click.option(
     "--jitter",
     callback=seconds(closed=True),
     default=2.0,
     show_default=True,
-    help="Kill interval varies by ± this.",
+    help="The interval between faults varies by ± this.",
+)
+@click.option(
+    "--nemesis",
+    type=click.Choice([*NEMESES, "all"]),
+    default="kill",
+    show_default=True,
+    help="The fault to strike with; all: each in turn, on its share of the runs.",
+)
+@click.option(
+    "--hold",
+    type=float,
+    callback=lambda ctx, param, value: None if value is None else seconds()(ctx, param, value),
+    default=None,
+    help="How long a pause, stall, Redis restart or database hang lasts [default: 15, 8, 3, 8 s].",
+)
+@click.option(
+    "--faults",
+    type=click.IntRange(1),
+    default=None,
+    help="Strike at most this many times per nemesis [default: while its runs flow].",
 )
 @click.option(
     "--work-ms",
@@ -65,27 +85,41 @@ def chaos(
     workers: int,
     every: float,
     jitter: float,
+    nemesis: str,
+    hold: float | None,
+    faults: int | None,
     work_ms: float,
     timeout: float,
     own_graph: bool,
 ) -> None:
-    """Crash-audit: kill busy workers, count the damage.
+    """Fault audit: strike workers, Redis, the database; count the damage.
 
-    It SIGKILLs busy workers while runs flow, then counts what was lost or doubled.
+    While runs flow it strikes with a nemesis, one fault at a time, --every seconds after the
+    last one's work moved again (at most --faults times per nemesis): kill (SIGKILL a busy
+    worker), pause (SIGSTOP a busy worker for --hold s), stall-redis (SIGSTOP Redis),
+    restart-redis (SIGKILL Redis, start it again on its append-only file), hang-db (lock
+    ezgraph's tables); all: each in turn. The Redis nemeses strike at a private server the
+    audit starts, never at yours. Then it counts, per nemesis, what was lost, stuck, failed
+    or doubled, and how long the work each fault held took to move again.
 
-    Exits 1 when a run was lost or failed, or a row or side effect was duplicated.
+    Exits 1 when a run was lost, stuck or failed, or a row or side effect was duplicated.
     """
     settings = state.settings
     if not own_graph:
         settings = settings.replace(modules_package=CHAOS_GRAPH)
     signal.signal(signal.SIGTERM, interrupt)  # as Ctrl-C: the audit stops its workers first
+    nemeses = [NEMESES[name](hold) for name in (NEMESES if nemesis == "all" else [nemesis])]
+    for refusal in filter(None, (n.refusal(settings.database_url) for n in nemeses)):
+        raise UsageError(refusal)
     audit = Chaos(
-        Context(settings),
+        settings,
+        nemeses,
         workers=workers,
         every=every,
         jitter=jitter,
         work_ms=work_ms,
         timeout=timeout,
+        faults=faults,
         log=lambda line: click.echo(line, err=True),
     )
     report = audit.run(runs)

@@ -1,4 +1,4 @@
-"""A small `ezgraph chaos`: kill busy workers while runs flow; nothing is lost or doubled."""
+"""A small `ezgraph chaos`: strike with every nemesis while runs flow; nothing lost or doubled."""
 
 from __future__ import annotations
 
@@ -19,35 +19,58 @@ from ezgraph.settings import Settings
 
 from ..conftest import ezgraph_cli, ezgraph_process, free_port, subprocess_env, wait_for
 
+NEMESES = ("kill", "pause", "stall-redis", "restart-redis", "hang-db")
+
+
+def table(stdout: str) -> dict[str, dict[str, str]]:
+    """The report's table: a row of columns per nemesis (and ``all``)."""
+    rows = stdout.split("\n\n", 1)[0].splitlines()
+    columns = ["faults", "runs", "lost", "stuck", "failed", "rows", "effects", "missing"]
+    found = {}
+    for row in rows[1:]:
+        name, *cells = row.split()
+        found[name] = dict(zip([*columns, "p50", "/", "p99"], cells, strict=False))
+    return found
+
+
+def totals(stdout: str) -> dict[str, str]:
+    lines = stdout.split("\n\n", 1)[1].strip().splitlines()
+    return {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in lines)}
+
 
 @pytest.mark.slow
-def test_chaos_audit_loses_and_doubles_nothing(make_context: Callable[..., Context]) -> None:
+@pytest.mark.timeout(300)
+def test_every_nemesis_in_turn_loses_stalls_and_doubles_nothing(
+    make_context: Callable[..., Context], redis_conn: Redis
+) -> None:
+    """`chaos --nemesis all`: kill and pause workers, stall and crash-restart the audit's own
+    Redis (past the clients' 5 s timeout), lock the database: every run ends once, in SQL
+    once, each side effect once; one report row per nemesis, each having struck."""
     context = make_context("ezgraph.chaos.graph")
     done = ezgraph_cli(
-        "chaos",
-        "--runs",
-        "60",
-        "--every",
-        "1.5",
-        "--jitter",
-        "0.5",
-        "--workers",
-        "2",
+        *("chaos", "--nemesis", "all", "-n", "50", "-w", "2"),
+        *("--every", "0.5", "--jitter", "0", "--hold", "6", "--faults", "1", "--work-ms", "100"),
         env=subprocess_env(context.settings),
-        timeout=120,
+        timeout=280,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    report = dict(line.split(":", 1) for line in done.stdout.strip().splitlines())
-    report = {key.strip(): value.strip() for key, value in report.items()}
-    assert report["runs"].startswith("60 (60 finished, 0 failed)")
-    assert int(report["workers killed"]) >= 1
-    assert report["lost runs"] == "0"
-    assert report["runs in SQL"] == "60"
-    assert report["duplicated SQL rows"] == "0"
-    assert report["duplicate side effects"] == "0"
-    assert report["missing side effects"] == "0"
-    assert report["side effects"] == "300"
-    assert "recoveries" in report["kill to re-run"]
+    rows = table(done.stdout)
+    assert list(rows) == [*NEMESES, "all"], done.stdout
+    for name in NEMESES:
+        row = rows[name]
+        assert row["faults"] == "1", (name, done.stdout, done.stderr)
+        assert row["runs"] == "10"
+        assert [row[c] for c in ("lost", "stuck", "failed", "rows", "effects", "missing")] == [
+            "0"
+        ] * 6, (name, done.stdout)
+        assert float(row["p99"]) >= float(row["p50"]) >= 0
+    report = totals(done.stdout)
+    assert report["runs"] == "50 (50 finished, 0 failed, 0 stuck)"
+    assert report["runs in SQL"] == "50"
+    assert report["side effects"] == "250"
+    assert report["workers that exited"] == "0"
+    assert "private valkey-server" in done.stderr
+    assert not redis_conn.keys("*"), "the audit's Redis is its own: the test db stays empty"
 
 
 def test_a_stopped_chaos_audit_stops_its_workers(
@@ -113,7 +136,7 @@ def test_chaos_workers_reach_a_redis_with_an_acl_user_and_an_awkward_password(
         server.terminate()
         server.wait(10)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "runs:                   10 (10 finished, 0 failed)" in done.stdout
+    assert "runs:                   10 (10 finished, 0 failed, 0 stuck)" in done.stdout
     engine = sqlalchemy.create_engine(sqlite_url)
     with engine.connect() as connection:
         inputs = [

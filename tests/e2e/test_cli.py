@@ -76,6 +76,8 @@ def test_bad_cli_input_exits_2_with_one_line(make_context: Callable[..., Context
         ("submit", "a", "--wait", "--timeout", "inf"): "inf is not a number of seconds above 0",
         ("chaos", "-n", "0"): "Invalid value for '--runs' / '-n': 0 is not in the range x>=1",
         ("chaos", "-w", "0"): "Invalid value for '--workers' / '-w': 0 is not in the range x>=1",
+        ("chaos", "--nemesis", "flood"): "Invalid value for '--nemesis': 'flood' is not one of",
+        ("chaos", "--hold", "0"): "Invalid value for '--hold': 0 is not a number of seconds",
     }
     for args, message in cases.items():
         done = ezgraph_cli(*args, env=env)
