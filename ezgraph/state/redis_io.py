@@ -170,14 +170,14 @@ class ScriptRunner:
                 delay = min(delay * 2, 1.0)
 
     def _evalsha(self, name: str, argv: list[Any]) -> Any:
-        """One EVALSHA; the script is loaded first when Redis does not have it (a restart, or
-        SCRIPT FLUSH)."""
+        """One EVALSHA; when Redis does not have the script (a restart, or SCRIPT FLUSH), one
+        EVAL of its source, which Redis keeps: never a LOAD then an EVALSHA, between which
+        another client's SCRIPT FLUSH could land."""
         script = self._scripts[name]
         try:
             return self._raw([("EVALSHA", script.sha, 0, *argv)])[0]
         except NoScriptError:
-            self._raw([("SCRIPT", "LOAD", self._sources[name])])
-            return self._raw([("EVALSHA", script.sha, 0, *argv)])[0]
+            return self._raw([("EVAL", self._sources[name], 0, *argv)])[0]
 
     def read_pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Raw replies of ``commands`` in one round trip. On any error redis-py's pipeline,
