@@ -73,7 +73,10 @@ function run.step_status(step) return redis.call('HGET', run.steps, step .. '.st
 -- or the run's max_steps would be passed (`counted`: its step was taken already).
 function run.create_job(step, job, counted)
   if run.over_budget or not (counted or run.take_steps(1)) then return false end
-  if not rq.create_job(job.job_id, job.queue, job.first, job.last) then return false end
+  if not rq.create_job(job.job_id, job.queue, job.first, job.last) then
+    if run.budget and not counted then redis.call('HINCRBY', run.key, 'steps', -1) end
+    return false  -- it existed: not a step more
+  end
   wake.queue(job.queue)
   redis.call('HSET', run.jobs, job.job_id, job.queue)
   redis.call('HSET', run.steps, step .. '.status', 'queued', step .. '.job', job.job_id)
