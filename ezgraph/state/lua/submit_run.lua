@@ -31,9 +31,8 @@ local function create(r, job)
     redis.call('HSET', run.key, 'deadline', s.deadline, 'deadline_at', string.format('%.3f', at))
     redis.call('ZADD', key.deadlines, at, run.id)
   end
-  if tonumber(s.max_steps) > 0 then
-    redis.call('HSET', run.key, 'max_steps', s.max_steps, 'steps', 0)
-  end
+  run.budget = tonumber(s.max_steps) > 0 and tonumber(s.max_steps) or false
+  if run.budget then redis.call('HSET', run.key, 'max_steps', s.max_steps, 'steps', 0) end
   for join, left in pairs(joins) do
     redis.call('HSET', run.join, 'left:' .. join, left)
   end

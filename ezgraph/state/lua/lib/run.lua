@@ -216,8 +216,9 @@ end
 -- Returns {outcome, run ended (0/1)}: ok, duplicate (recorded before) or gone (no run).
 function run.complete(c)
   run.bind(c.run_id)
-  local status = redis.call('HGET', run.key, 'status')
+  local status, budget = unpack(redis.call('HMGET', run.key, 'status', 'max_steps'))
   if not status then return {'gone', 0} end
+  run.budget = tonumber(budget) or false  -- read with the status: no call of its own
   if TERMINAL[run.step_status(c.step)] then return {'duplicate', 0} end
   redis.call('HSET', run.steps, c.step .. '.status', 'finished', c.step .. '.output', c.output,
     c.step .. '.started_at', c.started_at, c.step .. '.ended_at', NOW_ISO,
