@@ -68,6 +68,8 @@ class GraphOrchestrator:
         run_id: str | None = None,
         *,
         idempotency_key: str | None = None,
+        deadline: float | None = None,
+        max_steps: int | None = None,
         **fields: Any,
     ) -> str:
         """Start a run at ``start_module`` with ``data`` and ``fields`` as its state; return its id.
@@ -77,9 +79,16 @@ class GraphOrchestrator:
         run's id and creates nothing; its payload is not looked at. A keyed call reads the
         database as well as Redis.
 
+        ``deadline``: seconds the run may take; still going then, it fails with
+        ``DeadlineExceeded`` (within a second: the watchdog's pass), its queued steps canceled
+        and its running ones stopped where RQ can. ``max_steps``: steps the run may start;
+        one more fails it with ``StepBudgetExceeded``. Both default to the graph's
+        ``DEADLINE`` and ``MAX_STEPS``. ``run_id``, ``idempotency_key``, ``deadline`` and
+        ``max_steps`` are never payload fields: a field of one of these names goes in ``data``.
+
         Raises:
-            UsageError: for an unknown start module, a malformed run id or key, or a run id
-                that exists already.
+            UsageError: for an unknown start module, a malformed run id or key, a run id that
+                exists already, a deadline that is not seconds above 0, a ``max_steps`` below 1.
             PayloadError: for a payload that is not a JSON object or is over the size limit.
         """
         if data is not None and not isinstance(data, Mapping):
@@ -92,6 +101,8 @@ class GraphOrchestrator:
             [run_id or None],
             [idempotency_key],
             label=lambda n: "payload",
+            deadline=deadline,
+            max_steps=max_steps,
         )
         with _redis_errors(self.context):
             (run_ids,) = submission.send(self.context, batch)
@@ -103,13 +114,16 @@ class GraphOrchestrator:
         payloads: Iterable[Mapping[str, Any]],
         *,
         idempotency_keys: Sequence[str] | None = None,
+        deadline: float | None = None,
+        max_steps: int | None = None,
     ) -> list[str]:
         """Start one run per payload at ``start_module``; return their ids, in order.
 
         Every payload (and key) is checked before any run is submitted, so a bad one submits
         nothing; then the runs go in chunks, one Redis call per chunk (``Tuning.submit_chunk``
         runs). ``idempotency_keys``, one per payload, make each run once-only as
-        :meth:`submit`'s ``idempotency_key`` does.
+        :meth:`submit`'s ``idempotency_key`` does; ``deadline`` and ``max_steps`` apply to
+        each run as in :meth:`submit`.
 
         Raises:
             UsageError: for an unknown start module or a malformed key, before anything is sent.
@@ -129,6 +143,8 @@ class GraphOrchestrator:
             payloads,
             keys=idempotency_keys,
             label=lambda n: f"payloads[{n}]",
+            deadline=deadline,
+            max_steps=max_steps,
         )
         submitted: list[str] = []
         try:
@@ -396,13 +412,22 @@ def submit(
     data: Mapping[str, Any] | None = None,
     *,
     idempotency_key: str | None = None,
+    deadline: float | None = None,
+    max_steps: int | None = None,
     **fields: Any,
 ) -> str:
     """Submit a run with settings from the environment; return its id (the seed's API).
 
     As :meth:`GraphOrchestrator.submit`, on this process's orchestrator for those settings.
     """
-    return shared().submit(start_module, data, idempotency_key=idempotency_key, **fields)
+    return shared().submit(
+        start_module,
+        data,
+        idempotency_key=idempotency_key,
+        deadline=deadline,
+        max_steps=max_steps,
+        **fields,
+    )
 
 
 def status(run_id: str) -> dict[str, Any]:

@@ -38,6 +38,16 @@ class InvalidRunOperation(EzgraphError):
     """Raised when an operation does not fit a run's state (cancel a finished run, ...)."""
 
 
+class DeadlineExceeded(EzgraphError):
+    """The error a run fails with when it is still going at its deadline (``submit(...,
+    deadline=)`` or the graph's ``DEADLINE``); the watchdog writes it to the run."""
+
+
+class StepBudgetExceeded(EzgraphError):
+    """The error a run fails with when it would start more steps than its ``max_steps``
+    (``submit(..., max_steps=)`` or the graph's ``MAX_STEPS``)."""
+
+
 class StepError(EzgraphError):
     """Raised inside a step when a module's result breaks the contract (non-dict, bad route)."""
 

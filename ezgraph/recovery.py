@@ -13,6 +13,10 @@ runs it where only stock workers run.
   ended ``failed``, ``stopped`` or ``canceled`` without the step being recorded (a killed
   work-horse) runs again, or fails its run.
 
+- **Deadlines** (:func:`fail_past_deadline`): a run still going at its deadline fails with
+  ``DeadlineExceeded``, as a cancel stops a run: its queued steps are canceled, its running
+  ones sent RQ's stop command (a step that cannot be stopped finishes and creates nothing).
+
 A started or queued step is acted on only once it has looked lost for the grace, timed by
 Redis's clock (a suspicion key's remaining lifetime), never by comparing a date another machine
 wrote with this one's clock. A step whose process keeps dying runs again at most
@@ -29,6 +33,7 @@ from typing import NamedTuple
 from . import liveness, rq_compat
 from .completion import RunEnded
 from .context import Context
+from .errors import DeadlineExceeded
 from .state.protocol import Failure, as_text
 
 logger = logging.getLogger(__name__)
@@ -58,12 +63,43 @@ class Report:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     suspected: list[str] = field(default_factory=list)  # look lost, not yet for the grace
+    past_deadline: list[str] = field(default_factory=list)  # runs failed at their deadline
 
 
 def recover(context: Context, ended: RunEnded) -> Report:
-    """One pass: give back dead workers' claims, then the watchdog's pass."""
+    """One pass: give back dead workers' claims, fail the runs past their deadline, then
+    the watchdog's pass."""
     report = recover_dead_workers(context, ended)
+    fail_past_deadline(context, ended, report)
     watch_runs(context, ended, report)
+    return report
+
+
+def deadline_error(deadline: str) -> str:
+    """The error of a run still going at its deadline (``deadline``: seconds, as submitted)."""
+    name = DeadlineExceeded.__name__
+    return f"{name}: the run was still going {deadline} s after it was submitted"
+
+
+def fail_past_deadline(context: Context, ended: RunEnded, report: Report | None = None) -> Report:
+    """Fail the runs whose deadline has passed (O(due): the earliest deadlines are read),
+    through the cancel path: queued steps canceled, running ones sent RQ's stop command."""
+    report = report if report is not None else Report()
+    for run_id, deadline in context.runs.past_deadline(context.tuning.watch_limit):
+        outcome = context.runs.cancel(run_id, deadline_error(deadline), "failed")
+        if outcome.status != "ok":
+            continue  # it ended or stopped otherwise meanwhile (and left the deadlines set)
+        logger.warning("run %s: past its deadline of %s s, failed", run_id, deadline)
+        report.past_deadline.append(run_id)
+        if outcome.run_ended:
+            ended(run_id)
+            continue
+        steps = context.runs.read_steps([run_id])[0]
+        jobs = [f["job"] for f in steps.values() if f.get("status") == "queued" and f.get("job")]
+        statuses = rq_compat.job_statuses(context.connection, jobs)
+        for job, status in zip(jobs, statuses, strict=True):
+            if status == "started":  # a stopped job's step is failed by the watchdog's pass
+                rq_compat.stop_job(context.connection, job)
     return report
 
 

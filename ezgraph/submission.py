@@ -1,5 +1,6 @@
 """Submitting runs: one or many, checked whole first, then sent in chunks of one Lua call each;
-a run with an idempotency key is created once per key.
+a run with an idempotency key is created once per key; a run may have a deadline and a step
+budget (``max_steps``), from the call or the graph's ``DEADLINE`` and ``MAX_STEPS``.
 
 A key is looked up in Redis (``idem:<key>``, while its run's keys are there) and in SQL (after):
 the first call claims the key, the caller reads SQL, the second call creates the run if the
@@ -19,10 +20,11 @@ from typing import Any
 
 from .context import Context
 from .errors import ConnectionFailed, PayloadError, UsageError
-from .model.graph import Graph
+from .model.graph import Graph, valid_deadline, valid_max_steps
 from .model.payload import to_json
 from .model.records import MAX_NAME, MAX_RUN_ID
 from .model.step_job import StepJob
+from .settings import MAX_SECONDS
 from .state.protocol import Action, NewRun, PlannedJob, Submission, Submitted
 
 MAX_KEY_LENGTH = MAX_NAME  # the SQL column's width
@@ -73,6 +75,33 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_deadline(deadline: Any) -> str:
+    """``deadline`` (seconds) as the run header holds it, when it is above 0.
+
+    Raises:
+        UsageError: for anything but a finite number of seconds above 0 (and at most
+            ``MAX_SECONDS``).
+    """
+    if not valid_deadline(deadline):
+        raise UsageError(
+            f"deadline must be a number of seconds above 0 (at most {MAX_SECONDS}),"
+            f" got {deadline!r}"
+        )
+    short = f"{deadline:g}"
+    return short if float(short) == deadline else repr(float(deadline))
+
+
+def check_max_steps(max_steps: Any) -> int:
+    """Return ``max_steps`` when it is a whole number from 1.
+
+    Raises:
+        UsageError: otherwise.
+    """
+    if not valid_max_steps(max_steps):
+        raise UsageError(f"max_steps must be a whole number from 1, got {max_steps!r}")
+    return int(max_steps)
+
+
 def prepare(
     context: Context,
     start: str,
@@ -80,11 +109,17 @@ def prepare(
     run_ids: Sequence[str | None] | None = None,
     keys: Sequence[str | None] | None = None,
     label: Callable[[int], str] = lambda n: f"payload {n}",
+    deadline: float | None = None,
+    max_steps: int | None = None,
 ) -> Batch:
     """Check the start node and every payload, id and key before anything is sent.
 
+    ``deadline`` (seconds) and ``max_steps`` apply to every run; None: the graph's
+    ``DEADLINE`` and ``MAX_STEPS``, if it declares them.
+
     Raises:
-        UsageError: for an unknown start node, a malformed run id or key.
+        UsageError: for an unknown start node, a malformed run id or key, a deadline that is
+            not seconds above 0, a ``max_steps`` below 1.
         PayloadError: for a payload that is not a JSON object or is over the size limit,
             naming it by ``label(index)``.
     """
@@ -92,6 +127,10 @@ def prepare(
     if start not in graph.connections:
         known = ", ".join(graph.nodes)
         raise UsageError(f"unknown start module {start!r} (graph nodes: {known})")
+    deadline = graph.deadline if deadline is None else deadline
+    max_steps = graph.max_steps if max_steps is None else max_steps
+    deadline_text = check_deadline(deadline) if deadline is not None else ""
+    budget = check_max_steps(max_steps) if max_steps is not None else 0
     limit = context.settings.max_payload_bytes
     fresh = os.urandom(16 * len(payloads))  # random bytes of uuid4()s, in one system call
     runs = []
@@ -119,6 +158,8 @@ def prepare(
         joins=joins,
         version=graph.version,
         claim_ms=int(context.tuning.key_claim * 1000),
+        deadline=deadline_text,
+        max_steps=budget,
     )
     return Batch(graph, start, submission, tuple(runs))
 

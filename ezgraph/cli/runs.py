@@ -90,6 +90,17 @@ def print_outcome(outcome: dict[str, Any], waited: float | None = None) -> None:
     type=click.File("rb"),
     help="Submit one run per line of this JSON-lines file (- for stdin); print their ids.",
 )
+@click.option(
+    "--deadline",
+    type=float,
+    help="Seconds the run may take: still going then, it fails with DeadlineExceeded"
+    " (default: the graph's DEADLINE).",
+)
+@click.option(
+    "--max-steps",
+    type=int,
+    help="Steps the run may start: one more fails it (default: the graph's MAX_STEPS).",
+)
 @click.option("--wait", is_flag=True, help="Wait for the run to end and print its result.")
 @click.option(
     "--timeout", callback=seconds(), default=60.0, show_default=True, help="Seconds --wait waits."
@@ -102,6 +113,8 @@ def submit(
     fields: tuple[str, ...],
     key: str | None,
     jsonl: BinaryIO | None,
+    deadline: float | None,
+    max_steps: int | None,
     wait: bool,
     timeout: float,
 ) -> None:
@@ -113,11 +126,13 @@ def submit(
     if jsonl is not None:
         if data is not None or fields or wait:
             raise UsageError("--jsonl takes the payloads from its lines: no --data, -f or --wait")
-        submit_lines(state, start, jsonl, key)
+        submit_lines(state, start, jsonl, key, deadline, max_steps)
         return
     payload = parse_fields(data, fields)
     orchestrator = state.orchestrator
-    run_id = orchestrator.submit(start, payload, idempotency_key=key)
+    run_id = orchestrator.submit(
+        start, payload, idempotency_key=key, deadline=deadline, max_steps=max_steps
+    )
     warn_if_unserved(state, start)
     if wait:
         try:
@@ -164,7 +179,14 @@ def read_lines(lines: BinaryIO, limit: int) -> tuple[list[dict[str, Any]], list[
     return payloads, numbers, bad
 
 
-def submit_lines(state: CliState, start: str, lines: BinaryIO, key: str | None) -> None:
+def submit_lines(
+    state: CliState,
+    start: str,
+    lines: BinaryIO,
+    key: str | None,
+    deadline: float | None = None,
+    max_steps: int | None = None,
+) -> None:
     """``submit --jsonl``: read and check every line, then submit them all (or nothing)."""
     payloads, numbers, bad = read_lines(lines, state.settings.max_payload_bytes)
     name = getattr(lines, "name", "-")
@@ -177,7 +199,9 @@ def submit_lines(state: CliState, start: str, lines: BinaryIO, key: str | None) 
         raise UsageError(f"no JSON lines in {name}: nothing submitted")
     keys = [f"{key}:{number}" for number in numbers] if key is not None else None
     try:
-        run_ids = state.orchestrator.submit_many(start, payloads, idempotency_keys=keys)
+        run_ids = state.orchestrator.submit_many(
+            start, payloads, idempotency_keys=keys, deadline=deadline, max_steps=max_steps
+        )
     except SubmitInterrupted as error:
         for run_id in error.run_ids:
             click.echo(run_id)

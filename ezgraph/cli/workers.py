@@ -92,7 +92,7 @@ def persist(state: CliState, follow: bool) -> None:
 def reap(state: CliState, loop: bool) -> None:
     """Recover steps of dead workers and lost steps.
 
-    Steps whose worker died, or that got lost from their queue.
+    Steps whose worker died, or that got lost from their queue; runs past their deadline.
 
     Every ezgraph worker does this each second; run it where only stock rq workers run. It
     looks at runs over 2 s old, and acts on a step once it has looked lost for 2 s: a single
@@ -112,9 +112,11 @@ def reap(state: CliState, loop: bool) -> None:
             if report.suspected and not loop:
                 time.sleep(context.tuning.grace + 0.1)  # the watchdog times by Redis's clock
                 recovery.watch_runs(context, ended, report)
-            if report.requeued or report.failed or not loop:
+            if report.requeued or report.failed or report.past_deadline or not loop:
+                late = len(report.past_deadline)
                 click.echo(
                     f"requeued {len(report.requeued)} steps, failed {len(report.failed)} lost steps"
+                    + (f", failed {late} runs past their deadline" if late else "")
                 )
             if not loop:
                 return

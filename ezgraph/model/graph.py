@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import json
 import keyword
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -43,7 +44,7 @@ class Graph:
     ``functions`` maps each node to the dotted path of what it runs (``pkg.mod:func``).
     ``routes`` lists, for a node that declares them, the successors it may route to.
     ``unavailable``: in a run's graph that is not this process's (:meth:`for_run`), the nodes
-    this process has no function for.
+    this process has no function for. ``deadline`` and ``max_steps``: a run's defaults.
     """
 
     connections: Mapping[str, tuple[str, ...]]
@@ -52,6 +53,8 @@ class Graph:
     routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     unavailable: frozenset[str] = frozenset()
+    deadline: float | None = None  # DEADLINE: seconds a run may take by default
+    max_steps: int | None = None  # MAX_STEPS: steps a run may start by default
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -200,6 +203,8 @@ def build_graph(
     routes: Mapping[str, Any] | None = None,
     policies: Mapping[str, Mapping[str, Any]] | None = None,
     check_functions: bool = True,
+    deadline: Any = None,
+    max_steps: Any = None,
 ) -> Graph:
     """Validate a graph declaration and return the :class:`Graph`.
 
@@ -216,11 +221,36 @@ def build_graph(
         if node not in graph_connections:
             raise GraphError(f"POLICIES names {node!r}, which is not in GRAPH_CONNECTIONS")
         _check_policy(node, policy)
-    graph = Graph(graph_connections, paths, package, graph_routes, dict(policies or {}))
+    if deadline is not None and not valid_deadline(deadline):
+        raise GraphError(
+            f"DEADLINE must be seconds above 0, at most {MAX_SECONDS}, got {deadline!r}"
+        )
+    if max_steps is not None and not valid_max_steps(max_steps):
+        raise GraphError(f"MAX_STEPS must be a whole number from 1, got {max_steps!r}")
+    graph = Graph(
+        graph_connections,
+        paths,
+        package,
+        graph_routes,
+        dict(policies or {}),
+        deadline=None if deadline is None else float(deadline),
+        max_steps=max_steps,
+    )
     if check_functions:
         for node in graph.nodes:
             graph.resolve(node)
     return graph
+
+
+def valid_deadline(value: Any) -> bool:
+    """True for a deadline: seconds (int or float) above 0 and at most ``MAX_SECONDS``."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and math.isfinite(value) and 0 < value <= MAX_SECONDS
+
+
+def valid_max_steps(value: Any) -> bool:
+    """True for a step budget: a whole number from 1."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _connections(connections: Any) -> dict[str, tuple[str, ...]]:
@@ -321,8 +351,9 @@ def load_graph(package: str | None = None) -> Graph:
     """Import the modules package ``package`` and build its validated graph.
 
     The package declares ``GRAPH_CONNECTIONS`` and optionally ``MODULES`` (node -> "pkg.mod:func"),
-    ``ROUTES`` (node -> successors it may route to) and ``POLICIES`` (node -> timeout/retries).
-    ``None`` means :func:`default_package`.
+    ``ROUTES`` (node -> successors it may route to), ``POLICIES`` (node -> timeout/retries),
+    ``DEADLINE`` (seconds) and ``MAX_STEPS`` (a run's defaults). ``None`` means
+    :func:`default_package`.
     """
     package = package or default_package()
     module = _import_package(package)
@@ -335,6 +366,8 @@ def load_graph(package: str | None = None) -> Graph:
         package=package,
         routes=getattr(module, "ROUTES", None),
         policies=getattr(module, "POLICIES", None),
+        deadline=getattr(module, "DEADLINE", None),
+        max_steps=getattr(module, "MAX_STEPS", None),
     )
 
 

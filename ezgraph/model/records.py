@@ -89,6 +89,7 @@ class RunRecord:
     steps: tuple[StepRecord, ...] = field(default_factory=tuple)
     events: tuple[EventRecord, ...] = field(default_factory=tuple)  # what the writer stores
     idempotency_key: str | None = None  # the key it was submitted with, if any
+    deadline_at: datetime | None = None  # when it fails if still going (while in Redis)
 
     def node_statuses(self) -> dict[str, StepStatus]:
         """Node (or mapped instance) -> status, graph order first."""
@@ -105,6 +106,7 @@ class RunRecord:
             "error": self.error,
             "created_at": _iso(self.created_at),
             "ended_at": _iso(self.ended_at),
+            "deadline_at": _iso(self.deadline_at),
             "steps": [
                 {
                     "step": s.step,

@@ -18,6 +18,8 @@ RQ's keys are named by :mod:`ezgraph.rq_compat` (and ``lua/lib/rq.lua``).
   while a submitter looks the key up in SQL); it expires with the run's keys.
 - ``run:<id>:stopped`` channel: a message when the run stops (failed, canceled) or ends.
 - ``runs:live`` / ``runs:unsaved`` sorted sets: runs in flight / ended and not yet in SQL.
+- ``runs:deadlines`` sorted set: live runs with a deadline, scored by it (epoch seconds, by
+  the submitter's clock); a run leaves it when it ends or is stopped.
 - ``runs:expiring`` sorted set: runs in SQL whose RQ jobs are still being set to expire,
   scored by the HSCAN cursor of their ``jobs`` hash.
 - ``alive:<worker>``: a worker running steps is alive while this lives (its heartbeat).
@@ -110,6 +112,11 @@ class Keys:
     def database_down(self) -> str:
         """Set while a writer finds the database down, for as long as it waits to try again."""
         return f"{self.prefix}:database_down"
+
+    @property
+    def deadlines(self) -> str:
+        """Live runs with a deadline, scored by it (the watchdog fails those past it)."""
+        return f"{self.prefix}:runs:deadlines"
 
     @property
     def expiring_runs(self) -> str:

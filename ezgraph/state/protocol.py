@@ -54,6 +54,8 @@ class Submission(NamedTuple):
     joins: str  # JSON {join: arrivals expected}, for joins this start cannot fully reach
     version: str  # the graph's version (Graph.version)
     claim_ms: int  # how long a claim on an idempotency key holds
+    deadline: str  # seconds from submission the runs may take, or ''
+    max_steps: int  # steps a run may start at most, or 0
 
 
 Action = Literal["create", "claim", "release"]
@@ -152,10 +154,11 @@ class Failure(NamedTuple):
 
 
 class Cancel(NamedTuple):
-    """A run to cancel (``cancel_run``)."""
+    """A run to stop (``cancel_run``): ``canceled``, or ``failed`` past its deadline."""
 
     run_id: str
     error: str
+    status: str
 
 
 class Claim(NamedTuple):

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -112,9 +113,11 @@ class RedisRuns:
             self.scripts.call("fail_step", *failure, patience=self.patience, wait_for_memory=True)
         )
 
-    def cancel(self, run_id: str, error: str) -> Outcome:
-        """Stop a run as canceled; its waiting steps are canceled in RQ."""
-        reply = self.scripts.call("cancel_run", *Cancel(run_id, error), patience=self.patience)
+    def cancel(self, run_id: str, error: str, status: str = "canceled") -> Outcome:
+        """Stop a run as ``status`` (canceled; failed, past its deadline); its waiting steps
+        are canceled in RQ."""
+        request = Cancel(run_id, error, status)
+        reply = self.scripts.call("cancel_run", *request, patience=self.patience)
         return Outcome.parse(reply)
 
     def finish_and_claim(
@@ -283,6 +286,20 @@ class RedisRuns:
                 pipe.execute()
         return run_ids
 
+    def past_deadline(self, limit: int) -> list[tuple[str, str]]:
+        """Live runs whose deadline has passed by this machine's clock, the earliest first, at
+        most ``limit``: each with its deadline in seconds (as submitted). One round trip."""
+        (due,) = self.scripts.read_pipelined(
+            [("ZRANGEBYSCORE", self.keys.deadlines, "-inf", time.time(), "LIMIT", 0, limit)]
+        )
+        run_ids = [as_text(i) or "" for i in due]
+        if not run_ids:
+            return []
+        replies = self.scripts.read_pipelined(
+            [("HGET", self.keys.run(run_id), "deadline") for run_id in run_ids]
+        )
+        return [(r, as_text(d) or "?") for r, d in zip(run_ids, replies, strict=True)]
+
     def live(self, older_than: float = 0.0, limit: int | None = None) -> list[str]:
         """Runs in flight, oldest first (those started over ``older_than`` s ago)."""
         cutoff: float | str = time.time() - older_than if older_than > 0 else "+inf"
@@ -338,7 +355,13 @@ def record_from_live(
         steps=tuple(steps),
         events=live.events,
         idempotency_key=header.get("idempotency_key") or None,
+        deadline_at=_epoch(header.get("deadline_at")),
     )
+
+
+def _epoch(text: str | None) -> datetime | None:
+    """An epoch-seconds text as an aware UTC datetime; None for empty."""
+    return datetime.fromtimestamp(float(text), UTC) if text else None
 
 
 @functools.lru_cache(maxsize=64)

@@ -73,6 +73,7 @@ class Maintenance(threading.Thread):
         recovery.recover_dead_workers(context, writer.ended)
         # Not released: it lets one pass a second through, whichever worker makes it.
         if context.connection.set(context.keys.watch_lock, self.worker.name, nx=True, px=900):
+            recovery.fail_past_deadline(context, writer.ended)
             recovery.watch_runs(context, writer.ended)
             if self.schedules is not None:
                 self.schedules.fire_due()

@@ -202,6 +202,24 @@ CASES: dict[str, Case] = {
         2,
         kept=nothing_written,
     ),
+    "negative deadline": Case(
+        ("submit", "a", "--deadline", "-1"),
+        "error: deadline must be a number of seconds above 0 (at most 1000000000), got -1.0",
+        2,
+        kept=nothing_written,
+    ),
+    "zero deadline": Case(
+        ("submit", "a", "--deadline", "0"),
+        "error: deadline must be a number of seconds above 0 (at most 1000000000), got 0.0",
+        2,
+        kept=nothing_written,
+    ),
+    "zero max_steps": Case(
+        ("submit", "a", "--max-steps", "0"),
+        "error: max_steps must be a whole number from 1, got 0",
+        2,
+        kept=nothing_written,
+    ),
     "--jsonl with --data": Case(
         ("submit", "a", "--jsonl", "/dev/null", "--data", "{}"),
         "error: --jsonl takes the payloads from its lines: no --data, -f or --wait",

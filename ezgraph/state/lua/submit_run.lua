@@ -2,7 +2,8 @@
 -- ARGV: the head, a submission (FIELDS.submission), a count, then per run its new_run
 -- (FIELDS.new_run) and its start step's planned job (FIELDS.job and its hash fields).
 -- `joins` is JSON {join: arrivals expected} for joins some of whose predecessors cannot run
--- from this start.
+-- from this start. `deadline` (seconds, or '') puts the run in the deadlines set;
+-- `max_steps` (0: none) is the run's step budget (run.take_steps).
 -- A run with an idempotency key is created once per key: `idem:<key>` holds its run id from
 -- its creation until it expires with the run's other keys (mark_saved), and after that SQL
 -- knows the key. So a caller first claims the key (action `claim`: `idem:<key>` holds
@@ -25,6 +26,13 @@ local function create(r, job)
     redis.call('HSET', run.key, 'idempotency_key', r.key)
     redis.call('SET', key.idempotency(r.key), r.run_id)  -- no TTL until the run is in SQL
   end
+  if s.deadline ~= '' then  -- the watchdog fails the run once its deadline passes
+    local at = NOW + tonumber(s.deadline)
+    redis.call('HSET', run.key, 'deadline', s.deadline, 'deadline_at', string.format('%.3f', at))
+    redis.call('ZADD', key.deadlines, at, run.id)
+  end
+  run.budget = tonumber(s.max_steps) > 0 and tonumber(s.max_steps) or false
+  if run.budget then redis.call('HSET', run.key, 'max_steps', s.max_steps, 'steps', 0) end
   for join, left in pairs(joins) do
     redis.call('HSET', run.join, 'left:' .. join, left)
   end

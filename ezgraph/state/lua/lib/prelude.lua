@@ -30,6 +30,7 @@ function key.idempotency(k) return PREFIX .. ':idem:' .. k end
 key.live_runs = PREFIX .. ':runs:live'
 key.unsaved_runs = PREFIX .. ':runs:unsaved'
 key.expiring_runs = PREFIX .. ':runs:expiring'
+key.deadlines = PREFIX .. ':runs:deadlines'
 key.workers = PREFIX .. ':workers'
 
 -- A list of strings written as its length then its items; returns it and the next position.

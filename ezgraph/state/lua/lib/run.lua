@@ -33,6 +33,30 @@ function run.bind(id)
   run.key, run.steps, run.state = key.run(id), key.steps(id), key.state(id)
   run.join, run.jobs, run.events = key.join(id), key.jobs(id), key.events(id)
   run.pending_delta = 0  -- changes to the count of steps created and not yet ended
+  run.budget = nil  -- the run's max_steps (false: none), read when a step is first created
+  run.over_budget = false  -- a step was not created: the run would pass its max_steps
+end
+
+-- True when `count` more steps fit the run's max_steps (counted in its header's `steps`), and
+-- counts them; false (and run.over_budget) when they do not. Runs without a budget count nothing.
+function run.take_steps(count)
+  if run.budget == nil then
+    run.budget = tonumber(redis.call('HGET', run.key, 'max_steps')) or false
+  end
+  if not run.budget then return true end
+  local taken = tonumber(redis.call('HGET', run.key, 'steps') or 0)
+  if taken + count > run.budget then
+    run.over_budget = true
+    return false
+  end
+  redis.call('HINCRBY', run.key, 'steps', count)
+  return true
+end
+
+-- The error of a run that would pass its max_steps.
+function run.budget_error(at)
+  return 'StepBudgetExceeded: ' .. at .. ' would start more than the run\'s max_steps of '
+    .. run.budget .. ' steps'
 end
 
 -- Write the summed pending changes; returns the run's pending count.
@@ -45,9 +69,14 @@ end
 
 function run.step_status(step) return redis.call('HGET', run.steps, step .. '.status') end
 
--- Create the RQ job of `step` (a planned job: its id, queue and hash fields), unless it exists.
-function run.create_job(step, job)
-  if not rq.create_job(job.job_id, job.queue, job.first, job.last) then return false end
+-- Create the RQ job of `step` (a planned job: its id, queue and hash fields), unless it exists
+-- or the run's max_steps would be passed (`counted`: its step was taken already).
+function run.create_job(step, job, counted)
+  if run.over_budget or not (counted or run.take_steps(1)) then return false end
+  if not rq.create_job(job.job_id, job.queue, job.first, job.last) then
+    if run.budget and not counted then redis.call('HINCRBY', run.key, 'steps', -1) end
+    return false  -- it existed: not a step more
+  end
   wake.queue(job.queue)
   redis.call('HSET', run.jobs, job.job_id, job.queue)
   redis.call('HSET', run.steps, step .. '.status', 'queued', step .. '.job', job.job_id)
@@ -160,6 +189,7 @@ function run.end_if_idle()
     redis.call('HSET', run.key, 'ended_at', NOW_ISO)
   end
   redis.call('ZREM', key.live_runs, run.id)
+  redis.call('ZREM', key.deadlines, run.id)
   redis.call('ZADD', key.unsaved_runs, NOW, run.id)
   redis.call('PUBLISH', key.stopped(run.id), 'ended')
   return 1
@@ -167,6 +197,7 @@ end
 
 -- The map's successor of a Map result: its instances' jobs, or (no items) straight on.
 local function start_map(walker, jobs, mapped, count)
+  if not run.take_steps(count) then return end  -- the whole map, or none of it
   redis.call('HSET', run.join, 'mapn:' .. mapped, count, 'mapleft:' .. mapped, count)
   redis.call('HSET', run.steps, mapped .. '.status', 'mapped', mapped .. '.map', count)
   if count == 0 then
@@ -176,7 +207,7 @@ local function start_map(walker, jobs, mapped, count)
   end
   for n = 0, count - 1 do
     local step = mapped .. '-' .. n
-    if jobs[step] then run.create_job(step, jobs[step]) else walker.unknown = step end
+    if jobs[step] then run.create_job(step, jobs[step], true) else walker.unknown = step end
   end
 end
 
@@ -185,8 +216,9 @@ end
 -- Returns {outcome, run ended (0/1)}: ok, duplicate (recorded before) or gone (no run).
 function run.complete(c)
   run.bind(c.run_id)
-  local status = redis.call('HGET', run.key, 'status')
+  local status, budget = unpack(redis.call('HMGET', run.key, 'status', 'max_steps'))
   if not status then return {'gone', 0} end
+  run.budget = tonumber(budget) or false  -- read with the status: no call of its own
   if TERMINAL[run.step_status(c.step)] then return {'duplicate', 0} end
   redis.call('HSET', run.steps, c.step .. '.status', 'finished', c.step .. '.output', c.output,
     c.step .. '.started_at', c.started_at, c.step .. '.ended_at', NOW_ISO,
@@ -222,7 +254,10 @@ function run.complete(c)
     end
   end
   local ended = 0
-  if run.pending_delta < 0 then
+  if run.over_budget then
+    run.stop('failed', run.budget_error(c.step))
+    ended = run.end_if_idle()  -- the stop may have canceled what this call created
+  elseif run.pending_delta < 0 then
     ended = run.end_if_idle()
   elseif run.pending_delta > 0 then
     run.apply_pending()  -- as many steps began as ended: the run goes on
