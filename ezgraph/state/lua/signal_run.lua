@@ -9,7 +9,7 @@ if kept then return kept end
 local s = read_record(FIELDS.signal, FIRST)
 run.bind(s.run_id)
 local status = redis.call('HGET', run.key, 'status')
-if not status then return remember({'gone'}) end
+if not status then return {'gone'} end  -- nothing written: a resend answers the same
 if (status ~= 'queued' and status ~= 'running') or redis.call('HEXISTS', run.key, 'ended_at') == 1 then
   return remember({'ended', status})
 end
