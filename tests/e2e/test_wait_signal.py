@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -15,7 +17,14 @@ from ezgraph.context import Context
 from ezgraph.errors import InvalidRunOperation, RunNotFound, UsageError
 from ezgraph.state.protocol import WaitRecord
 
-from ..conftest import drain, ezgraph_cli, simple_worker_burst, subprocess_env
+from ..conftest import (
+    ROOT,
+    drain,
+    ezgraph_cli,
+    simple_worker_burst,
+    subprocess_env,
+    wait_for,
+)
 
 WAITING = "tests.graphs.waiting"  # ask -> gate (waits for "approval"), side -> j
 LEDGER = "ledger:wait-signal"
@@ -165,3 +174,70 @@ def test_a_stock_rq_worker_waits_and_resumes_too(
     simple_worker_burst(context, redis_conn, monkeypatch, queues)
     final = orchestrator.status(run_id)
     assert final["status"] == "finished" and final["result"]["approval"] == {"ok": 1}
+
+
+def test_a_sender_killed_after_resuming_leaves_the_run_going_once(
+    make_context: Callable[..., Context], redis_conn: Redis, redis_url: str
+) -> None:
+    context = make_context(WAITING)
+    orchestrator = GraphOrchestrator(context=context)
+    run_id = orchestrator.submit("ask", ledger_url=redis_url, ledger_key=LEDGER)
+    drain(context)
+    env = subprocess_env(context.settings, EZGRAPH_CRASH_AT="after_record:gate")
+    sent = ezgraph_cli("signal", run_id, "approval", env=env)
+    assert sent.returncode == 137, sent.stderr  # died after the gate's completion was recorded
+    assert orchestrator.status(run_id)["nodes"]["gate"] == "finished"
+    redis_conn.zadd(context.keys.waiting_steps, {f"{run_id} gate": 0})
+    recovery.watch_waits(context, lambda _: None, recovery.Report())  # finds it done: forgets it
+    assert redis_conn.zcard(context.keys.waiting_steps) == 0
+    drain(context)
+    final = orchestrator.status(run_id)
+    assert final["status"] == "finished" and final["result"]["approval"] is None
+    assert final["result"]["trail"].count("j") == 1 and gate_calls(redis_conn, run_id) == 1
+
+
+def launch(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["after_module:gate", "after_wait:gate"])
+def test_a_worker_killed_around_the_wait_resumes_the_run_once(
+    make_context: Callable[..., Context], redis_conn: Redis, redis_url: str, point: str
+) -> None:
+    context = make_context(WAITING)
+    orchestrator = GraphOrchestrator(context=context)
+    run_id = orchestrator.submit("ask", ledger_url=redis_url, ledger_key=LEDGER)
+    env = subprocess_env(context.settings)
+    doomed = launch(["ezgraph", "worker"], {**env, "EZGRAPH_CRASH_AT": point})
+    try:
+        assert doomed.wait(timeout=60) == 137, "the worker did not die at the crash point"
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+            doomed.wait()
+    rescuer = launch(["ezgraph", "worker"], env)
+    try:
+        wait_for(
+            lambda: (
+                orchestrator.status(run_id)["nodes"]["gate"] == "waiting"
+                and gate_calls(redis_conn, run_id) == 2
+            ),  # its claim given back, run again
+            40,
+            "the gate to wait again",
+        )
+        orchestrator.signal(run_id, "approval", "go")
+        wait_for(lambda: context.store.load_run(run_id) is not None, 40, "the run stored")
+    finally:
+        rescuer.terminate()
+        rescuer.wait(30)
+    final = orchestrator.status(run_id)
+    assert final["status"] == "finished" and final["result"]["approval"] == "go"
+    assert final["result"]["trail"].count("j") == 1
+    assert gate_calls(redis_conn, run_id) == 2
