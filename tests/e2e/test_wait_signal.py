@@ -48,6 +48,9 @@ def test_a_waiting_step_holds_no_worker_and_its_signal_reaches_the_successors(
     assert gate["waiting_for"] == "approval"
     shown = ezgraph_cli("status", run_id, env=subprocess_env(context.settings))
     assert "waiting (for signal 'approval')" in shown.stdout, shown.stdout
+    why = ezgraph_cli("diagnose", run_id, env=subprocess_env(context.settings))
+    assert f"step gate waits for signal 'approval' (ezgraph signal {run_id} approval" in why.stdout
+    assert "join j waits for gate (side arrived)" in why.stdout, why.stdout
 
     after = orchestrator.signal(run_id, "approval", {"by": "ann"})
     assert after["nodes"]["gate"] == "finished"
