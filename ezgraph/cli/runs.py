@@ -374,7 +374,7 @@ def retry(state: CliState, run_id: str) -> None:
 @click.option("--data", default=None, help="The signal's data: any JSON value (default null).")
 @pass_state
 def signal(state: CliState, run_id: str, name: str, data: str | None) -> None:
-    """Send signal NAME to a run: the step waiting for it (ezgraph.Wait) goes on.
+    """Send signal NAME to a run: its waiting step goes on.
 
     The signal is kept first, so one sent before the step waits is not lost; each name is
     sent once per run.
