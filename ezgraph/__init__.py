@@ -16,7 +16,7 @@ from .errors import (
     SubmitInterrupted,
     UsageError,
 )
-from .model.module_api import Map, Route, StepContext, current_step
+from .model.module_api import Map, Route, StepContext, Wait, current_step
 from .settings import Settings
 from .workers.module_worker import ModuleWorker
 
@@ -36,6 +36,7 @@ __all__ = [
     "StepError",
     "SubmitInterrupted",
     "UsageError",
+    "Wait",
     "__version__",
     "current_step",
     "status",

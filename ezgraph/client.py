@@ -8,6 +8,7 @@ the environment (:func:`shared`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -20,9 +21,11 @@ from redis.client import PubSub
 from redis.exceptions import RedisError
 
 from . import rq_compat, submission
+from .completion import resume_waiting
 from .context import Context
 from .errors import (
     ConnectionFailed,
+    EzgraphError,
     InvalidRunOperation,
     PayloadError,
     RunNotFound,
@@ -30,14 +33,19 @@ from .errors import (
     UsageError,
 )
 from .events import read_events
+from .faults import crash_point
 from .handover import RunWriter
 from .model.graph import Graph
+from .model.payload import to_json
 from .model.records import RunRecord, RunStatus
 from .model.step_job import job_id
 from .settings import ENV_VARS, Settings
+from .state.protocol import Signal
 from .state.redis_io import out_of_memory
 from .state.runs import record_from_live
 from .submission import check_run_id
+
+logger = logging.getLogger(__name__)
 
 
 class GraphOrchestrator:
@@ -361,6 +369,54 @@ class GraphOrchestrator:
         if resumed.status == "empty":
             raise InvalidRunOperation(f"run {run_id} has no failed step to retry")
         return self.status(run_id)
+
+    def signal(self, run_id: str, name: str, data: Any = None) -> dict[str, Any]:
+        """Send signal ``name`` with ``data`` (any JSON value) to a run; return its status after.
+
+        The signal is kept in the run's mailbox first, so the step that waits for it
+        (``ezgraph.Wait(name)``) goes on whether it waits already or comes to wait later. It
+        is resumed here at once (or, if this process cannot, by a worker's watchdog within
+        seconds); its successors receive its output plus ``{name: data}``.
+
+        Raises:
+            UsageError: for a malformed run id, or a name that is not an identifier.
+            PayloadError: for data that is not JSON, or too big.
+            RunNotFound: for an unknown run.
+            InvalidRunOperation: when the run has ended (or stopped), or already got a signal
+                named ``name`` (a signal is sent once).
+        """
+        check_run_id(run_id)
+        if not isinstance(name, str) or not name.isidentifier():
+            raise UsageError(f"signal name must be an identifier, not {name!r}")
+        body = to_json(data, f"signal {name!r}: data", self.settings.max_payload_bytes)
+        context = self.context
+        with _redis_errors(context):
+            sent = Signal(run_id, name, body, context.tuning.grace)
+            status, detail = context.runs.signal(sent)
+        if status == "gone":
+            current = self.get_run(run_id).status  # RunNotFound for an unknown run
+            raise InvalidRunOperation(f"run {run_id} is {current}: signal {name!r} not sent")
+        if status == "ended":
+            raise InvalidRunOperation(f"run {run_id} is {detail}: signal {name!r} not sent")
+        if status == "duplicate":
+            raise InvalidRunOperation(
+                f"run {run_id} already got signal {name!r}: each name is sent once"
+            )
+        if detail:  # a step waits for it: resume it now (the watchdog does, should this die)
+            crash_point(context.connection, context.keys, "after_signal", detail)
+            try:
+                with _redis_errors(context):
+                    what, _ = resume_waiting(context, run_id, detail, self._run_ended)
+            except EzgraphError as error:  # e.g. this process cannot load the graph
+                logger.info("run %s: step %s left to the watchdog: %s", run_id, detail, error)
+            else:
+                if what == "resumed":
+                    context.runs.unwatch_wait(run_id, detail)
+        return self.status(run_id)
+
+    def _run_ended(self, run_id: str) -> None:
+        """A call of this client ended run ``run_id``: write it to SQL now."""
+        RunWriter(self.context, f"client-{os.getpid()}").write_runs([run_id])
 
     def list_queues(self) -> dict[str, int]:
         """Jobs waiting in each node's queue, e.g. ``{'intent_validator': 0, ...}``."""

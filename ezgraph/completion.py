@@ -12,6 +12,7 @@ with :func:`settle`. In Redis, ``run.complete`` (``state/lua/lib/run.lua``) does
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import traceback
@@ -27,7 +28,7 @@ from .errors import StepError
 from .events import event_sink
 from .faults import crash_point
 from .model.graph import Graph
-from .model.module_api import StepContext, reset_current_step, set_current_step
+from .model.module_api import StepContext, Wait, reset_current_step, set_current_step
 from .model.payload import to_json, to_json_or_repr
 from .model.step_job import StepJob
 from .rq_compat import ClaimedJob, utcnow_iso
@@ -38,6 +39,7 @@ from .state.protocol import (
     JoinInput,
     JoinInputError,
     Outcome,
+    WaitRecord,
     join_input_spec,
 )
 
@@ -129,18 +131,48 @@ class StepRun:
             result.output, f"step {job.step!r}: output", context.settings.max_payload_bytes
         )
         crash_point(context.connection, context.keys, "after_module", job.step)
+        if result.wait is not None:
+            signaled, signal = self._wait(result.wait, output_json, data)
+            if not signaled:
+                return CompletionRequest(
+                    self._completion(result, output_json, ""), (), (), result.output, True
+                )
+            result = flow.StepResult({**result.output, result.wait.name: signal})
+            output_json = to_json(
+                result.output, f"step {job.step!r}: output", context.settings.max_payload_bytes
+            )
+        return self.request(graph, data, result, output_json, span)
+
+    def request(
+        self,
+        graph: Graph,
+        data: dict[str, Any],
+        result: flow.StepResult,
+        output_json: str,
+        span: StepSpan | None,
+    ) -> CompletionRequest:
+        """What recording this step's success with ``result`` needs (its input was ``data``)."""
+        job = self.job
         new_state = {**data, **result.output}
         plan = flow.plan(graph, job, result, new_state)
         unavailable = [planned.node for planned in plan.jobs if planned.node in graph.unavailable]
         if unavailable:
             raise StepError(self._not_here(unavailable[0]) + ": the run cannot go on")
-        completion = Completion(
+        state = to_json(new_state, f"step {job.step!r}: state") if plan.keeps_state else ""
+        completion = self._completion(result, output_json, state)
+        successors = plan.jobs if span is None else span.hand_on(plan.jobs)
+        jobs = tuple(self.context.jobs.build(graph, planned) for planned in successors)
+        return CompletionRequest(completion, jobs, plan.walk, result.output)
+
+    def _completion(self, result: flow.StepResult, output_json: str, state: str) -> Completion:
+        job = self.job
+        return Completion(
             run_id=job.run_id,
             step=job.step,
             node=job.node,
             item_index="" if job.index is None else str(job.index),
             output=output_json,
-            state=to_json(new_state, f"step {job.step!r}: state") if plan.keeps_state else "",
+            state=state,
             chosen="" if result.chosen is None else to_json(list(result.chosen), "route"),
             mapped_node=result.mapped.node if result.mapped else "",
             mapped_count=len(result.mapped.items) if result.mapped else 0,
@@ -148,9 +180,34 @@ class StepRun:
             worker=self.attempt.worker,
             attempt=self.attempt.number,
         )
-        successors = plan.jobs if span is None else span.hand_on(plan.jobs)
-        jobs = tuple(context.jobs.build(graph, planned) for planned in successors)
-        return CompletionRequest(completion, jobs, plan.walk, result.output)
+
+    def _wait(self, wait: Wait, output_json: str, data: dict[str, Any]) -> tuple[bool, Any]:
+        """Record this step waiting for signal ``wait.name``; returns (True, the signal's
+        data) when it came first (the step then completes at once), else (False, None)."""
+        job = self.job
+        kwargs = {k: v for k, v in job.kwargs().items() if k != "state"}
+        resume = to_json({"job": kwargs, "data": data}, f"step {job.step!r}: input")
+        record = WaitRecord(
+            run_id=job.run_id,
+            step=job.step,
+            name=wait.name,
+            timeout="" if wait.timeout is None else repr(float(wait.timeout)),
+            output=output_json,
+            resume=resume,
+            started_at=self.started_at,
+            worker=self.attempt.worker,
+            attempt=self.attempt.number,
+        )
+        status, detail = self.context.runs.wait_step(record)
+        crash_point(self.context.connection, self.context.keys, "after_wait", job.step)
+        if status == "taken":
+            raise StepError(
+                f"node {job.node!r}: step {detail!r} of this run already waits for {wait.name!r}"
+            )
+        if status == "signaled":
+            return True, json.loads(detail)
+        logger.info("run %s step %s waits for signal %r", job.run_id, job.step, wait.name)
+        return False, None
 
     def _join_input(self, graph: Graph) -> tuple[dict[str, Any], dict[str, Any]]:
         """A join's input: what its claim read, or (without it, or when it was read for
@@ -276,8 +333,39 @@ def run_and_record(
         if fail(step, error, ended):
             expire_with_run()
         raise
+    if request.waiting:  # recorded waiting for a signal: the RQ job ends, the step goes on later
+        return request.output
     outcome = step.context.runs.complete(request)
     settle(step.context, request, outcome, ended)
     if expires_with_run(outcome):
         expire_with_run()
     return request.output
+
+
+def resume_waiting(context: Context, run_id: str, step: str, ended: RunEnded) -> tuple[str, str]:
+    """Complete a waiting step whose signal came, as any step completes (``flow.plan``, then
+    ``complete_step``): its successors get its output plus ``{name: the signal's data}``.
+    Safe to call twice, from anywhere (the sender, the watchdog): a step completes once.
+    Returns ``resumed``, ``waiting`` (no signal yet) or ``ended`` (resumed before, or no
+    longer waiting), and the signal's name."""
+    fields, signal = context.runs.read_wait(run_id, step)
+    name = fields.get("wait", "")
+    if fields.get("status") != "waiting":
+        return "ended", name
+    if signal is None:
+        return "waiting", name
+    resume = json.loads(fields["resume"])
+    job = StepJob.from_kwargs(resume["job"])
+    attempt = Attempt(int(fields.get("attempts") or 1), None, fields.get("worker", ""))
+    step_run = StepRun(context, job, attempt)
+    step_run.started_at = fields.get("started_at") or step_run.started_at
+    output = {**json.loads(fields.get("output") or "{}"), name: json.loads(signal)}
+    output_json = to_json(output, f"step {step!r}: output")
+    graph = context.graph_of(job)
+    request = step_run.request(graph, resume["data"], flow.StepResult(output), output_json, None)
+    outcome = context.runs.complete(request)
+    settle(context, request, outcome, ended)
+    if outcome.status != "ok":
+        return "ended", name
+    logger.info("run %s step %s resumed by signal %r", run_id, step, name)
+    return "resumed", name

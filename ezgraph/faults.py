@@ -1,7 +1,10 @@
 """Crash points for fault-injection tests: ``EZGRAPH_CRASH_AT=<point>:<step>`` makes the process
 die (``os._exit``, like a SIGKILL: no cleanup, no ``finally``) the first time it reaches that
 point for that step. Points: ``after_module`` (the module returned, nothing recorded),
-``after_record`` (recorded and successors created, the RQ job not yet finished), and
+``after_wait`` (a step recorded waiting for a signal, or given one sent before, its RQ job
+not yet finished), ``after_signal`` (a signal kept in its run's mailbox, its waiting step not
+yet resumed by the sender), ``after_record`` (recorded and successors created, the RQ job not
+yet finished), and
 ``before_persist:run`` (a run ended in Redis, not yet written to SQL).
 """
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import StepError
 from .model.graph import Graph
-from .model.module_api import Map, Route
+from .model.module_api import Map, Route, Wait
 from .model.step_job import StepJob
 from .state.protocol import JoinInput, WalkNode
 
@@ -31,10 +33,12 @@ class StepResult:
     output: dict[str, Any]
     chosen: tuple[str, ...] | None = None  # the successors a Route chose (None: all)
     mapped: Map | None = None
+    wait: Wait | None = None  # the signal the step waits for before it completes
 
 
 def check_result(graph: Graph, node: str, index: int | None, value: Any) -> StepResult:
-    """Validate what a module returned: a dict, a :class:`Route` or a :class:`Map`.
+    """Validate what a module returned: a dict, a :class:`Route`, a :class:`Map` or a
+    :class:`Wait`.
 
     Raises:
         StepError: naming the node, for anything else or a route/map to an undeclared node.
@@ -57,7 +61,23 @@ def check_result(graph: Graph, node: str, index: int | None, value: Any) -> Step
                 f"node {node!r} mapped over {value.node!r}, which has other predecessors"
             )
         return StepResult(_output_dict(node, value.output), mapped=value)
+    if isinstance(value, Wait):
+        _check_wait(node, value)
+        return StepResult(_output_dict(node, value.output), wait=value)
     return StepResult(_output_dict(node, value))
+
+
+def _check_wait(node: str, wait: Wait) -> None:
+    if not isinstance(wait.name, str) or not wait.name.isidentifier():
+        raise StepError(f"node {node!r}: Wait name must be an identifier, not {wait.name!r}")
+    timeout = wait.timeout
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, numbers.Real)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise StepError(f"node {node!r}: Wait timeout must be a positive number, not {timeout!r}")
 
 
 def _output_dict(node: str, value: Any) -> dict[str, Any]:

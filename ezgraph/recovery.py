@@ -6,6 +6,8 @@ runs it where only stock workers run.
 
 - **Dead ezgraph workers** (:func:`recover_dead_workers`): a worker whose heartbeat expired
   gives back every job it had claimed, to the front of its queue.
+- **Waits** (:func:`watch_waits`): a step waiting for a signal past its deadline fails its
+  run; one whose signal came but whose sender died before resuming it is resumed.
 - **The watchdog** (:func:`watch_runs`) looks at the steps live runs still expect:
   a step whose job is ``started`` by a worker that no longer beats goes back to its queue; one
   whose job is ``queued`` but sits in no list (a stock worker listening on several queues pops
@@ -31,9 +33,10 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from . import liveness, rq_compat
-from .completion import RunEnded
+from .completion import RunEnded, resume_waiting
 from .context import Context
-from .errors import DeadlineExceeded
+from .errors import DeadlineExceeded, EzgraphError
+from .model import step_job
 from .state.protocol import Failure, as_text
 
 logger = logging.getLogger(__name__)
@@ -174,6 +177,7 @@ def watch_runs(context: Context, ended: RunEnded, report: Report | None = None) 
     """One watchdog pass over the oldest live runs that started over the grace ago (by the
     submitter's clock); a step is acted on once it has looked lost for the grace."""
     report = report if report is not None else Report()
+    watch_waits(context, ended, report)
     waiting = _waiting_steps(context)
     if not waiting:
         return report
@@ -192,6 +196,27 @@ def watch_runs(context: Context, ended: RunEnded, report: Report | None = None) 
     for step in watched:
         _settle_ended_job(context, step, report, ended)
     return report
+
+
+def watch_waits(context: Context, ended: RunEnded, report: Report) -> None:
+    """Steps waiting for a signal that are due a look: one whose signal came is resumed (its
+    sender died before it could), one past its deadline fails with its run, one no longer
+    waiting (resumed, canceled) is forgotten."""
+    for run_id, step in context.runs.waits_due(context.tuning.watch_limit):
+        try:
+            what, name = resume_waiting(context, run_id, step, ended)
+        except EzgraphError as error:  # its graph cannot plan the rest here (a deploy)
+            reason = f"cannot resume after its signal: {error}"
+            fail_lost_step(
+                context, run_id, step, step_job.job_id(run_id, step), "", reason, report, ended
+            )
+        else:
+            if what == "waiting":
+                reason = f"timed out waiting for signal {name!r}"
+                fail_lost_step(
+                    context, run_id, step, step_job.job_id(run_id, step), "", reason, report, ended
+                )
+        context.runs.unwatch_wait(run_id, step)
 
 
 def _waiting_steps(context: Context) -> list[tuple[str, str, str, int]]:

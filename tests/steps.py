@@ -14,7 +14,7 @@ from redis import Redis
 from rq import Worker
 from rq.job import Job
 
-from ezgraph import Map, Route, current_step
+from ezgraph import Map, Route, Wait, current_step
 from ezgraph.rq_compat import RQ_PREFIX, worker_executions_key
 
 
@@ -22,6 +22,17 @@ def mark(data: dict[str, Any]) -> dict[str, Any]:
     """Record this step in the trail; the output names the step."""
     step = current_step().step
     return {step: True, "trail": [*data.get("trail", []), step]}
+
+
+def wait_for_approval(data: dict[str, Any]) -> Wait:
+    """Wait for signal ``approval`` (``wait_timeout`` seconds, when given); counts its calls in
+    the payload's ``ledger_key`` list when given."""
+    if data.get("ledger_key"):
+        ledger = Redis.from_url(data["ledger_url"])
+        ledger.rpush(data["ledger_key"], f"{current_step().run_id}:gate")
+        ledger.close()
+    output = {**mark(data), "asked": "ok?"}
+    return Wait(data.get("wait_name", "approval"), output, timeout=data.get("wait_timeout"))
 
 
 def fail(data: dict[str, Any]) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def chaos(
     timeout: float,
     own_graph: bool,
 ) -> None:
-    """Fault audit: strike workers, Redis, the database; count the damage.
+    """Fault audit: strike workers, Redis, SQL; count the harm.
 
     While runs flow it strikes with a nemesis, one fault at a time, --every seconds after the
     last one's work moved again (at most --faults times per nemesis): kill (SIGKILL a busy

@@ -33,6 +33,7 @@ STYLES = {
     "not run": "dim",
     "queued": "white",
     "running": "bold blue",
+    "waiting": "bold yellow",
     "mapped": "magenta",
     "finished": "green",
     "failed": "bold red",

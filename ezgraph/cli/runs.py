@@ -1,4 +1,4 @@
-"""Commands about runs: submit, run, status, cancel, retry, queues."""
+"""Commands about runs: submit, run, status, cancel, retry, signal, queues."""
 
 from __future__ import annotations
 
@@ -360,7 +360,8 @@ def node_lines(view: RunView) -> list[str]:
             lines.append(f"  {node:<28} {node_status} ({progress.label}: {counts})")
             continue
         attempts = f" (attempts: {step.attempts})" if step and step.attempts > 1 else ""
-        lines.append(f"  {node:<28} {node_status}{attempts}")
+        waiting = f" (for signal {step.waiting_for!r})" if step and step.waiting_for else ""
+        lines.append(f"  {node:<28} {node_status}{waiting}{attempts}")
     return lines
 
 
@@ -389,6 +390,27 @@ def retry(state: CliState, run_id: str) -> None:
     current = state.orchestrator.retry(run_id)
     again = [name for name, status in current["nodes"].items() if status in ("queued", "running")]
     click.echo(f"run {run_id}: {current['status']} (steps to run again: {', '.join(again)})")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.argument("name")
+@click.option("--data", default=None, help="The signal's data: any JSON value (default null).")
+@pass_state
+def signal(state: CliState, run_id: str, name: str, data: str | None) -> None:
+    """Send signal NAME to a run: its waiting step goes on.
+
+    The signal is kept first, so one sent before the step waits is not lost; each name is
+    sent once per run.
+    """
+    value = None
+    if data is not None:
+        try:
+            value = json.loads(data)
+        except (ValueError, RecursionError) as error:
+            raise UsageError(f"--data is not valid JSON: {one_line(error)}") from None
+    current = state.orchestrator.signal(run_id, name, value)
+    click.echo(f"run {run_id}: {current['status']} (signal {name!r} sent)")
 
 
 @cli.command()

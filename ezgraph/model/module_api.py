@@ -1,10 +1,11 @@
-"""What a module may use to steer its run: :class:`Route`, :class:`Map` and its step context.
+"""What a module may use to steer its run: :class:`Route`, :class:`Map`, :class:`Wait` and its
+step context.
 
 A module never has to import ezgraph: a plain ``dict`` returned from ``process(data)`` goes on
 to every declared successor. It imports this only to choose successors, to fan out over a list
-it computed, to read who it is (run id, attempt, idempotency key, upstream outputs), or to
-report its progress and events to whoever follows the run (:meth:`StepContext.progress`,
-:meth:`StepContext.emit`).
+it computed, to pause its run until a signal comes (:class:`Wait`), to read who it is (run id,
+attempt, idempotency key, upstream outputs), or to report its progress and events to whoever
+follows the run (:meth:`StepContext.progress`, :meth:`StepContext.emit`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,28 @@ class Map:
         object.__setattr__(self, "items", tuple(items))
         object.__setattr__(self, "output", {} if output is None else output)
         object.__setattr__(self, "key", key)
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Pause the run here until signal ``name`` comes (``GraphOrchestrator().signal``,
+    ``ezgraph signal``); no worker is held meanwhile.
+
+    The step is ``waiting``; the signal finishes it, and its successors receive ``output`` plus
+    ``{name: <the signal's data>}``. A signal sent before is kept and ends the wait at once.
+    Past ``timeout`` seconds (None: no limit) without it, the step and its run fail.
+    """
+
+    name: str
+    output: Mapping[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
+
+    def __init__(
+        self, name: str, output: Mapping[str, Any] | None = None, timeout: float | None = None
+    ) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "output", {} if output is None else output)
+        object.__setattr__(self, "timeout", timeout)
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,12 @@ class RunStatus(enum.StrEnum):
 
 
 class StepStatus(enum.StrEnum):
-    """Where a step is. ``mapped`` is a node fanned out over items."""
+    """Where a step is. ``mapped`` is a node fanned out over items; ``waiting`` a step whose
+    module returned :class:`~ezgraph.Wait`, until its signal comes."""
 
     QUEUED = "queued"
     RUNNING = "running"
+    WAITING = "waiting"
     MAPPED = "mapped"
     FINISHED = "finished"
     FAILED = "failed"
@@ -63,6 +65,7 @@ class StepRecord:
     started_at: datetime | None = None
     ended_at: datetime | None = None
     worker: str | None = None
+    waiting_for: str | None = None  # the signal a waiting step waits for
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class RunRecord:
                     "started_at": _iso(s.started_at),
                     "ended_at": _iso(s.ended_at),
                     "worker": s.worker,
+                    **({"waiting_for": s.waiting_for} if s.waiting_for else {}),
                 }
                 for s in self.steps
             ],

@@ -20,6 +20,7 @@ COLOURS: dict[str, tuple[str, str]] = {
     "not run": ("#f6f8fa", "#afb8c1"),
     "queued": ("#eaeef2", "#57606a"),
     "running": ("#ddf4ff", "#0969da"),
+    "waiting": ("#fff1e5", "#bc4c00"),
     "mapped": ("#fbefff", "#8250df"),
     "finished": ("#dafbe1", "#1a7f37"),
     "failed": ("#ffebe9", "#cf222e"),

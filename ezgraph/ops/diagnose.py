@@ -49,6 +49,15 @@ def diagnose(orchestrator: GraphOrchestrator, run_id: str) -> list[Finding]:
         return findings
     workers = read_workers(orchestrator.context)
     findings += _waiting_steps(orchestrator, view, workers)
+    findings += [
+        Finding(
+            f"step {s.step} waits for signal {s.waiting_for!r}"
+            f" (ezgraph signal {run_id} {s.waiting_for} --data JSON)",
+            stuck=False,
+        )
+        for s in view.record.steps
+        if s.waiting_for
+    ]
     findings += _joins(view)
     findings += _dead_workers(workers)
     if not any(finding.stuck for finding in findings):
@@ -148,7 +157,7 @@ def _joins(view: RunView) -> list[Finding]:
         waiting = [
             p
             for p in graph.predecessors(node)
-            if view.nodes.get(p) in ("pending", "queued", "running")
+            if view.nodes.get(p) in ("pending", "queued", "running", "waiting")
         ]
         arrived = [p for p in graph.predecessors(node) if p not in waiting]
         if waiting:

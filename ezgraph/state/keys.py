@@ -14,6 +14,10 @@ RQ's keys are named by :mod:`ezgraph.rq_compat` (and ``lua/lib/rq.lua``).
 - ``run:<id>:jobs`` hash: RQ job id -> queue, for every step job of the run.
 - ``run:<id>:events`` stream: what the run's steps emitted (progress, events), capped; it
   expires with the run's other keys.
+- ``run:<id>:signals`` hash: the run's mailbox: ``signal:<name>`` -> the data sent (JSON),
+  ``waiter:<name>`` -> the step waiting for it; it expires with the run's other keys.
+- ``runs:waiting`` sorted set: ``<run id> <step>`` of waiting steps, scored by when the
+  watchdog looks at them: the wait's deadline, or soon after its signal came.
 - ``idem:<key>``: the run id of idempotency key ``<key>`` (or ``claim <run id>`` for a moment
   while a submitter looks the key up in SQL); it expires with the run's keys.
 - ``run:<id>:stopped`` channel: a message when the run stops (failed, canceled) or ends.
@@ -70,6 +74,10 @@ class Keys:
         """The stream of what a run's steps emitted (progress and events)."""
         return f"{self.prefix}:run:{run_id}:events"
 
+    def signals(self, run_id: str) -> str:
+        """A run's mailbox: the signals sent to it, and which step waits for each name."""
+        return f"{self.prefix}:run:{run_id}:signals"
+
     def stopped(self, run_id: str) -> str:
         """The channel a message is published on when the run stops or ends."""
         return f"{self.prefix}:run:{run_id}:stopped"
@@ -91,12 +99,18 @@ class Keys:
             self.join(run_id),
             self.jobs(run_id),
             self.events(run_id),
+            self.signals(run_id),
         )
 
     @property
     def live_runs(self) -> str:
         """Runs in flight, scored by their start."""
         return f"{self.prefix}:runs:live"
+
+    @property
+    def waiting_steps(self) -> str:
+        """Waiting steps (``<run id> <step>``), scored by when the watchdog looks at them."""
+        return f"{self.prefix}:runs:waiting"
 
     @property
     def unsaved_runs(self) -> str:

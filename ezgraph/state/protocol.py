@@ -28,6 +28,8 @@ SCRIPTS = (
     "resume_run",
     "read_join_input",
     "append_event",
+    "wait_step",
+    "signal_run",
 )
 
 
@@ -128,16 +130,41 @@ class Completion(NamedTuple):
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """Everything recording one succeeded step needs, and its output for the caller."""
+    """Everything recording one succeeded step needs, and its output for the caller.
+    ``waiting``: the step was recorded waiting for a signal instead; nothing more to record."""
 
     completion: Completion
     jobs: tuple[PlannedJob, ...]
     walk: tuple[WalkNode, ...]
     output: dict[str, Any]
+    waiting: bool = False
 
     def argv(self) -> list[Any]:
         """The completion as the scripts read it."""
         return [*self.completion, *jobs_argv(self.jobs), *walk_argv(self.walk)]
+
+
+class WaitRecord(NamedTuple):
+    """A step whose module returned ``Wait`` (``wait_step``)."""
+
+    run_id: str
+    step: str
+    name: str  # the signal it waits for
+    timeout: str  # seconds, or '' for none
+    output: str  # JSON: the step's own output
+    resume: str  # JSON: what resuming it needs (see completion.resume_waiting)
+    started_at: str
+    worker: str
+    attempt: int
+
+
+class Signal(NamedTuple):
+    """A signal sent to a run (``signal_run``)."""
+
+    run_id: str
+    name: str
+    data: str  # JSON
+    resume_after: float  # seconds after which the watchdog resumes its waiter (the sender died)
 
 
 class Failure(NamedTuple):
@@ -249,6 +276,8 @@ RECORDS: dict[str, type[tuple[Any, ...]]] = {
     "resume": Resume,
     "join_input_request": JoinInputRequest,
     "event": Event,
+    "wait": WaitRecord,
+    "signal": Signal,
 }
 # What Lua reads of the tuning.
 LUA_TUNING = (

@@ -47,8 +47,10 @@ from .protocol import (
     RequeueStep,
     Resume,
     Resumed,
+    Signal,
     Submission,
     Submitted,
+    WaitRecord,
     as_text,
     finish_and_claim_argv,
     list_argv,
@@ -161,6 +163,45 @@ class RedisRuns:
         return Resumed.parse(
             self.scripts.call("resume_run", *Resume(run_id), patience=self.patience)
         )
+
+    def wait_step(self, wait: WaitRecord) -> tuple[str, str]:
+        """Record a step waiting for its signal, unless the signal came first; returns
+        ``wait_step``'s reply: (``signaled``, the data) / (``waiting``, '') / (``taken``, the
+        step waiting for that name) / (``gone``, '')."""
+        reply = self.scripts.call("wait_step", *wait, patience=self.patience, wait_for_memory=True)
+        return as_text(reply[0]) or "", (as_text(reply[1]) or "") if len(reply) > 1 else ""
+
+    def signal(self, signal: Signal) -> tuple[str, str]:
+        """Keep a signal in its run's mailbox; returns (``ok``, the waiting step or '') /
+        (``duplicate``, '') / (``ended``, the run's status) / (``gone``, '')."""
+        reply = self.scripts.call("signal_run", *signal, patience=self.patience)
+        return as_text(reply[0]) or "", (as_text(reply[1]) or "") if len(reply) > 1 else ""
+
+    def read_wait(self, run_id: str, step: str) -> tuple[dict[str, str], str | None]:
+        """A step's fields (status, wait, output, resume, ...) and the data of the signal it
+        waits for (None: not sent yet)."""
+        names = ("status", "wait", "output", "resume", "started_at", "worker", "attempts")
+        values = self.connection.hmget(self.keys.steps(run_id), [f"{step}.{n}" for n in names])
+        mine = {n: as_text(v) or "" for n, v in zip(names, values, strict=True) if v is not None}
+        name = mine.get("wait")
+        data = self.connection.hget(self.keys.signals(run_id), f"signal:{name}") if name else None
+        return mine, as_text(data) if data is not None else None
+
+    def waits_due(self, limit: int) -> list[tuple[str, str]]:
+        """Waiting steps (run id, step) due a look: past their deadline, or signaled and not
+        resumed by their sender."""
+        members = self.connection.zrange(
+            self.keys.waiting_steps, "-inf", time.time(), byscore=True, offset=0, num=limit
+        )
+        due = []
+        for member in members:
+            run_id, _, step = (as_text(member) or "").partition(" ")
+            due.append((run_id, step))
+        return due
+
+    def unwatch_wait(self, run_id: str, step: str) -> None:
+        """Drop a step from the waiting set (it was resumed, failed or ended)."""
+        self.connection.zrem(self.keys.waiting_steps, f"{run_id} {step}")
 
     def append_event(self, run_id: str, body: str) -> str | None:
         """Append an event (JSON) to the run's stream; returns its id, None when the run is
@@ -399,6 +440,7 @@ def _step(
         started_at=parse_rq_date(fields.get("started_at")),
         ended_at=parse_rq_date(fields.get("ended_at")),
         worker=fields.get("worker") or None,
+        waiting_for=fields.get("wait") if status == StepStatus.WAITING else None,
     )
 
 

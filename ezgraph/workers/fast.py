@@ -214,7 +214,11 @@ class FastWorker(SimpleWorker):
             max_join_input=self.tuning.max_join_input,
         )
         outcomes, claimed = self.context.runs.finish_and_claim(
-            claim, queues, [(p.finished, p.request) for p in pending], until=self._stop
+            claim,
+            queues,
+            # a step recorded waiting for a signal: its job finishes, there is nothing to record
+            [(p.finished, None if p.request.waiting else p.request) for p in pending],
+            until=self._stop,
         )
         self._last_contact = time.monotonic()
         for done, outcome in zip(pending, outcomes, strict=True):
@@ -276,7 +280,7 @@ class FastWorker(SimpleWorker):
             return_value=rq_compat.encode_return_value(request.output),
             execution=job.execution_id,
             execution_started=repr(job.started),
-            completion=1,
+            completion=0 if request.waiting else 1,
         )
         self._pending.append(PendingFinish(job, finished, request))
 

@@ -82,6 +82,14 @@ def run_waiting_for_the_database(context: Context) -> str:
     return run_id
 
 
+def signaled_run(context: Context) -> str:
+    """A run whose gate will wait for signal ``approval``, which was sent (data 1) already."""
+    orchestrator = GraphOrchestrator(context=context)
+    run_id = orchestrator.submit("ask")
+    orchestrator.signal(run_id, "approval", 1)
+    return run_id
+
+
 # -- what is kept ---------------------------------------------------------------------------
 
 
@@ -103,6 +111,13 @@ def finished_run_untouched(seen: Seen) -> None:
     stored = seen.context.store.load_run(seen.run_id)
     assert stored is not None and stored.status == "finished"
     assert stored.result is not None and stored.result["x"] == 1
+
+
+def first_signal_kept(seen: Seen) -> None:
+    """The refused second signal changed nothing: the first one's data is kept."""
+    assert seen.run_id is not None
+    mailbox = seen.redis.hgetall(seen.context.keys.signals(seen.run_id))
+    assert mailbox == {b"signal:approval": b"1"}
 
 
 def schedule_taken(context: Context) -> str:
@@ -381,6 +396,39 @@ CASES: dict[str, Case] = {
     ),
     "unknown run id (retry)": Case(
         ("retry", UNKNOWN), f"error: no run with id '{UNKNOWN}'", 1, kept=nothing_written
+    ),
+    "unknown run id (signal)": Case(
+        ("signal", UNKNOWN, "approval"),
+        f"error: no run with id '{UNKNOWN}'",
+        1,
+        kept=nothing_written,
+    ),
+    "signal name not an identifier": Case(
+        ("signal", UNKNOWN, "not-a-name"),
+        "error: signal name must be an identifier, not 'not-a-name'",
+        2,
+        kept=nothing_written,
+    ),
+    "signal --data not JSON": Case(
+        ("signal", UNKNOWN, "approval", "--data", "{nope"),
+        "error: --data is not valid JSON: Expecting property name …",
+        2,
+        kept=nothing_written,
+    ),
+    "signal to a finished run": Case(
+        ("signal", "{run_id}", "approval"),
+        "error: run {run_id} is finished: signal 'approval' not sent",
+        1,
+        setup=finished_run,
+        kept=finished_run_untouched,
+    ),
+    "second signal of one name": Case(
+        ("signal", "{run_id}", "approval", "--data", "2"),
+        "error: run {run_id} already got signal 'approval': each name is sent once",
+        1,
+        graph="tests.graphs.waiting",
+        setup=signaled_run,
+        kept=first_signal_kept,
     ),
     "cancel of a finished run": Case(
         ("cancel", "{run_id}"),

@@ -257,9 +257,9 @@ def test_the_lua_key_names_are_keys_py(
     ]
     body = (
         "return {key.run('R'), key.steps('R'), key.state('R'), key.join('R'), key.jobs('R'),"
-        " key.events('R'), key.stopped('R'), key.alive('W'), key.claimed('W'), key.idle('Q'),"
-        " key.wake('Q'), key.live_runs, key.unsaved_runs, key.expiring_runs, key.workers,"
-        " key.idempotency('K')}"
+        " key.events('R'), key.signals('R'), key.stopped('R'), key.alive('W'), key.claimed('W'),"
+        " key.idle('Q'), key.wake('Q'), key.live_runs, key.unsaved_runs, key.expiring_runs,"
+        " key.workers, key.idempotency('K'), key.waiting_steps}"
     )
     names = redis_conn.eval(prelude + body, 0, "pfx", "rq:", "now", "0")
     keys = Keys("pfx")
@@ -275,5 +275,6 @@ def test_the_lua_key_names_are_keys_py(
         keys.expiring_runs,
         keys.workers,
         keys.idempotency("K"),
+        keys.waiting_steps,
     ]
     assert [name.decode() for name in names] == expected

@@ -15,7 +15,7 @@ for n = FIRST + 1, #ARGV, 2 do
   run.bind(ARGV[n])
   local status, ended, idem = unpack(redis.call('HMGET', run.key, 'status', 'ended_at',
     'idempotency_key'))
-  local keys = {run.key, run.steps, run.state, run.join, run.events}
+  local keys = {run.key, run.steps, run.state, run.join, run.events, run.signals}
   if idem then table.insert(keys, key.idempotency(idem)) end  -- SQL knows the key now
   if not status or ended == ARGV[n + 1] then  -- gone (no status), or as written
     redis.call('ZREM', key.unsaved_runs, run.id)

@@ -42,7 +42,8 @@ redis.call('HDEL', run.key, 'error', 'ended_at')
 redis.call('ZADD', key.live_runs, NOW, run.id)
 redis.call('ZREM', key.unsaved_runs, run.id)
 -- The run was written to SQL, so its keys were set to expire (EZGRAPH_RUN_TTL): keep them.
-for _, k in ipairs({run.key, run.steps, run.state, run.join, run.jobs, run.events}) do
+for _, k in ipairs({run.key, run.steps, run.state, run.join, run.jobs, run.events,
+    run.signals}) do
   redis.call('PERSIST', k)
 end
 redis.call('ZREM', key.expiring_runs, run.id)  -- its jobs are no longer set to expire

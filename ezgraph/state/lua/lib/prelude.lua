@@ -20,6 +20,7 @@ function key.state(id) return PREFIX .. ':run:' .. id .. ':state' end
 function key.join(id) return PREFIX .. ':run:' .. id .. ':join' end
 function key.jobs(id) return PREFIX .. ':run:' .. id .. ':jobs' end
 function key.events(id) return PREFIX .. ':run:' .. id .. ':events' end
+function key.signals(id) return PREFIX .. ':run:' .. id .. ':signals' end
 function key.stopped(id) return PREFIX .. ':run:' .. id .. ':stopped' end
 function key.alive(worker) return PREFIX .. ':alive:' .. worker end
 function key.claimed(worker) return PREFIX .. ':claimed:' .. worker end
@@ -31,6 +32,7 @@ key.live_runs = PREFIX .. ':runs:live'
 key.unsaved_runs = PREFIX .. ':runs:unsaved'
 key.expiring_runs = PREFIX .. ':runs:expiring'
 key.deadlines = PREFIX .. ':runs:deadlines'
+key.waiting_steps = PREFIX .. ':runs:waiting'
 key.workers = PREFIX .. ':workers'
 
 -- A list of strings written as its length then its items; returns it and the next position.

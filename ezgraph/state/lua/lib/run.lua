@@ -32,6 +32,7 @@ function run.bind(id)
   run.id = id
   run.key, run.steps, run.state = key.run(id), key.steps(id), key.state(id)
   run.join, run.jobs, run.events = key.join(id), key.jobs(id), key.events(id)
+  run.signals = key.signals(id)
   run.pending_delta = 0  -- changes to the count of steps created and not yet ended
   run.budget = nil  -- the run's max_steps (false: none), read when a step is first created
   run.over_budget = false  -- a step was not created: the run would pass its max_steps
@@ -133,8 +134,10 @@ function run.abort(status, error_text)
   for n = 1, #jobs, 2 do
     local id, queue = jobs[n], jobs[n + 1]
     local step = string.sub(id, prefix_len)
-    if run.step_status(step) == 'queued' and rq.job_status(id) == 'queued'
-        and rq.cancel_waiting(id, queue, 'queued') then
+    local step_status = run.step_status(step)
+    if step_status == 'waiting' or (step_status == 'queued' and rq.job_status(id) == 'queued'
+        and rq.cancel_waiting(id, queue, 'queued')) then
+      -- a waiting step holds no job: it is simply canceled
       redis.call('HSET', run.steps, step .. '.status', 'canceled', step .. '.ended_at', NOW_ISO)
       redis.call('HINCRBY', run.key, 'pending', -1)
     end
