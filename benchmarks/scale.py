@@ -49,8 +49,9 @@ class Pinger(threading.Thread):
         return self.worst * 1000
 
 
-def map_width(system: Ezgraph, n: int, workers: int) -> tuple[float, float, bool]:
-    """One run mapping over ``n`` items: (steps/s, worst PING ms, outputs in item order)."""
+def map_width(system: Ezgraph, n: int, workers: int) -> tuple[float, float, str]:
+    """One run mapping over ``n`` items: (steps/s, worst PING ms, whether the join's input
+    was in item order: yes, no, or the run's status when it did not finish)."""
     conn = system.conn
     flush_bench_db(conn)
     with tempfile.TemporaryDirectory(prefix="ezgraph-scale-") as folder:
@@ -72,7 +73,9 @@ def map_width(system: Ezgraph, n: int, workers: int) -> tuple[float, float, bool
             worst = pinger.stop()
             stored = context.store.load_run(run_id)
             result = stored.result if stored is not None else None
-            in_order = isinstance(result, dict) and result.get("in_order") is True
+            in_order = "yes" if isinstance(result, dict) and result.get("in_order") else "no"
+            if stored is None or stored.status != "finished":
+                in_order = f"run {stored.status if stored else 'missing'}"
         finally:
             system._stop_workers(procs)
             flush_bench_db(conn)
@@ -121,9 +124,7 @@ def scale(widths: Sequence[int], workers: int = 2) -> list[str]:
         for n in widths:
             rate, worst, in_order = map_width(system, n, workers)
             base = base or rate
-            rows.append(
-                [f"{n:,}", f"{rate:.0f}", f"{rate / base:.2f}x", f"{worst:.1f}", str(in_order)]
-            )
+            rows.append([f"{n:,}", f"{rate:.0f}", f"{rate / base:.2f}x", f"{worst:.1f}", in_order])
             print(f"map {n}: {rate:.0f} steps/s, worst PING {worst:.1f} ms", flush=True)
         lines.append("map width (split -> item x n -> gather), one run, 2 ezgraph workers")
         lines.append(

@@ -150,7 +150,9 @@ class StepRun:
         if read is None:
             spec = join_input_spec(self.job.run_id, predecessors, states)
             try:
-                read = self.context.runs.read_join_input(spec, predecessors, states)
+                read = self.context.runs.read_join_input(
+                    spec, predecessors, states, self.context.tuning.read_chunk
+                )
             except (JoinInputError, TypeError, ValueError) as error:
                 raise StepError(f"node {node!r}: cannot read its join input: {error}") from None
         return flow.merge_join_input(graph, node, read)

@@ -192,6 +192,8 @@ class JoinInputRequest(NamedTuple):
     """Read a join's input (``read_join_input``)."""
 
     spec: str  # the job's join-input spec (JSON of run, predecessors, states)
+    offset: int  # the first mapped output to read (counted across the mapped predecessors)
+    chunk: int  # how many mapped outputs to read at most
 
 
 RECORDS: dict[str, type[tuple[Any, ...]]] = {
@@ -210,7 +212,14 @@ RECORDS: dict[str, type[tuple[Any, ...]]] = {
     "join_input_request": JoinInputRequest,
 }
 # What Lua reads of the tuning.
-LUA_TUNING = ("wake_list_max", "canceled_ttl", "failed_ttl", "reply_ttl", "expire_chunk")
+LUA_TUNING = (
+    "wake_list_max",
+    "canceled_ttl",
+    "failed_ttl",
+    "reply_ttl",
+    "expire_chunk",
+    "read_chunk",
+)
 
 # ezgraph's own fields in an RQ job's hash (RQ and stock workers ignore them).
 JOIN_INPUT_FIELD = "ezgraph_join_input"  # a join's job: what to read for its input (JSON)

@@ -156,11 +156,22 @@ class RedisRuns:
     # -- reads -------------------------------------------------------------------------------
 
     def read_join_input(
-        self, spec: str, predecessors: Sequence[str], states: Sequence[str]
+        self, spec: str, predecessors: Sequence[str], states: Sequence[str], chunk: int
     ) -> JoinInput:
-        """What a join reads of its predecessors (what a claim reads for it, read now)."""
-        reply = self.scripts.call("read_join_input", *JoinInputRequest(spec))
-        return JoinInput.parse(predecessors, states, reply)
+        """What a join reads of its predecessors (what a claim reads for it, read now), its
+        mapped outputs ``chunk`` per call, in item order (each call reads a chunk only, so that
+        no call blocks Redis for long; the outputs do not change once the join is ready)."""
+        reply = self.scripts.call("read_join_input", *JoinInputRequest(spec, 0, chunk))
+        if not reply:
+            return JoinInput.parse(predecessors, states, reply)
+        total = sum(int(count) for count in reply[3] if count is not None)
+        mapped = list(reply[4])
+        while len(mapped) < total:
+            more = self.scripts.call("read_join_input", *JoinInputRequest(spec, len(mapped), chunk))
+            if not more or not more[4]:
+                break  # the run left Redis meanwhile: parse() says the counts differ
+            mapped += more[4]
+        return JoinInput.parse(predecessors, states, [*reply[:4], mapped])
 
     def read(self, run_id: str) -> LiveRun | None:
         """The run as Redis holds it, or None."""

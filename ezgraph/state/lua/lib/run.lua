@@ -259,11 +259,25 @@ function run.stop(status, error_text)
   end
 end
 
+-- HMGET of `fields` of hash `k`, at most TUNING.read_chunk at a time (Lua unpacks only
+-- so many values at once: 10,000 failed with "too many results to unpack").
+local function hmget_chunked(k, fields)
+  local values = {}
+  for first = 1, #fields, TUNING.read_chunk do
+    local last = math.min(#fields, first + TUNING.read_chunk - 1)
+    for _, value in ipairs(redis.call('HMGET', k, unpack(fields, first, last))) do
+      table.insert(values, value)
+    end
+  end
+  return values
+end
+
 -- What a join reads of its predecessors, from its job's join-input spec (JSON of {run,
 -- predecessors, states}): their statuses and outputs, the kept states, the map counts and the
--- mapped instances' outputs in item order. False for a spec it cannot read, or over `limit`
--- outputs (0: no limit).
-function run.read_join_input(spec_json, limit)
+-- mapped instances' outputs in item order, from the `offset`-th (0-based, counted across the
+-- mapped predecessors) and `count` of them at most (0: all). False for a spec it cannot
+-- read, or over `limit` outputs in all (0: no limit).
+function run.read_join_input(spec_json, limit, offset, count)
   local ok, spec = pcall(cjson.decode, spec_json)
   if not ok or type(spec) ~= 'table' or type(spec.run) ~= 'string'
       or type(spec.predecessors) ~= 'table' or type(spec.states) ~= 'table'
@@ -277,13 +291,21 @@ function run.read_join_input(spec_json, limit)
     counts[n] = 'mapn:' .. predecessor
   end
   counts = redis.call('HMGET', key.join(spec.run), unpack(counts))
-  local mapped = {}
+  local total = 0
+  for n = 1, #counts do total = total + (tonumber(counts[n]) or 0) end
+  if limit > 0 and total > limit then return false end
+  offset = offset or 0
+  local stop = total
+  if count and count > 0 then stop = math.min(total, offset + count) end
+  local mapped, seen = {}, 0  -- seen: the mapped outputs of the predecessors before
   for n, predecessor in ipairs(spec.predecessors) do
-    local count = tonumber(counts[n]) or 0
-    if limit > 0 and #mapped + count > limit then return false end
-    for item = 0, count - 1 do table.insert(mapped, predecessor .. '-' .. item .. '.output') end
+    local items = tonumber(counts[n]) or 0
+    for item = math.max(offset - seen, 0), math.min(items, stop - seen) - 1 do
+      table.insert(mapped, predecessor .. '-' .. item .. '.output')
+    end
+    seen = seen + items
   end
-  if #mapped > 0 then mapped = redis.call('HMGET', steps, unpack(mapped)) end
   return {redis.call('HMGET', steps, unpack(statuses)), redis.call('HMGET', steps, unpack(outputs)),
-    redis.call('HMGET', key.state(spec.run), unpack(spec.states)), counts, mapped}
+    redis.call('HMGET', key.state(spec.run), unpack(spec.states)), counts,
+    hmget_chunked(steps, mapped)}
 end
