@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -117,8 +118,23 @@ class StepRun:
         new_state = {**data, **result.output}
         plan = flow.plan(graph, job, result, new_state)
         unavailable = [planned.node for planned in plan.jobs if planned.node in graph.unavailable]
+        if result.mapped is not None and result.mapped.node in graph.unavailable:
+            unavailable.append(result.mapped.node)
         if unavailable:
             raise StepError(self._not_here(unavailable[0]) + ": the run cannot go on")
+        map_items = None
+        if result.mapped is not None and result.mapped.items:
+            # Staged in Redis first: the call recording this step creates the first chunk.
+            mapped = result.mapped
+            map_items = context.jobs.map_items(
+                graph,
+                mapped.node,
+                uuid.uuid4().hex,
+                len(mapped.items),
+                flow.map_instances(graph, job, mapped, new_state),
+            )
+            tuning = context.tuning
+            context.runs.stage_map(map_items, tuning.map_chunk, tuning.map_items_ttl)
         completion = Completion(
             run_id=job.run_id,
             step=job.step,
@@ -129,12 +145,13 @@ class StepRun:
             chosen="" if result.chosen is None else to_json(list(result.chosen), "route"),
             mapped_node=result.mapped.node if result.mapped else "",
             mapped_count=len(result.mapped.items) if result.mapped else 0,
+            map_token=map_items.token if map_items else "",
             started_at=self.started_at,
             worker=self.attempt.worker,
             attempt=self.attempt.number,
         )
         jobs = tuple(context.jobs.build(graph, planned) for planned in plan.jobs)
-        return CompletionRequest(completion, jobs, plan.walk, result.output)
+        return CompletionRequest(completion, jobs, plan.walk, result.output, map_items)
 
     def _join_input(self, graph: Graph) -> tuple[dict[str, Any], dict[str, Any]]:
         """A join's input: what its claim read, or (without it, or when it was read for
@@ -242,12 +259,31 @@ def expires_with_run(outcome: Outcome) -> bool:
 
 
 def settle(context: Context, request: CompletionRequest, outcome: Outcome, ended: RunEnded) -> None:
-    """After a completion was recorded: hand its run to the writer if it ended."""
+    """After a completion was recorded: create the rest of a Map's instances, a chunk per
+    call (the watchdog goes on if this worker dies meanwhile: :func:`create_map`); hand the
+    run to the writer if it ended."""
     completion = request.completion
     crash_point(context.connection, context.keys, "after_record", completion.step)
     if outcome.run_ended:
         ended(completion.run_id)
+    items = request.map_items
+    if items is not None:
+        if outcome.status == "ok":
+            create_map(context, completion.run_id, items.node, ended)
+        else:
+            context.runs.discard_map(completion.run_id, items.token)
     logger.debug("run %s step %s finished (%s)", completion.run_id, completion.step, outcome.status)
+
+
+def create_map(context: Context, run_id: str, node: str, ended: RunEnded) -> None:
+    """Create a map's instances, a chunk per call, until none is left (each call goes on
+    from where the last one, of any process, ended)."""
+    more = True
+    while more:
+        crash_point(context.connection, context.keys, "map_chunk", f"{run_id}-{node}")
+        more, run_ended = context.runs.create_map_chunk(run_id, node)
+        if run_ended:
+            ended(run_id)
 
 
 def run_and_record(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,7 +81,8 @@ def plan(graph: Graph, job: StepJob, result: StepResult, new_state: dict[str, An
     """The plan of a step's completion.
 
     A successor with one predecessor gets ``new_state`` in its job; a join (and the node after
-    a mapped node) reads its input when it starts, so its job carries no state.
+    a mapped node) reads its input when it starts, so its job carries no state. A Map's
+    instances are not in it (:func:`map_instances`): they are created a chunk at a time.
     """
     chosen = None if result.chosen is None else frozenset(result.chosen)
     mapped = result.mapped.node if result.mapped is not None else None
@@ -95,21 +96,24 @@ def plan(graph: Graph, job: StepJob, result: StepResult, new_state: dict[str, An
         StepJob(run_id, name, package, state=new_state, graph_version=version)
         for name in shape.direct
     ]
-    if result.mapped is not None:
-        jobs += [
-            StepJob(
-                job.run_id,
-                result.mapped.node,
-                graph.package,
-                state=new_state,
-                index=index,
-                item=item,
-                item_key=result.mapped.key,
-                graph_version=version,
-            )
-            for index, item in enumerate(result.mapped.items)
-        ]
     return Plan(tuple(jobs), shape.walk, shape.keeps_state)
+
+
+def map_instances(
+    graph: Graph, job: StepJob, mapped: Map, new_state: dict[str, Any]
+) -> Iterator[StepJob]:
+    """The jobs of a Map's instances, in item order, each with ``new_state`` and its item."""
+    for index, item in enumerate(mapped.items):
+        yield StepJob(
+            job.run_id,
+            mapped.node,
+            graph.package,
+            state=new_state,
+            index=index,
+            item=item,
+            item_key=mapped.key,
+            graph_version=job.graph_version,
+        )
 
 
 @dataclass(frozen=True)

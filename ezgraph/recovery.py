@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from . import liveness, rq_compat
-from .completion import RunEnded
+from .completion import RunEnded, create_map
 from .context import Context
 from .state.protocol import Failure, as_text
 
@@ -58,12 +58,26 @@ class Report:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     suspected: list[str] = field(default_factory=list)  # look lost, not yet for the grace
+    maps_resumed: list[str] = field(default_factory=list)  # <run>/<node>: maps created on
 
 
 def recover(context: Context, ended: RunEnded) -> Report:
-    """One pass: give back dead workers' claims, then the watchdog's pass."""
+    """One pass: give back dead workers' claims, then the watchdog's pass, then go on
+    creating the maps whose worker died while it created them."""
     report = recover_dead_workers(context, ended)
     watch_runs(context, ended, report)
+    resume_maps(context, ended, report)
+    return report
+
+
+def resume_maps(context: Context, ended: RunEnded, report: Report | None = None) -> Report:
+    """Go on creating each map whose creation made no progress for the grace (its worker
+    died, or stalls): a chunk per call, from where the last call ended."""
+    report = report if report is not None else Report()
+    for run_id, node in context.runs.maps_to_resume(context.tuning.grace):
+        logger.warning("run %s: the creation of map %s stalled; going on with it", run_id, node)
+        create_map(context, run_id, node, ended)
+        report.maps_resumed.append(f"{run_id}/{node}")
     return report
 
 

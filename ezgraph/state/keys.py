@@ -12,6 +12,8 @@ RQ's keys are named by :mod:`ezgraph.rq_compat` (and ``lua/lib/rq.lua``).
 - ``run:<id>:state`` hash: the state a step passed on, kept where a join or the result reads it.
 - ``run:<id>:join`` hash: join arrivals (``left:<node>``, ``any:<node>``) and map counters.
 - ``run:<id>:jobs`` hash: RQ job id -> queue, for every step job of the run.
+- ``run:<id>:map:<token>`` hash: a Map's instances staged, until they are created (a chunk per
+  call; ``maps:creating`` sorted set: the maps under way, scored by their last progress).
 - ``run:<id>:stopped`` channel: a message when the run stops (failed, canceled) or ends.
 - ``runs:live`` / ``runs:unsaved`` sorted sets: runs in flight / ended and not yet in SQL.
 - ``runs:expiring`` sorted set: runs in SQL whose RQ jobs are still being set to expire,
@@ -59,6 +61,16 @@ class Keys:
     def stopped(self, run_id: str) -> str:
         """The channel a message is published on when the run stops or ends."""
         return f"{self.prefix}:run:{run_id}:stopped"
+
+    def map_items(self, run_id: str, token: str) -> str:
+        """A Map's instances, staged until they are created."""
+        return f"{self.prefix}:run:{run_id}:map:{token}"
+
+    @property
+    def maps_creating(self) -> str:
+        """The maps whose instances are being created, ``<run>/<node>`` scored by their last
+        progress."""
+        return f"{self.prefix}:maps:creating"
 
     def run_keys(self, run_id: str) -> tuple[str, ...]:
         """Every key one run holds."""

@@ -27,6 +27,7 @@ SCRIPTS = (
     "mark_saved",
     "resume_run",
     "read_join_input",
+    "create_map_chunk",
 )
 
 
@@ -90,6 +91,7 @@ class Completion(NamedTuple):
     chosen: str  # JSON list of the successors a Route chose, or '' for all
     mapped_node: str  # the successor a Map runs once per item, or ''
     mapped_count: int
+    map_token: str  # which staged items the Map's instances are created from (MapItems)
     started_at: str
     worker: str
     attempt: int
@@ -103,6 +105,7 @@ class CompletionRequest:
     jobs: tuple[PlannedJob, ...]
     walk: tuple[WalkNode, ...]
     output: dict[str, Any]
+    map_items: MapItems | None = None  # a Map's instances, staged before it is recorded
 
     def argv(self) -> list[Any]:
         """The completion as the scripts read it."""
@@ -188,6 +191,29 @@ class Resume(NamedTuple):
     run_id: str
 
 
+class MapChunk(NamedTuple):
+    """Create the next chunk of a map's instances (``create_map_chunk``)."""
+
+    run_id: str
+    node: str  # the mapped node
+
+
+@dataclass(frozen=True)
+class MapItems:
+    """A Map's instances, staged in Redis before the step is recorded (``map:<token>``): the
+    hash fields every instance's job shares, its description's tail (after the step's name),
+    and each instance's job data, in item order (built as they are written: no list of them
+    is kept)."""
+
+    run_id: str
+    node: str
+    token: str
+    count: int
+    shared_fields: Sequence[Any]
+    description_tail: str
+    data: Iterable[bytes]
+
+
 class JoinInputRequest(NamedTuple):
     """Read a join's input (``read_join_input``)."""
 
@@ -210,6 +236,7 @@ RECORDS: dict[str, type[tuple[Any, ...]]] = {
     "requeue_step": RequeueStep,
     "resume": Resume,
     "join_input_request": JoinInputRequest,
+    "map_chunk": MapChunk,
 }
 # What Lua reads of the tuning.
 LUA_TUNING = (
@@ -219,6 +246,7 @@ LUA_TUNING = (
     "reply_ttl",
     "expire_chunk",
     "read_chunk",
+    "map_chunk",
 )
 
 # ezgraph's own fields in an RQ job's hash (RQ and stock workers ignore them).

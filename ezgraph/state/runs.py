@@ -8,6 +8,7 @@ named by :mod:`ezgraph.state.keys`.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import threading
@@ -30,6 +31,8 @@ from .protocol import (
     Finished,
     JoinInput,
     JoinInputRequest,
+    MapChunk,
+    MapItems,
     Outcome,
     PlannedJob,
     RequeueClaims,
@@ -82,6 +85,52 @@ class RedisRuns:
             "complete_step", *request.argv(), patience=self.patience, wait_for_memory=True
         )
         return Outcome.parse(reply)
+
+    def stage_map(self, items: MapItems, chunk: int, ttl: int) -> None:
+        """Write a Map's instances to its run's map hash (``chunk`` per command, pipelined:
+        no command blocks Redis for long), before the step that returned it is recorded.
+        Kept ``ttl`` seconds at most: the map's creation deletes them, or
+        :meth:`discard_map` when the step's record was refused."""
+        key = self.keys.map_items(items.run_id, items.token)
+        head: list[Any] = ["fields", len(items.shared_fields)]
+        head += ["description", items.description_tail]
+        for n, value in enumerate(items.shared_fields, start=1):
+            head += [f"f:{n}", value]
+        pipe = self.connection.pipeline(transaction=False)
+        pipe.hset(key, items=head)
+        pipe.expire(key, ttl)
+        data = iter(items.data)
+        index = 0
+        while batch := list(itertools.islice(data, chunk)):
+            pipe.hset(key, mapping=dict(enumerate(batch, start=index)))
+            index += len(batch)
+            if len(pipe) >= 16:
+                pipe.execute()
+        pipe.execute()
+
+    def create_map_chunk(self, run_id: str, node: str) -> tuple[bool, bool]:
+        """Create the next chunk of a map's instances; returns (instances are left to create,
+        this call ended the run)."""
+        more, ended = self.scripts.call(
+            "create_map_chunk",
+            *MapChunk(run_id, node),
+            patience=self.patience,
+            wait_for_memory=True,
+        )
+        return bool(int(more)), bool(int(ended))
+
+    def discard_map(self, run_id: str, token: str) -> None:
+        """Drop a Map's staged instances that no map will create (its step's record was
+        refused: a duplicate, or its run is gone)."""
+        self.connection.unlink(self.keys.map_items(run_id, token))
+
+    def maps_to_resume(self, older_than: float) -> list[tuple[str, str]]:
+        """The maps whose creation made no progress for ``older_than`` seconds (by this
+        machine's clock against the creating worker's): (run id, node)."""
+        members = self.connection.zrangebyscore(
+            self.keys.maps_creating, "-inf", time.time() - older_than, start=0, num=100
+        )
+        return [tuple((as_text(m) or "").split("/", 1)) for m in members]  # type: ignore[misc]
 
     def fail_step(self, failure: Failure) -> Outcome:
         """Record a step that failed for good, and stop its run."""

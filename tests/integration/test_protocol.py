@@ -40,7 +40,7 @@ def completion_of(
     job = StepJob(run_id, node, graph.package, state={})
     planned = plan(graph, job, StepResult(output), output)
     completion = Completion(
-        run_id, node, node, "", json.dumps(output), json.dumps(output), "", "", 0, "", "w", 1
+        run_id, node, node, "", json.dumps(output), json.dumps(output), "", "", 0, "", "", "w", 1
     )
     jobs = tuple(context.jobs.build(graph, step) for step in planned.jobs)
     return CompletionRequest(completion, jobs, planned.walk, output)

@@ -20,6 +20,7 @@ function key.state(id) return PREFIX .. ':run:' .. id .. ':state' end
 function key.join(id) return PREFIX .. ':run:' .. id .. ':join' end
 function key.jobs(id) return PREFIX .. ':run:' .. id .. ':jobs' end
 function key.stopped(id) return PREFIX .. ':run:' .. id .. ':stopped' end
+function key.map_items(id, token) return PREFIX .. ':run:' .. id .. ':map:' .. token end
 function key.alive(worker) return PREFIX .. ':alive:' .. worker end
 function key.claimed(worker) return PREFIX .. ':claimed:' .. worker end
 function key.idle(queue) return PREFIX .. ':idle:' .. queue end
@@ -29,6 +30,7 @@ key.live_runs = PREFIX .. ':runs:live'
 key.unsaved_runs = PREFIX .. ':runs:unsaved'
 key.expiring_runs = PREFIX .. ':runs:expiring'
 key.workers = PREFIX .. ':workers'
+key.maps_creating = PREFIX .. ':maps:creating'
 
 -- A list of strings written as its length then its items; returns it and the next position.
 local function read_list(i)

@@ -45,9 +45,11 @@ end
 
 function run.step_status(step) return redis.call('HGET', run.steps, step .. '.status') end
 
--- Create the RQ job of `step` (a planned job: its id, queue and hash fields), unless it exists.
+-- Create the RQ job of `step` (a planned job: its id, queue and hash fields, in `fields` or
+-- ARGV[first..last]), unless it exists.
 function run.create_job(step, job)
-  if not rq.create_job(job.job_id, job.queue, job.first, job.last) then return false end
+  local fields = job.fields or {unpack(ARGV, job.first, job.last)}
+  if not rq.create_job(job.job_id, job.queue, fields) then return false end
   wake.queue(job.queue)
   redis.call('HSET', run.jobs, job.job_id, job.queue)
   redis.call('HSET', run.steps, step .. '.status', 'queued', step .. '.job', job.job_id)
@@ -165,8 +167,71 @@ function run.end_if_idle()
   return 1
 end
 
--- The map's successor of a Map result: its instances' jobs, or (no items) straight on.
-local function start_map(walker, jobs, mapped, count)
+-- A map's instances are created TUNING.map_chunk at a time, so that no call blocks Redis for
+-- long: the step that returned the Map staged their jobs' data in the run's `map:<token>` hash
+-- (`<index>` -> data; `fields` and `f:<n>`: the hash fields every instance shares;
+-- `description`: its tail), the call recording it creates the first chunk, and
+-- run.create_map_chunk the next ones (the worker that recorded it, at once, or the watchdog,
+-- when that worker died). The join hash holds `mapnext:<node>` (the next index to create,
+-- while some are left) and `maptoken:<node>`; the run counts one pending step meanwhile, so
+-- that it cannot end before every instance exists; `maps:creating` lists the maps under way,
+-- scored by their last progress.
+local function map_member(node) return run.id .. '/' .. node end
+
+-- Create the next chunk (at most `size`) of mapped node `node`'s instances; the last chunk
+-- ends the creation, as does a run stopped meanwhile (the rest are never created). Each call
+-- goes on from where the last one ended, so a call sent twice, or by two processes, creates
+-- each instance once. Returns whether instances are left to create.
+function run.create_map_chunk(node, size)
+  local next_index, count, token = unpack(redis.call('HMGET', run.join, 'mapnext:' .. node,
+    'mapn:' .. node, 'maptoken:' .. node))
+  if not next_index then return false end
+  next_index, count = tonumber(next_index), tonumber(count)
+  local items = key.map_items(run.id, token)
+  local status = redis.call('HGET', run.key, 'status')
+  if status == 'queued' or status == 'running' then
+    local shared = tonumber(redis.call('HGET', items, 'fields'))
+    if not shared then
+      run.abort('failed', node .. ': the staged items of its map are gone (expired?): '
+        .. (count - next_index) .. ' of ' .. count .. ' were never created')
+      next_index = count
+    else
+      local names = {'description'}
+      for n = 1, shared do names[n + 1] = 'f:' .. n end
+      local fields = redis.call('HMGET', items, unpack(names))
+      local tail = table.remove(fields, 1)
+      local last = math.min(count, next_index + size) - 1
+      local indexes = {}
+      for index = next_index, last do table.insert(indexes, index) end
+      local data = redis.call('HMGET', items, unpack(indexes))
+      for n, index in ipairs(indexes) do
+        local step = node .. '-' .. index
+        local job = {'created_at', NOW_ISO, 'enqueued_at', NOW_ISO, 'data', data[n],
+          'description', step .. tail}
+        for _, value in ipairs(fields) do table.insert(job, value) end
+        run.create_job(step, {job_id = run.id .. '-' .. step, queue = node, fields = job})
+      end
+      redis.call('HDEL', items, unpack(indexes))
+      next_index = last + 1
+    end
+  else
+    next_index = count
+  end
+  if next_index < count then
+    redis.call('HSET', run.join, 'mapnext:' .. node, next_index)
+    redis.call('ZADD', key.maps_creating, NOW, map_member(node))
+    return true
+  end
+  redis.call('HDEL', run.join, 'mapnext:' .. node)
+  redis.call('UNLINK', items)
+  redis.call('ZREM', key.maps_creating, map_member(node))
+  run.pending_delta = run.pending_delta - 1  -- the creation's own pending count
+  return false
+end
+
+-- The map's successor of a Map result: its first chunk of instances (the rest follow, see
+-- run.create_map_chunk), or (no items) straight on.
+local function start_map(walker, mapped, count, token)
   redis.call('HSET', run.join, 'mapn:' .. mapped, count, 'mapleft:' .. mapped, count)
   redis.call('HSET', run.steps, mapped .. '.status', 'mapped', mapped .. '.map', count)
   if count == 0 then
@@ -174,10 +239,17 @@ local function start_map(walker, jobs, mapped, count)
     walker.resolve(mapped)
     return
   end
-  for n = 0, count - 1 do
-    local step = mapped .. '-' .. n
-    if jobs[step] then run.create_job(step, jobs[step]) else walker.unknown = step end
-  end
+  redis.call('HSET', run.join, 'mapnext:' .. mapped, 0, 'maptoken:' .. mapped, token)
+  run.pending_delta = run.pending_delta + 1
+  run.create_map_chunk(mapped, TUNING.map_chunk)
+end
+
+-- End a call that created or ended steps: write the pending count; returns 1 when the run
+-- ended (nothing of it pending).
+function run.settle_pending()
+  if run.pending_delta < 0 then return run.end_if_idle() end
+  if run.pending_delta > 0 then run.apply_pending() end  -- as many steps began as ended
+  return 0
 end
 
 -- A step succeeded: record it, walk its successors, create the ready ones, end the run if
@@ -210,7 +282,7 @@ function run.complete(c)
       end
       for _, successor in ipairs(c.walk.successors[c.node] or {}) do
         if successor == c.mapped_node then
-          start_map(walker, c.jobs, successor, tonumber(c.mapped_count))
+          start_map(walker, successor, tonumber(c.mapped_count), c.map_token)
         else
           walker.arrive(successor, chosen == nil or chosen[successor] == true)
         end
@@ -221,13 +293,7 @@ function run.complete(c)
         .. " worker's graph plans no job for it (was the graph changed while the run was live?)")
     end
   end
-  local ended = 0
-  if run.pending_delta < 0 then
-    ended = run.end_if_idle()
-  elseif run.pending_delta > 0 then
-    run.apply_pending()  -- as many steps began as ended: the run goes on
-  end
-  return {'ok', ended}
+  return {'ok', run.settle_pending()}
 end
 
 -- A step failed for good (no retry left): record it and stop the run. `f` is a failure
