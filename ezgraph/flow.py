@@ -159,7 +159,11 @@ def _shape(
         (name, len(graph.predecessors(name)), graph.successors(name))
         for name in dict.fromkeys(visited)
     )
-    keeps = not successors or mapped is not None or any(graph.is_join(s) for s in successors)
+    # What a join, a mapped node's successor or the result reads; never an instance's state
+    # (the join after a mapped node reads the mapper's), unless it is the run's last step.
+    keeps = not successors or (
+        not instance and (mapped is not None or any(graph.is_join(s) for s in successors))
+    )
     return _Shape(tuple(direct), tuple(joins), walk, keeps)
 
 

@@ -48,6 +48,8 @@ from .protocol import (
 )
 from .redis_io import ScriptRunner
 
+BIG_HASH = 5_000  # fields of a hash read in chunks (HSCAN) rather than one HGETALL
+
 
 @dataclass(frozen=True)
 class LiveRun:
@@ -227,15 +229,11 @@ class RedisRuns:
         return self.read_many([run_id])[0]
 
     def read_many(self, run_ids: Sequence[str]) -> list[LiveRun | None]:
-        """Several runs in one round trip (None for a run Redis no longer holds)."""
-        commands: list[tuple[Any, ...]] = []
-        for run_id in run_ids:
-            keys = self.keys
-            commands += [
-                ("HGETALL", key)
-                for key in (keys.run(run_id), keys.steps(run_id), keys.state(run_id))
-            ]
-        replies = [_text_dict(reply) for reply in self.scripts.read_pipelined(commands)]
+        """Several runs in two round trips (None for a run Redis no longer holds)."""
+        keys = self.keys
+        replies = self.read_hashes(
+            [k for r in run_ids for k in (keys.run(r), keys.steps(r), keys.state(r))]
+        )
         runs: list[LiveRun | None] = []
         for n, run_id in enumerate(run_ids):
             header, raw_steps, states = replies[3 * n : 3 * n + 3]
@@ -243,10 +241,30 @@ class RedisRuns:
         return runs
 
     def read_steps(self, run_ids: Sequence[str]) -> list[dict[str, dict[str, str]]]:
-        """The steps of several runs (as :attr:`LiveRun.steps`) in one round trip; empty for a
-        run Redis no longer holds."""
-        replies = self.scripts.read_pipelined([("HGETALL", self.keys.steps(r)) for r in run_ids])
-        return [_by_step(_text_dict(reply)) for reply in replies]
+        """The steps of several runs (as :attr:`LiveRun.steps`) in two round trips; empty for
+        a run Redis no longer holds."""
+        replies = self.read_hashes([self.keys.steps(r) for r in run_ids])
+        return [_by_step(reply) for reply in replies]
+
+    def read_hashes(self, keys: Sequence[str], chunk: int = BIG_HASH) -> list[dict[str, str]]:
+        """Hashes as text: each in one HGETALL (pipelined), or, over ``chunk`` fields (a
+        wide map's steps), ``chunk`` fields per HSCAN call, so that no call blocks Redis for
+        long (such a hash belongs to an ended run, or changes only by fields added)."""
+        lengths = self.scripts.read_pipelined([("HLEN", key) for key in keys])
+        small = [key for key, length in zip(keys, lengths, strict=True) if int(length) <= chunk]
+        read = dict(
+            zip(small, self.scripts.read_pipelined([("HGETALL", k) for k in small]), strict=True)
+        )
+        hashes = []
+        for key in keys:
+            if key in read:
+                hashes.append(_text_dict(read[key]))
+            else:
+                fields = {}
+                for name, value in self.connection.hscan_iter(key, count=chunk):
+                    fields[as_text(name) or ""] = as_text(value) or ""
+                hashes.append(fields)
+        return hashes
 
     def unsaved(self, limit: int = 500, older_than: float = 0.0) -> list[str]:
         """Ended runs not yet in SQL, oldest first (those ended over ``older_than`` s ago).

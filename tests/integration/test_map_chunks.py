@@ -47,6 +47,19 @@ def test_a_map_wider_than_a_chunk_runs_every_item_once_in_order(
     drain(context)
     assert_ran_in_order(context, run_id, count)
     assert no_map_left(context, redis_conn, run_id)
+    kept = {name.decode() for name in redis_conn.hkeys(context.keys.state(run_id))}
+    assert kept == {"m", "collect"}  # no instance's state: nothing reads it
+
+
+def test_a_wide_hash_is_read_a_chunk_per_call_as_one_hgetall_reads_it(
+    make_context: Callable[..., Context], redis_conn: Redis
+) -> None:
+    context = make_context(MAPPED)
+    redis_conn.hset("wide", mapping={f"f{n}": n for n in range(25)})
+    redis_conn.hset("narrow", "a", "1")
+    wide, narrow, missing = context.runs.read_hashes(["wide", "narrow", "missing"], chunk=4)
+    assert wide == {f"f{n}": str(n) for n in range(25)}
+    assert (narrow, missing) == ({"a": "1"}, {})
 
 
 def test_a_stock_worker_creates_the_chunks_too(
