@@ -68,6 +68,7 @@ class Maintenance(threading.Thread):
         # Not released: it lets one pass a second through, whichever worker makes it.
         if context.connection.set(context.keys.watch_lock, self.worker.name, nx=True, px=900):
             recovery.watch_runs(context, writer.ended)
+            recovery.resume_maps(context, writer.ended)
         if self.with_scheduler:
             self.enqueue_due_retries()
         handover.forget_ended_jobs(context, [q.name for q in self.worker.queues])
