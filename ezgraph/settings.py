@@ -131,6 +131,8 @@ class Tuning:
     max_recoveries: int = 3  # times a step whose process died runs again before its run fails
     watch_read_chunk: int = 50  # runs whose steps one watchdog read takes (a memory bound)
     watch_limit: int = 500  # live runs one watchdog pass looks at, oldest first
+    watch_steps: int = 2_000  # waiting steps of one run a pass looks at (a wide map's first)
+    watch_queue_scan: int = 1_000  # a queue longer than this is not searched for lost jobs
     # Hand-over to SQL: ended runs are written in batches, one writer at a time.
     write_every: float = 0.2  # seconds between writes while steps keep ending...
     write_batch: int = 100  # ...or this many ended runs; also the runs per transaction

@@ -13,7 +13,7 @@ from ezgraph.completion import Attempt, StepRun
 from ezgraph.context import Context
 from ezgraph.handover import RunWriter
 from ezgraph.model.step_job import StepJob
-from ezgraph.recovery import resume_maps
+from ezgraph.recovery import resume_maps, watch_runs
 from ezgraph.settings import TUNING
 
 from ..conftest import drain, simple_worker_burst
@@ -117,3 +117,20 @@ def test_a_map_of_a_run_canceled_meanwhile_stops_and_the_run_ends(
     assert ended == [run_id]
     assert redis_conn.llen("rq:queue:square") == 0  # the first chunk canceled, no more made
     assert no_map_left(context, redis_conn, run_id)
+
+
+def test_the_watchdog_looks_at_a_wide_run_s_first_steps_only(
+    make_context: Callable[..., Context], redis_conn: Redis
+) -> None:
+    """A pass costs the same whatever the width: the lowest-indexed waiting steps (here lost:
+    queued in no list) are looked at, the others in a later pass."""
+    context = make_context(MAPPED, replace(TUNING, watch_steps=5, grace=0.0))
+    run_id = GraphOrchestrator(context=context).submit("m", items=list(range(12)))
+    redis_conn.delete("rq:queue:m")
+    state = {"items": list(range(12))}
+    step = StepRun(context, StepJob(run_id, "m", MAPPED, state=state), Attempt.of(None))
+    context.runs.complete(step.call())
+    redis_conn.delete("rq:queue:square")  # every instance's job lost
+    report = watch_runs(context, lambda ended: None)
+    assert sorted(report.requeued) == [f"{run_id}-square-{i}" for i in range(5)]
+    assert redis_conn.llen("rq:queue:square") == 5
