@@ -175,13 +175,15 @@ def watch_runs(context: Context, ended: RunEnded, report: Report | None = None) 
 def _waiting_steps(context: Context) -> list[tuple[str, str, str, int]]:
     """The steps live runs wait for (run, step, job id, times recovered), read in chunks;
     of a wide run, the ``watch_steps`` lowest in item order (those started first, which a
-    dead worker may hold), so that a pass costs the same whatever the width of a map."""
+    dead worker may hold), so that a pass costs the same whatever the width of a map
+    (:meth:`~ezgraph.state.runs.RedisRuns.read_waiting_window`)."""
     tuning = context.tuning
     run_ids = context.runs.live(older_than=tuning.grace, limit=tuning.watch_limit)
     waiting = []
     for first in range(0, len(run_ids), tuning.watch_read_chunk):
         chunk = run_ids[first : first + tuning.watch_read_chunk]
-        for run_id, steps in zip(chunk, context.runs.read_steps(chunk), strict=True):
+        read = context.runs.read_waiting_window(chunk, tuning.watch_steps)
+        for run_id, steps in zip(chunk, read, strict=True):
             found = [
                 (run_id, step, fields["job"], int(fields.get("recovered") or 0))
                 for step, fields in steps.items()

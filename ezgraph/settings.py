@@ -163,7 +163,7 @@ class Tuning:
     max_join_input: int = 1_000  # outputs a claim reads for a join (more: the step reads them)
     # Jobs and runs.
     compress_over: int = 1_024  # job data over this many bytes is compressed, as RQ does
-    expire_chunk: int = 1_000  # RQ jobs of saved runs one call sets to expire at most
+    expire_chunk: int = 200  # RQ jobs of saved runs one call sets to expire at most
     read_chunk: int = 1_000  # mapped outputs one call reads at most (a join's input)
     map_chunk: int = 500  # a map's instances one call creates at most
     map_items_ttl: int = 86_400  # seconds a map's staged items are kept (a backstop: see MapItems)

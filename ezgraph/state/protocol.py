@@ -28,6 +28,7 @@ SCRIPTS = (
     "resume_run",
     "read_join_input",
     "create_map_chunk",
+    "move_watch_window",
 )
 
 

@@ -49,6 +49,8 @@ from .protocol import (
 from .redis_io import ScriptRunner
 
 BIG_HASH = 5_000  # fields of a hash read in chunks (HSCAN) rather than one HGETALL
+_WATCHED_FIELDS = ("status", "job", "recovered")  # what the watchdog reads of a step
+_ENDED = {"finished", "failed", "skipped", "canceled"}
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,77 @@ class RedisRuns:
         replies = self.read_hashes([self.keys.steps(r) for r in run_ids])
         return [_by_step(reply) for reply in replies]
 
-    def read_hashes(self, keys: Sequence[str], chunk: int = BIG_HASH) -> list[dict[str, str]]:
+    def read_waiting_window(
+        self, run_ids: Sequence[str], width: int
+    ) -> list[dict[str, dict[str, str]]]:
+        """The steps of several live runs, as :meth:`read_steps`, but of a wide run (a steps
+        hash over ``BIG_HASH`` fields) only its graph's nodes and, of each mapped node, the
+        ``width`` instances from the lowest not yet ended (kept in its join hash as
+        ``watchlow:<node>``, moved on as they end): what a watchdog pass looks at, at a cost
+        that does not grow with the map."""
+        keys = self.keys
+        lengths = self.scripts.read_pipelined([("HLEN", keys.steps(r)) for r in run_ids])
+        wide = {r for r, n in zip(run_ids, lengths, strict=True) if int(n) > BIG_HASH}
+        narrow = [r for r in run_ids if r not in wide]
+        read = dict(zip(narrow, self.read_steps(narrow), strict=True))
+        for run_id in wide:
+            read[run_id] = self._window(run_id, width)
+        return [read[r] for r in run_ids]
+
+    def _window(self, run_id: str, width: int) -> dict[str, dict[str, str]]:
+        keys = self.keys
+        graph_json, join = self.scripts.read_pipelined(
+            [("HGET", keys.run(run_id), "graph"), ("HGETALL", keys.join(run_id))]
+        )
+        counters = _text_dict(join)
+        window = self._watched(
+            run_id, list(json.loads(as_text(graph_json) or "{}").get("succ", {}))
+        )
+        moved: list[Any] = []
+        for name, count in counters.items():
+            if not name.startswith("mapn:"):
+                continue
+            node = name.removeprefix("mapn:")
+            low = end = int(counters.get(f"watchlow:{node}", 0))
+            waiting = 0
+            # A few windows at most a pass: the low moves on over the instances that ended.
+            for _ in range(4):
+                if waiting >= width or end >= int(count):
+                    break
+                found = self._watched(
+                    run_id, [f"{node}-{i}" for i in range(end, min(int(count), end + width))]
+                )
+                for i in range(end, min(int(count), end + width)):
+                    status = found.get(f"{node}-{i}", {}).get("status")
+                    if status in _ENDED and i == low:
+                        low += 1
+                    elif status not in _ENDED:
+                        waiting += 1
+                end += width
+                window.update(found)
+            if low > int(counters.get(f"watchlow:{node}", 0)):
+                moved += [node, low]
+        if moved:
+            self.scripts.call("move_watch_window", run_id, *moved)
+        return window
+
+    def _watched(self, run_id: str, steps: Sequence[str]) -> dict[str, dict[str, str]]:
+        """What the watchdog reads of ``steps`` (status, job, recovered), in one HMGET."""
+        fields = [f"{step}.{field}" for step in steps for field in _WATCHED_FIELDS]
+        values = self.connection.hmget(self.keys.steps(run_id), fields) if fields else []
+        width = len(_WATCHED_FIELDS)
+        return {
+            step: {
+                field: as_text(value) or ""
+                for field, value in zip(
+                    _WATCHED_FIELDS, values[n * width : (n + 1) * width], strict=True
+                )
+                if value is not None
+            }
+            for n, step in enumerate(steps)
+        }
+
+    def read_hashes(self, keys: Sequence[str], chunk: int = 2_000) -> list[dict[str, str]]:
         """Hashes as text: each in one HGETALL (pipelined), or, over ``chunk`` fields (a
         wide map's steps), ``chunk`` fields per HSCAN call, so that no call blocks Redis for
         long (such a hash belongs to an ended run, or changes only by fields added)."""

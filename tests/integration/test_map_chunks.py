@@ -15,6 +15,7 @@ from ezgraph.handover import RunWriter
 from ezgraph.model.step_job import StepJob
 from ezgraph.recovery import resume_maps, watch_runs
 from ezgraph.settings import TUNING
+from ezgraph.state import runs as runs_module
 
 from ..conftest import drain, simple_worker_burst
 
@@ -119,11 +120,18 @@ def test_a_map_of_a_run_canceled_meanwhile_stops_and_the_run_ends(
     assert no_map_left(context, redis_conn, run_id)
 
 
-def test_the_watchdog_looks_at_a_wide_run_s_first_steps_only(
-    make_context: Callable[..., Context], redis_conn: Redis
+@pytest.mark.parametrize("wide", [False, True])
+def test_the_watchdog_looks_at_a_wide_run_s_first_waiting_steps_only(
+    make_context: Callable[..., Context],
+    redis_conn: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    wide: bool,
 ) -> None:
     """A pass costs the same whatever the width: the lowest-indexed waiting steps (here lost:
-    queued in no list) are looked at, the others in a later pass."""
+    queued in no list) are looked at, the others in a later pass, once those ended. A wide
+    run's steps hash is not read whole: a window from the lowest instance not yet ended."""
+    if wide:
+        monkeypatch.setattr(runs_module, "BIG_HASH", 10)
     context = make_context(MAPPED, replace(TUNING, watch_steps=5, grace=0.0))
     run_id = GraphOrchestrator(context=context).submit("m", items=list(range(12)))
     redis_conn.delete("rq:queue:m")
@@ -132,5 +140,11 @@ def test_the_watchdog_looks_at_a_wide_run_s_first_steps_only(
     context.runs.complete(step.call())
     redis_conn.delete("rq:queue:square")  # every instance's job lost
     report = watch_runs(context, lambda ended: None)
-    assert sorted(report.requeued) == [f"{run_id}-square-{i}" for i in range(5)]
-    assert redis_conn.llen("rq:queue:square") == 5
+    assert report.requeued == [f"{run_id}-square-{i}" for i in range(5)]
+    steps = context.keys.steps(run_id)
+    redis_conn.hset(steps, mapping={f"square-{i}.status": "finished" for i in range(3)})
+    redis_conn.delete("rq:queue:square")
+    report = watch_runs(context, lambda ended: None)
+    assert report.requeued == [f"{run_id}-square-{i}" for i in range(3, 8)]
+    low = redis_conn.hget(context.keys.join(run_id), "watchlow:square")
+    assert low == (b"3" if wide else None)
