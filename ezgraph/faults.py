@@ -1,8 +1,9 @@
 """Crash points for fault-injection tests: ``EZGRAPH_CRASH_AT=<point>:<step>`` makes the process
 die (``os._exit``, like a SIGKILL: no cleanup, no ``finally``) the first time it reaches that
 point for that step. Points: ``after_module`` (the module returned, nothing recorded),
-``after_record`` (recorded and successors created, the RQ job not yet finished), and
-``before_persist:run`` (a run ended in Redis, not yet written to SQL).
+``after_record`` (recorded and successors created, the RQ job not yet finished),
+``map_chunk`` (before a map's next chunk of instances is created; its "step" is
+``<run_id>-<node>``), and ``before_persist:run`` (a run ended in Redis, not yet written to SQL).
 """
 
 from __future__ import annotations
