@@ -32,6 +32,7 @@ from . import dashboard, scale, soak, submission
 from .baselines import CeleryChain, PlainRQ
 from .ezgraph_systems import Ezgraph
 from .harness import (
+    DEFAULT_GRAPHS,
     GRAPHS,
     Measurement,
     System,
@@ -136,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="repetitions (medians reported)")
     parser.add_argument("--latency-n", type=int, default=200, help="idle latency samples")
     parser.add_argument("--workers", type=int, default=2, help="worker processes per system")
-    parser.add_argument("--graphs", nargs="+", default=list(GRAPHS), choices=list(GRAPHS))
+    parser.add_argument("--graphs", nargs="+", default=list(DEFAULT_GRAPHS), choices=list(GRAPHS))
     parser.add_argument("--quick", action="store_true", help="runs=100 reps=1 latency-n=30")
     parser.add_argument("--scaling", action="store_true", help="ezgraph-fast with 1, 2, 4 workers")
     parser.add_argument(

@@ -73,7 +73,15 @@ FANIN: dict[str, list[str]] = {
     "j": [],
 }
 
-GRAPHS: dict[str, dict[str, list[str]]] = {"chain2": CHAIN2, "chain5": CHAIN5, "fanin": FANIN}
+# A graph as large as a big deployment's (only --scale runs it): n0 -> n1 -> ... -> n99.
+CHAIN100: dict[str, list[str]] = {f"n{i}": [f"n{i + 1}"] if i < 99 else [] for i in range(100)}
+GRAPHS: dict[str, dict[str, list[str]]] = {
+    "chain2": CHAIN2,
+    "chain5": CHAIN5,
+    "fanin": FANIN,
+    "chain100": CHAIN100,
+}
+DEFAULT_GRAPHS = ("chain2", "chain5", "fanin")  # what a plain ``python -m benchmarks`` runs
 
 
 def steps_per_run(graph: Graph) -> int:

@@ -4,6 +4,9 @@
   mapping ``item`` over n items, on 2 ``ezgraph worker``s: steps/s from submit to the run in
   SQL, its ratio to the narrowest map, and the worst round trip of a second client that PINGs
   Redis every 1 ms meanwhile (how long ezgraph's calls blocked Redis);
+- **graph size**: one ``ezgraph worker`` serving a 100-node chain against chain5, the same
+  number of steps each: steps/s and their ratio (idle marks, claims and watchdog passes must not
+  cost per queue per call);
 - **bytes per run**: chain2 runs queued, and ended and kept for ``EZGRAPH_RUN_TTL`` once in SQL
   (the bytes of the benchmark db's keys, divided by the runs).
 """
@@ -49,8 +52,9 @@ class Pinger(threading.Thread):
         return self.worst * 1000
 
 
-def map_width(system: Ezgraph, n: int, workers: int) -> tuple[float, float, bool]:
-    """One run mapping over ``n`` items: (steps/s, worst PING ms, outputs in item order)."""
+def map_width(system: Ezgraph, n: int, workers: int) -> tuple[float, float, str]:
+    """One run mapping over ``n`` items: (steps/s, worst PING ms, whether the join's input
+    was in item order: yes, no, or the run's status when it did not finish)."""
     conn = system.conn
     flush_bench_db(conn)
     with tempfile.TemporaryDirectory(prefix="ezgraph-scale-") as folder:
@@ -72,7 +76,9 @@ def map_width(system: Ezgraph, n: int, workers: int) -> tuple[float, float, bool
             worst = pinger.stop()
             stored = context.store.load_run(run_id)
             result = stored.result if stored is not None else None
-            in_order = isinstance(result, dict) and result.get("in_order") is True
+            in_order = "yes" if isinstance(result, dict) and result.get("in_order") else "no"
+            if stored is None or stored.status != "finished":
+                in_order = f"run {stored.status if stored else 'missing'}"
         finally:
             system._stop_workers(procs)
             flush_bench_db(conn)
@@ -110,6 +116,13 @@ def bytes_per_run(system: Ezgraph, runs: int, workers: int) -> tuple[float, floa
     return (queued - empty) / runs, (ended - empty) / runs
 
 
+def graph_size(system: Ezgraph, steps: int = 4_000) -> tuple[float, float]:
+    """Steps/s of one ezgraph worker running chain5, then the 100-node chain (``steps`` each)."""
+    chain5 = system.run("chain5", steps // 5, workers=1).steps_per_s
+    chain100 = system.run("chain100", steps // 100, workers=1).steps_per_s
+    return chain5, chain100
+
+
 def scale(widths: Sequence[int], workers: int = 2) -> list[str]:
     """Measure and format; returns the lines printed."""
     system = Ezgraph("fast")
@@ -121,13 +134,16 @@ def scale(widths: Sequence[int], workers: int = 2) -> list[str]:
         for n in widths:
             rate, worst, in_order = map_width(system, n, workers)
             base = base or rate
-            rows.append(
-                [f"{n:,}", f"{rate:.0f}", f"{rate / base:.2f}x", f"{worst:.1f}", str(in_order)]
-            )
+            rows.append([f"{n:,}", f"{rate:.0f}", f"{rate / base:.2f}x", f"{worst:.1f}", in_order])
             print(f"map {n}: {rate:.0f} steps/s, worst PING {worst:.1f} ms", flush=True)
         lines.append("map width (split -> item x n -> gather), one run, 2 ezgraph workers")
         lines.append(
             format_rows(["items", "steps/s", "vs narrowest", "worst PING ms", "in order"], rows)
+        )
+        chain5, chain100 = graph_size(system)
+        lines.append(
+            f"\ngraph size, one ezgraph worker: chain5 {chain5:.0f} steps/s, 100-node chain"
+            f" {chain100:.0f} steps/s ({chain100 / chain5:.2f}x)"
         )
         queued, ended = bytes_per_run(system, 2000, workers)
         lines.append(

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -156,15 +157,34 @@ class StepRun:
         new_state = {**data, **result.output}
         plan = flow.plan(graph, job, result, new_state)
         unavailable = [planned.node for planned in plan.jobs if planned.node in graph.unavailable]
+        if result.mapped is not None and result.mapped.node in graph.unavailable:
+            unavailable.append(result.mapped.node)
         if unavailable:
             raise StepError(self._not_here(unavailable[0]) + ": the run cannot go on")
+        context = self.context
+        map_items = None
+        if result.mapped is not None and result.mapped.items:
+            # Staged in Redis first: the call recording this step creates the first chunk.
+            mapped = result.mapped
+            map_items = context.jobs.map_items(
+                graph,
+                mapped.node,
+                uuid.uuid4().hex,
+                len(mapped.items),
+                flow.map_instances(graph, job, mapped, new_state),
+            )
+            tuning = context.tuning
+            context.runs.stage_map(map_items, tuning.map_chunk, tuning.map_items_ttl)
         state = to_json(new_state, f"step {job.step!r}: state") if plan.keeps_state else ""
-        completion = self._completion(result, output_json, state)
+        token = map_items.token if map_items else ""
+        completion = self._completion(result, output_json, state, token)
         successors = plan.jobs if span is None else span.hand_on(plan.jobs)
-        jobs = tuple(self.context.jobs.build(graph, planned) for planned in successors)
-        return CompletionRequest(completion, jobs, plan.walk, result.output)
+        jobs = tuple(context.jobs.build(graph, planned) for planned in successors)
+        return CompletionRequest(completion, jobs, plan.walk, result.output, map_items=map_items)
 
-    def _completion(self, result: flow.StepResult, output_json: str, state: str) -> Completion:
+    def _completion(
+        self, result: flow.StepResult, output_json: str, state: str, map_token: str = ""
+    ) -> Completion:
         job = self.job
         return Completion(
             run_id=job.run_id,
@@ -176,6 +196,7 @@ class StepRun:
             chosen="" if result.chosen is None else to_json(list(result.chosen), "route"),
             mapped_node=result.mapped.node if result.mapped else "",
             mapped_count=len(result.mapped.items) if result.mapped else 0,
+            map_token=map_token,
             started_at=self.started_at,
             worker=self.attempt.worker,
             attempt=self.attempt.number,
@@ -223,7 +244,9 @@ class StepRun:
         if read is None:
             spec = join_input_spec(self.job.run_id, predecessors, states)
             try:
-                read = self.context.runs.read_join_input(spec, predecessors, states)
+                read = self.context.runs.read_join_input(
+                    spec, predecessors, states, self.context.tuning.read_chunk
+                )
             except (JoinInputError, TypeError, ValueError) as error:
                 raise StepError(f"node {node!r}: cannot read its join input: {error}") from None
         return flow.merge_join_input(graph, node, read)
@@ -313,12 +336,31 @@ def expires_with_run(outcome: Outcome) -> bool:
 
 
 def settle(context: Context, request: CompletionRequest, outcome: Outcome, ended: RunEnded) -> None:
-    """After a completion was recorded: hand its run to the writer if it ended."""
+    """After a completion was recorded: create the rest of a Map's instances, a chunk per
+    call (the watchdog goes on if this worker dies meanwhile: :func:`create_map`); hand the
+    run to the writer if it ended."""
     completion = request.completion
     crash_point(context.connection, context.keys, "after_record", completion.step)
     if outcome.run_ended:
         ended(completion.run_id)
+    items = request.map_items
+    if items is not None:
+        if outcome.status == "ok":
+            create_map(context, completion.run_id, items.node, ended)
+        else:
+            context.runs.discard_map(completion.run_id, items.token)
     logger.debug("run %s step %s finished (%s)", completion.run_id, completion.step, outcome.status)
+
+
+def create_map(context: Context, run_id: str, node: str, ended: RunEnded) -> None:
+    """Create a map's instances, a chunk per call, until none is left (each call goes on
+    from where the last one, of any process, ended)."""
+    more = True
+    while more:
+        crash_point(context.connection, context.keys, "map_chunk", f"{run_id}-{node}")
+        more, run_ended = context.runs.create_map_chunk(run_id, node)
+        if run_ended:
+            ended(run_id)
 
 
 def run_and_record(

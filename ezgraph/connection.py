@@ -30,17 +30,18 @@ REDIS_COMMANDS = (
     *("eval", "evalsha", "script|load"),
     *("subscribe", "unsubscribe", "publish", "pubsub|numsub"),
     # keys, strings
-    *("get", "set", "del", "exists", "scan", "rename"),
+    *("get", "set", "del", "unlink", "exists", "scan", "rename"),
     *("expire", "pexpire", "persist", "ttl", "pttl"),
     # hashes
     *("hget", "hset", "hsetnx", "hmget", "hgetall", "hdel", "hexists", "hincrby", "hincrbyfloat"),
-    "hscan",
+    *("hscan", "hlen"),
     # lists (queues, claimed lists)
     *("lpush", "rpush", "lpop", "rpop", "blpop", "lmove", "blmove", "lrem", "lrange", "llen"),
     *("lpos", "ltrim"),
     # sets, sorted sets (RQ's registries), streams (RQ's results, runs' events)
     *("sadd", "srem", "smembers"),
     *("zadd", "zrem", "zcard", "zscore", "zrange", "zrangebyscore", "zremrangebyscore"),
+    *("zrevrange", "zrevrangebyscore"),
     *("xadd", "xlen", "xread", "xrange", "xrevrange"),
 )
 

@@ -4,8 +4,8 @@ point for that step. Points: ``after_module`` (the module returned, nothing reco
 ``after_wait`` (a step recorded waiting for a signal, or given one sent before, its RQ job
 not yet finished), ``after_signal`` (a signal kept in its run's mailbox, its waiting step not
 yet resumed by the sender), ``after_record`` (recorded and successors created, the RQ job not
-yet finished), and
-``before_persist:run`` (a run ended in Redis, not yet written to SQL).
+yet finished), ``map_chunk`` (before a map's next chunk of instances is created; its "step" is
+``<run_id>-<node>``), and ``before_persist:run`` (a run ended in Redis, not yet written to SQL).
 """
 
 from __future__ import annotations

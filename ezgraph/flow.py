@@ -15,7 +15,7 @@ import functools
 import json
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,7 +101,8 @@ def plan(graph: Graph, job: StepJob, result: StepResult, new_state: dict[str, An
     """The plan of a step's completion.
 
     A successor with one predecessor gets ``new_state`` in its job; a join (and the node after
-    a mapped node) reads its input when it starts, so its job carries no state.
+    a mapped node) reads its input when it starts, so its job carries no state. A Map's
+    instances are not in it (:func:`map_instances`): they are created a chunk at a time.
     """
     chosen = None if result.chosen is None else frozenset(result.chosen)
     mapped = result.mapped.node if result.mapped is not None else None
@@ -115,21 +116,24 @@ def plan(graph: Graph, job: StepJob, result: StepResult, new_state: dict[str, An
         StepJob(run_id, name, package, state=new_state, graph_version=version)
         for name in shape.direct
     ]
-    if result.mapped is not None:
-        jobs += [
-            StepJob(
-                job.run_id,
-                result.mapped.node,
-                graph.package,
-                state=new_state,
-                index=index,
-                item=item,
-                item_key=result.mapped.key,
-                graph_version=version,
-            )
-            for index, item in enumerate(result.mapped.items)
-        ]
     return Plan(tuple(jobs), shape.walk, shape.keeps_state)
+
+
+def map_instances(
+    graph: Graph, job: StepJob, mapped: Map, new_state: dict[str, Any]
+) -> Iterator[StepJob]:
+    """The jobs of a Map's instances, in item order, each with ``new_state`` and its item."""
+    for index, item in enumerate(mapped.items):
+        yield StepJob(
+            job.run_id,
+            mapped.node,
+            graph.package,
+            state=new_state,
+            index=index,
+            item=item,
+            item_key=mapped.key,
+            graph_version=job.graph_version,
+        )
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,11 @@ def _shape(
         (name, len(graph.predecessors(name)), graph.successors(name))
         for name in dict.fromkeys(visited)
     )
-    keeps = not successors or mapped is not None or any(graph.is_join(s) for s in successors)
+    # What a join, a mapped node's successor or the result reads; never an instance's state
+    # (the join after a mapped node reads the mapper's), unless it is the run's last step.
+    keeps = not successors or (
+        not instance and (mapped is not None or any(graph.is_join(s) for s in successors))
+    )
     return _Shape(tuple(direct), tuple(joins), walk, keeps)
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from . import liveness, rq_compat
-from .completion import RunEnded, resume_waiting
+from .completion import RunEnded, create_map, resume_waiting
 from .context import Context
 from .errors import DeadlineExceeded, EzgraphError
 from .model import step_job
@@ -67,14 +67,27 @@ class Report:
     failed: list[str] = field(default_factory=list)
     suspected: list[str] = field(default_factory=list)  # look lost, not yet for the grace
     past_deadline: list[str] = field(default_factory=list)  # runs failed at their deadline
+    maps_resumed: list[str] = field(default_factory=list)  # <run>/<node>: maps created on
 
 
 def recover(context: Context, ended: RunEnded) -> Report:
-    """One pass: give back dead workers' claims, fail the runs past their deadline, then
-    the watchdog's pass."""
+    """One pass: give back dead workers' claims, fail the runs past their deadline, the
+    watchdog's pass, then go on creating the maps whose worker died while it created them."""
     report = recover_dead_workers(context, ended)
     fail_past_deadline(context, ended, report)
     watch_runs(context, ended, report)
+    resume_maps(context, ended, report)
+    return report
+
+
+def resume_maps(context: Context, ended: RunEnded, report: Report | None = None) -> Report:
+    """Go on creating each map whose creation made no progress for the grace (its worker
+    died, or stalls): a chunk per call, from where the last call ended."""
+    report = report if report is not None else Report()
+    for run_id, node in context.runs.maps_to_resume(context.tuning.grace):
+        logger.warning("run %s: the creation of map %s stalled; going on with it", run_id, node)
+        create_map(context, run_id, node, ended)
+        report.maps_resumed.append(f"{run_id}/{node}")
     return report
 
 
@@ -220,17 +233,32 @@ def watch_waits(context: Context, ended: RunEnded, report: Report) -> None:
 
 
 def _waiting_steps(context: Context) -> list[tuple[str, str, str, int]]:
-    """The steps live runs wait for (run, step, job id, times recovered), read in chunks."""
+    """The steps live runs wait for (run, step, job id, times recovered), read in chunks;
+    of a wide run, the ``watch_steps`` lowest in item order (those started first, which a
+    dead worker may hold), so that a pass costs the same whatever the width of a map
+    (:meth:`~ezgraph.state.runs.RedisRuns.read_waiting_window`)."""
     tuning = context.tuning
     run_ids = context.runs.live(older_than=tuning.grace, limit=tuning.watch_limit)
     waiting = []
     for first in range(0, len(run_ids), tuning.watch_read_chunk):
         chunk = run_ids[first : first + tuning.watch_read_chunk]
-        for run_id, steps in zip(chunk, context.runs.read_steps(chunk), strict=True):
-            for step, fields in steps.items():
-                if fields.get("status") == "queued" and fields.get("job"):
-                    waiting.append((run_id, step, fields["job"], int(fields.get("recovered") or 0)))
+        read = context.runs.read_waiting_window(chunk, tuning.watch_steps)
+        for run_id, steps in zip(chunk, read, strict=True):
+            found = [
+                (run_id, step, fields["job"], int(fields.get("recovered") or 0))
+                for step, fields in steps.items()
+                if fields.get("status") == "queued" and fields.get("job")
+            ]
+            if len(found) > tuning.watch_steps:
+                found = sorted(found, key=_item_order)[: tuning.watch_steps]
+            waiting += found
     return waiting
+
+
+def _item_order(waiting: tuple[str, str, str, int]) -> tuple[str, int]:
+    """A step's place in its run: its node, then its item's index (a mapped instance)."""
+    node, _, index = waiting[1].rpartition("-")
+    return (node, int(index)) if node and index.isdigit() else (waiting[1], -1)
 
 
 def _read_jobs(
@@ -313,10 +341,22 @@ def fail_lost_step(
 def _listed(context: Context, workers: Sequence[str], steps: Sequence[WatchedStep]) -> set[str]:
     """The job ids of ``steps`` found in a list: their queue, its intermediate list (a stock
     worker's dequeue) or an ezgraph worker's claimed list, looked at in that order (a claim
-    moves a job from the first to the last). One round trip for them all."""
+    moves a job from the first to the last). A job waiting in a queue longer than
+    ``watch_queue_scan`` counts as listed (not judged while the jobs ahead of it are served:
+    a search of a long list costs its length per job). Two round trips for them all."""
+    queues = sorted({step.queue for step in steps})
+    lengths = context.scripts.read_pipelined(
+        [("LLEN", rq_compat.queue_key(queue)) for queue in queues]
+    )
+    long_queues = {
+        queue
+        for queue, length in zip(queues, lengths, strict=True)
+        if int(length) > context.tuning.watch_queue_scan
+    }
+    judged = [step for step in steps if step.queue not in long_queues]
     lookups = [
         (step.job_id, key)
-        for step in steps
+        for step in judged
         for key in (
             rq_compat.queue_key(step.queue),
             rq_compat.intermediate_key(step.queue),
@@ -324,7 +364,8 @@ def _listed(context: Context, workers: Sequence[str], steps: Sequence[WatchedSte
         )
     ]
     positions = context.scripts.read_pipelined([("LPOS", key, job) for job, key in lookups])
-    return {job for (job, _), at in zip(lookups, positions, strict=True) if at is not None}
+    listed = {job for (job, _), at in zip(lookups, positions, strict=True) if at is not None}
+    return listed | {step.job_id for step in steps if step.queue in long_queues}
 
 
 def _looked_lost_for(context: Context, suspicions: Sequence[str]) -> list[float]:

@@ -14,11 +14,12 @@ keys under ``RQ_KEY_PREFIX``.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import pickle
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,7 +48,14 @@ from rq.worker import SimpleWorker
 from .model.graph import Graph
 from .model.step_job import StepJob
 from .settings import Settings, Tuning
-from .state.protocol import JOIN_INPUT_FIELD, Claimed, PlannedJob, as_text, join_input_spec
+from .state.protocol import (
+    JOIN_INPUT_FIELD,
+    Claimed,
+    MapItems,
+    PlannedJob,
+    as_text,
+    join_input_spec,
+)
 
 RQ_MAJOR = int(RQ_VERSION.split(".", 1)[0])  # 2 or 3: the layout this layer writes
 # RQ 3 names its keys under RQ_KEY_PREFIX, read from the environment as rq is imported (default
@@ -110,16 +118,11 @@ class JobFactory:
         """The RQ job of ``job`` (the hash Job.create(...).to_dict() writes, built directly:
         this runs for every successor of every step, and Job objects are slow to build)."""
         now_iso = utcnow_iso()
-        data = pickle.dumps(
-            (STEP_FUNCTION, None, (), job.kwargs()), protocol=pickle.HIGHEST_PROTOCOL
-        )
-        if len(data) > self.tuning.compress_over:  # RQ reads both (Job.restore)
-            data = zlib.compress(data)
         fields: list[Any] = [
             "created_at", now_iso,
             "enqueued_at", now_iso,
-            "data", data,
-            "description", f"{job.step} ({graph.functions[job.node]}) run {job.run_id}",
+            "data", self.data(job),
+            "description", f"{job.step}{self.description_tail(graph, job)}",
             *self._fields_of_node(graph, job.node),
         ]  # fmt: skip
         if job.reads_join_input:
@@ -128,6 +131,40 @@ class JobFactory:
             )
             fields += [JOIN_INPUT_FIELD, spec]
         return PlannedJob(job.step, job.job_id, job.node, fields)
+
+    def data(self, job: StepJob) -> bytes:
+        """The job's ``data``: RQ's pickled call of the step function (compressed, as RQ
+        does, when large)."""
+        data = pickle.dumps(
+            (STEP_FUNCTION, None, (), job.kwargs()), protocol=pickle.HIGHEST_PROTOCOL
+        )
+        if len(data) > self.tuning.compress_over:  # RQ reads both (Job.restore)
+            data = zlib.compress(data)
+        return data
+
+    @staticmethod
+    def description_tail(graph: Graph, job: StepJob) -> str:
+        """What follows the step's name in its job's description."""
+        return f" ({graph.functions[job.node]}) run {job.run_id}"
+
+    def map_items(
+        self, graph: Graph, node: str, token: str, count: int, instances: Iterator[StepJob]
+    ) -> MapItems:
+        """The jobs of a Map's ``count`` instances (in item order), as the run's map hash
+        stages them (``run.create_map_chunk`` writes each job as :meth:`build` would)."""
+        first = next(instances, None)
+        if first is None:
+            return MapItems("", node, token, 0, (), "", ())
+        data = itertools.chain([self.data(first)], (self.data(job) for job in instances))
+        return MapItems(
+            first.run_id,
+            node,
+            token,
+            count,
+            self._fields_of_node(graph, node),
+            self.description_tail(graph, first),
+            data,
+        )
 
     def _fields_of_node(self, graph: Graph, node: str) -> tuple[Any, ...]:
         """The hash fields every job of ``node`` shares (queue, policy, TTLs), built once."""

@@ -142,6 +142,8 @@ class Tuning:
     max_recoveries: int = 3  # times a step whose process died runs again before its run fails
     watch_read_chunk: int = 50  # runs whose steps one watchdog read takes (a memory bound)
     watch_limit: int = 500  # live runs one watchdog pass looks at, oldest first
+    watch_steps: int = 2_000  # waiting steps of one run a pass looks at (a wide map's first)
+    watch_queue_scan: int = 1_000  # a queue longer than this is not searched for lost jobs
     # Hand-over to SQL: ended runs are written in batches, one writer at a time.
     write_every: float = 0.2  # seconds between writes while steps keep ending...
     write_batch: int = 100  # ...or this many ended runs; also the runs per transaction
@@ -181,7 +183,10 @@ class Tuning:
     max_join_input: int = 1_000  # outputs a claim reads for a join (more: the step reads them)
     # Jobs and runs.
     compress_over: int = 1_024  # job data over this many bytes is compressed, as RQ does
-    expire_chunk: int = 1_000  # RQ jobs of saved runs one call sets to expire at most
+    expire_chunk: int = 200  # RQ jobs of saved runs one call sets to expire at most
+    read_chunk: int = 1_000  # mapped outputs one call reads at most (a join's input)
+    map_chunk: int = 500  # a map's instances one call creates at most
+    map_items_ttl: int = 86_400  # seconds a map's staged items are kept (a backstop: see MapItems)
     canceled_ttl: int = 86_400  # seconds a canceled job stays in RQ's canceled registry
     failed_ttl: int = 31_536_000  # seconds a lost job stays in RQ's failed registry (RQ's)
     wait_recheck: float = 0.5  # GraphOrchestrator.wait reads the status this often

@@ -184,6 +184,7 @@ def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
         DATABASE_URL=settings.database_url,
         EZGRAPH_MODULES=settings.modules_package or "",
         EZGRAPH_KEY_PREFIX=settings.key_prefix,
+        EZGRAPH_RUN_TTL=str(settings.run_ttl),
         PYTHONPATH=str(ROOT),
         **extra,
     )

@@ -189,3 +189,22 @@ def misreport(data: dict[str, Any]) -> dict[str, Any]:
     """Emit an event naming its step itself (ezgraph sets it): the step fails."""
     current_step().emit({"step": "elsewhere"})
     return {}
+
+
+def map_range(data: dict[str, Any]) -> Map:
+    """Map ``item`` over ``range(n)``."""
+    return Map("item", range(int(data["n"])))
+
+
+def echo_item(data: dict[str, Any]) -> dict[str, Any]:
+    """A no-op instance: its output is its item."""
+    return {"i": data["item"]}
+
+
+def gather_counted(data: dict[str, Any]) -> dict[str, Any]:
+    """Count this execution in the payload's ledger; say whether the outputs came in order."""
+    ctx = current_step()
+    Redis.from_url(data["ledger_url"]).rpush(data["ledger_key"], f"{ctx.run_id}:{ctx.step}")
+    outputs = data["item"]
+    in_order = all(output["i"] == n for n, output in enumerate(outputs))
+    return {"count": len(outputs), "in_order": in_order}

@@ -20,6 +20,8 @@ RQ's keys are named by :mod:`ezgraph.rq_compat` (and ``lua/lib/rq.lua``).
   watchdog looks at them: the wait's deadline, or soon after its signal came.
 - ``idem:<key>``: the run id of idempotency key ``<key>`` (or ``claim <run id>`` for a moment
   while a submitter looks the key up in SQL); it expires with the run's keys.
+- ``run:<id>:map:<token>`` hash: a Map's instances staged, until they are created (a chunk per
+  call; ``maps:creating`` sorted set: the maps under way, scored by their last progress).
 - ``run:<id>:stopped`` channel: a message when the run stops (failed, canceled) or ends.
 - ``runs:live`` / ``runs:unsaved`` sorted sets: runs in flight / ended and not yet in SQL.
 - ``runs:deadlines`` sorted set: live runs with a deadline, scored by it (epoch seconds, by
@@ -89,6 +91,16 @@ class Keys:
     def idempotency(self, key: str) -> str:
         """The run id of a submission's idempotency key."""
         return f"{self.prefix}:idem:{key}"
+
+    def map_items(self, run_id: str, token: str) -> str:
+        """A Map's instances, staged until they are created."""
+        return f"{self.prefix}:run:{run_id}:map:{token}"
+
+    @property
+    def maps_creating(self) -> str:
+        """The maps whose instances are being created, ``<run>/<node>`` scored by their last
+        progress."""
+        return f"{self.prefix}:maps:creating"
 
     def run_keys(self, run_id: str) -> tuple[str, ...]:
         """Every key one run holds."""

@@ -30,6 +30,8 @@ SCRIPTS = (
     "append_event",
     "wait_step",
     "signal_run",
+    "create_map_chunk",
+    "move_watch_window",
 )
 
 
@@ -123,6 +125,7 @@ class Completion(NamedTuple):
     chosen: str  # JSON list of the successors a Route chose, or '' for all
     mapped_node: str  # the successor a Map runs once per item, or ''
     mapped_count: int
+    map_token: str  # which staged items the Map's instances are created from (MapItems)
     started_at: str
     worker: str
     attempt: int
@@ -138,6 +141,7 @@ class CompletionRequest:
     walk: tuple[WalkNode, ...]
     output: dict[str, Any]
     waiting: bool = False
+    map_items: MapItems | None = None  # a Map's instances, staged before it is recorded
 
     def argv(self) -> list[Any]:
         """The completion as the scripts read it."""
@@ -247,10 +251,35 @@ class Resume(NamedTuple):
     run_id: str
 
 
+class MapChunk(NamedTuple):
+    """Create the next chunk of a map's instances (``create_map_chunk``)."""
+
+    run_id: str
+    node: str  # the mapped node
+
+
+@dataclass(frozen=True)
+class MapItems:
+    """A Map's instances, staged in Redis before the step is recorded (``map:<token>``): the
+    hash fields every instance's job shares, its description's tail (after the step's name),
+    and each instance's job data, in item order (built as they are written: no list of them
+    is kept)."""
+
+    run_id: str
+    node: str
+    token: str
+    count: int
+    shared_fields: Sequence[Any]
+    description_tail: str
+    data: Iterable[bytes]
+
+
 class JoinInputRequest(NamedTuple):
     """Read a join's input (``read_join_input``)."""
 
     spec: str  # the job's join-input spec (JSON of run, predecessors, states)
+    offset: int  # the first mapped output to read (counted across the mapped predecessors)
+    chunk: int  # how many mapped outputs to read at most
 
 
 class Event(NamedTuple):
@@ -278,6 +307,7 @@ RECORDS: dict[str, type[tuple[Any, ...]]] = {
     "event": Event,
     "wait": WaitRecord,
     "signal": Signal,
+    "map_chunk": MapChunk,
 }
 # What Lua reads of the tuning.
 LUA_TUNING = (
@@ -287,6 +317,8 @@ LUA_TUNING = (
     "reply_ttl",
     "expire_chunk",
     "events_max",
+    "read_chunk",
+    "map_chunk",
 )
 
 # ezgraph's own fields in an RQ job's hash (RQ and stock workers ignore them).

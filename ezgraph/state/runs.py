@@ -8,6 +8,7 @@ named by :mod:`ezgraph.state.keys`.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import threading
@@ -40,6 +41,8 @@ from .protocol import (
     Finished,
     JoinInput,
     JoinInputRequest,
+    MapChunk,
+    MapItems,
     NewRun,
     Outcome,
     PlannedJob,
@@ -58,6 +61,10 @@ from .protocol import (
     submission_argv,
 )
 from .redis_io import ScriptRunner
+
+BIG_HASH = 5_000  # fields of a hash read in chunks (HSCAN) rather than one HGETALL
+_WATCHED_FIELDS = ("status", "job", "recovered")  # what the watchdog reads of a step
+_ENDED = {"finished", "failed", "skipped", "canceled"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,52 @@ class RedisRuns:
             "complete_step", *request.argv(), patience=self.patience, wait_for_memory=True
         )
         return Outcome.parse(reply)
+
+    def stage_map(self, items: MapItems, chunk: int, ttl: int) -> None:
+        """Write a Map's instances to its run's map hash (``chunk`` per command, pipelined:
+        no command blocks Redis for long), before the step that returned it is recorded.
+        Kept ``ttl`` seconds at most: the map's creation deletes them, or
+        :meth:`discard_map` when the step's record was refused."""
+        key = self.keys.map_items(items.run_id, items.token)
+        head: list[Any] = ["fields", len(items.shared_fields)]
+        head += ["description", items.description_tail]
+        for n, value in enumerate(items.shared_fields, start=1):
+            head += [f"f:{n}", value]
+        pipe = self.connection.pipeline(transaction=False)
+        pipe.hset(key, items=head)
+        pipe.expire(key, ttl)
+        data = iter(items.data)
+        index = 0
+        while batch := list(itertools.islice(data, chunk)):
+            pipe.hset(key, mapping=dict(enumerate(batch, start=index)))
+            index += len(batch)
+            if len(pipe) >= 16:
+                pipe.execute()
+        pipe.execute()
+
+    def create_map_chunk(self, run_id: str, node: str) -> tuple[bool, bool]:
+        """Create the next chunk of a map's instances; returns (instances are left to create,
+        this call ended the run)."""
+        more, ended = self.scripts.call(
+            "create_map_chunk",
+            *MapChunk(run_id, node),
+            patience=self.patience,
+            wait_for_memory=True,
+        )
+        return bool(int(more)), bool(int(ended))
+
+    def discard_map(self, run_id: str, token: str) -> None:
+        """Drop a Map's staged instances that no map will create (its step's record was
+        refused: a duplicate, or its run is gone)."""
+        self.connection.unlink(self.keys.map_items(run_id, token))
+
+    def maps_to_resume(self, older_than: float) -> list[tuple[str, str]]:
+        """The maps whose creation made no progress for ``older_than`` seconds (by this
+        machine's clock against the creating worker's): (run id, node)."""
+        members = self.connection.zrangebyscore(
+            self.keys.maps_creating, "-inf", time.time() - older_than, start=0, num=100
+        )
+        return [tuple((as_text(m) or "").split("/", 1)) for m in members]  # type: ignore[misc]
 
     def fail_step(self, failure: Failure) -> Outcome:
         """Record a step that failed for good, and stop its run."""
@@ -229,35 +282,44 @@ class RedisRuns:
     # -- reads -------------------------------------------------------------------------------
 
     def read_join_input(
-        self, spec: str, predecessors: Sequence[str], states: Sequence[str]
+        self, spec: str, predecessors: Sequence[str], states: Sequence[str], chunk: int
     ) -> JoinInput:
-        """What a join reads of its predecessors (what a claim reads for it, read now)."""
-        reply = self.scripts.call("read_join_input", *JoinInputRequest(spec))
-        return JoinInput.parse(predecessors, states, reply)
+        """What a join reads of its predecessors (what a claim reads for it, read now), its
+        mapped outputs ``chunk`` per call, in item order (each call reads a chunk only, so that
+        no call blocks Redis for long; the outputs do not change once the join is ready)."""
+        reply = self.scripts.call("read_join_input", *JoinInputRequest(spec, 0, chunk))
+        if not reply:
+            return JoinInput.parse(predecessors, states, reply)
+        total = sum(int(count) for count in reply[3] if count is not None)
+        mapped = list(reply[4])
+        while len(mapped) < total:
+            more = self.scripts.call("read_join_input", *JoinInputRequest(spec, len(mapped), chunk))
+            if not more or not more[4]:
+                break  # the run left Redis meanwhile: parse() says the counts differ
+            mapped += more[4]
+        return JoinInput.parse(predecessors, states, [*reply[:4], mapped])
 
     def read(self, run_id: str) -> LiveRun | None:
         """The run as Redis holds it, or None."""
         return self.read_many([run_id])[0]
 
     def read_many(self, run_ids: Sequence[str], events: bool = False) -> list[LiveRun | None]:
-        """Several runs in one round trip (None for a run Redis no longer holds); ``events``:
-        with their events (the whole capped stream: the writer stores them)."""
-        commands: list[tuple[Any, ...]] = []
+        """Several runs in two round trips (None for a run Redis no longer holds); a wide
+        map's steps hash is read a chunk per call (:meth:`read_hashes`). ``events``: with their
+        events (the whole capped stream: the writer stores them), in one more."""
         keys = self.keys
-        per_run = 4 if events else 3
-        for run_id in run_ids:
-            commands += [
-                ("HGETALL", key)
-                for key in (keys.run(run_id), keys.steps(run_id), keys.state(run_id))
-            ]
-            if events:
-                commands.append(("XRANGE", keys.events(run_id), "-", "+"))
-        replies = self.scripts.read_pipelined(commands)
+        hashes = self.read_hashes(
+            [k for r in run_ids for k in (keys.run(r), keys.steps(r), keys.state(r))]
+        )
+        streams = (
+            self.scripts.read_pipelined([("XRANGE", keys.events(r), "-", "+") for r in run_ids])
+            if events
+            else []
+        )
         runs: list[LiveRun | None] = []
         for n, run_id in enumerate(run_ids):
-            first = per_run * n
-            header, raw_steps, states = (_text_dict(r) for r in replies[first : first + 3])
-            stream = parse_stream(replies[first + 3]) if events else ()
+            header, raw_steps, states = hashes[3 * n : 3 * n + 3]
+            stream = parse_stream(streams[n]) if events else ()
             runs.append(
                 LiveRun(run_id, header, _by_step(raw_steps), states, stream) if header else None
             )
@@ -284,10 +346,100 @@ class RedisRuns:
         return fields, _by_step(_text_dict(steps)), parse_stream(stream)
 
     def read_steps(self, run_ids: Sequence[str]) -> list[dict[str, dict[str, str]]]:
-        """The steps of several runs (as :attr:`LiveRun.steps`) in one round trip; empty for a
-        run Redis no longer holds."""
-        replies = self.scripts.read_pipelined([("HGETALL", self.keys.steps(r)) for r in run_ids])
-        return [_by_step(_text_dict(reply)) for reply in replies]
+        """The steps of several runs (as :attr:`LiveRun.steps`) in two round trips; empty for
+        a run Redis no longer holds."""
+        replies = self.read_hashes([self.keys.steps(r) for r in run_ids])
+        return [_by_step(reply) for reply in replies]
+
+    def read_waiting_window(
+        self, run_ids: Sequence[str], width: int
+    ) -> list[dict[str, dict[str, str]]]:
+        """The steps of several live runs, as :meth:`read_steps`, but of a wide run (a steps
+        hash over ``BIG_HASH`` fields) only its graph's nodes and, of each mapped node, the
+        ``width`` instances from the lowest not yet ended (kept in its join hash as
+        ``watchlow:<node>``, moved on as they end): what a watchdog pass looks at, at a cost
+        that does not grow with the map."""
+        keys = self.keys
+        lengths = self.scripts.read_pipelined([("HLEN", keys.steps(r)) for r in run_ids])
+        wide = {r for r, n in zip(run_ids, lengths, strict=True) if int(n) > BIG_HASH}
+        narrow = [r for r in run_ids if r not in wide]
+        read = dict(zip(narrow, self.read_steps(narrow), strict=True))
+        for run_id in wide:
+            read[run_id] = self._window(run_id, width)
+        return [read[r] for r in run_ids]
+
+    def _window(self, run_id: str, width: int) -> dict[str, dict[str, str]]:
+        keys = self.keys
+        graph_json, join = self.scripts.read_pipelined(
+            [("HGET", keys.run(run_id), "graph"), ("HGETALL", keys.join(run_id))]
+        )
+        counters = _text_dict(join)
+        window = self._watched(
+            run_id, list(json.loads(as_text(graph_json) or "{}").get("succ", {}))
+        )
+        moved: list[Any] = []
+        for name, count in counters.items():
+            if not name.startswith("mapn:"):
+                continue
+            node = name.removeprefix("mapn:")
+            low = end = int(counters.get(f"watchlow:{node}", 0))
+            waiting = 0
+            # A few windows at most a pass: the low moves on over the instances that ended.
+            for _ in range(4):
+                if waiting >= width or end >= int(count):
+                    break
+                found = self._watched(
+                    run_id, [f"{node}-{i}" for i in range(end, min(int(count), end + width))]
+                )
+                for i in range(end, min(int(count), end + width)):
+                    status = found.get(f"{node}-{i}", {}).get("status")
+                    if status in _ENDED and i == low:
+                        low += 1
+                    elif status not in _ENDED:
+                        waiting += 1
+                end += width
+                window.update(found)
+            if low > int(counters.get(f"watchlow:{node}", 0)):
+                moved += [node, low]
+        if moved:
+            self.scripts.call("move_watch_window", run_id, *moved)
+        return window
+
+    def _watched(self, run_id: str, steps: Sequence[str]) -> dict[str, dict[str, str]]:
+        """What the watchdog reads of ``steps`` (status, job, recovered), in one HMGET."""
+        fields = [f"{step}.{field}" for step in steps for field in _WATCHED_FIELDS]
+        values = self.connection.hmget(self.keys.steps(run_id), fields) if fields else []
+        width = len(_WATCHED_FIELDS)
+        return {
+            step: {
+                field: as_text(value) or ""
+                for field, value in zip(
+                    _WATCHED_FIELDS, values[n * width : (n + 1) * width], strict=True
+                )
+                if value is not None
+            }
+            for n, step in enumerate(steps)
+        }
+
+    def read_hashes(self, keys: Sequence[str], chunk: int = 2_000) -> list[dict[str, str]]:
+        """Hashes as text: each in one HGETALL (pipelined), or, over ``chunk`` fields (a
+        wide map's steps), ``chunk`` fields per HSCAN call, so that no call blocks Redis for
+        long (such a hash belongs to an ended run, or changes only by fields added)."""
+        lengths = self.scripts.read_pipelined([("HLEN", key) for key in keys])
+        small = [key for key, length in zip(keys, lengths, strict=True) if int(length) <= chunk]
+        read = dict(
+            zip(small, self.scripts.read_pipelined([("HGETALL", k) for k in small]), strict=True)
+        )
+        hashes = []
+        for key in keys:
+            if key in read:
+                hashes.append(_text_dict(read[key]))
+            else:
+                fields = {}
+                for name, value in self.connection.hscan_iter(key, count=chunk):
+                    fields[as_text(name) or ""] = as_text(value) or ""
+                hashes.append(fields)
+        return hashes
 
     def unsaved(self, limit: int = 500, older_than: float = 0.0) -> list[str]:
         """Ended runs not yet in SQL, oldest first (those ended over ``older_than`` s ago).

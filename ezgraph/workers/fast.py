@@ -229,6 +229,9 @@ class FastWorker(SimpleWorker):
                     self.name,
                     done.job.id,
                 )
+                items = done.request.map_items if done.request else None
+                if items is not None:  # the worker that took it over maps on its own
+                    self.context.runs.discard_map(items.run_id, items.token)
             elif outcome is not None:
                 completion.settle(self.context, done.request, outcome, self.writer.ended)
             self.steps_done += 1

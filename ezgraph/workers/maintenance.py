@@ -77,6 +77,7 @@ class Maintenance(threading.Thread):
             recovery.watch_runs(context, writer.ended)
             if self.schedules is not None:
                 self.schedules.fire_due()
+            recovery.resume_maps(context, writer.ended)
         if self.with_scheduler:
             self.enqueue_due_retries()
         handover.forget_ended_jobs(context, [q.name for q in self.worker.queues])

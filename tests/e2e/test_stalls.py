@@ -104,7 +104,7 @@ def test_a_worker_paused_past_its_heartbeat_gives_up_what_was_taken_over(
     """SIGSTOP one of two busy ezgraph workers for 15 s: the other takes its claims over. When
     it wakes it drops the ends of the steps it no longer holds (recorded once, by the other),
     runs none of its remaining claims, and every run finishes with nothing left claimed."""
-    context = make_context(GRAPH)
+    context = make_context(GRAPH, run_ttl=600)  # the jobs stay to be looked at after
     orchestrator = GraphOrchestrator(context=context)
     ledger = "test:pause-ledger"
     run_ids = [

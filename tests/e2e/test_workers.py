@@ -203,9 +203,11 @@ def spy_on_gathers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     reads: list[str] = []
     original = RedisRuns.read_join_input
 
-    def read_join_input(runs: RedisRuns, spec: str, predecessors: Any, states: Any) -> Any:
+    def read_join_input(
+        runs: RedisRuns, spec: str, predecessors: Any, states: Any, chunk: int
+    ) -> Any:
         reads.append(json.loads(spec)["run"])
-        return original(runs, spec, predecessors, states)
+        return original(runs, spec, predecessors, states, chunk)
 
     monkeypatch.setattr(RedisRuns, "read_join_input", read_join_input)
     return reads

@@ -40,7 +40,7 @@ def completion_of(
     job = StepJob(run_id, node, graph.package, state={})
     planned = plan(graph, job, StepResult(output), output)
     completion = Completion(
-        run_id, node, node, "", json.dumps(output), json.dumps(output), "", "", 0, "", "w", 1
+        run_id, node, node, "", json.dumps(output), json.dumps(output), "", "", 0, "", "", "w", 1
     )
     jobs = tuple(context.jobs.build(graph, step) for step in planned.jobs)
     return CompletionRequest(completion, jobs, planned.walk, output)
@@ -232,7 +232,7 @@ def test_read_join_input_reads_what_the_join_merges(
     graph = context.graph()
     spec = join_input_spec(run_id, graph.predecessors("d"), graph.join_state_sources("d"))
     read = context.runs.read_join_input(
-        spec, graph.predecessors("d"), graph.join_state_sources("d")
+        spec, graph.predecessors("d"), graph.join_state_sources("d"), 1000
     )
     assert read.statuses == {"b": "finished", "c": "finished"}
     assert read.outputs == {"b": '{"b": true}', "c": '{"c": true}'}
@@ -244,6 +244,25 @@ def test_read_join_input_reads_what_the_join_merges(
         "trail": ["d"],
         "d": True,
     }
+
+
+@pytest.mark.parametrize("chunk", [1000, 777])
+def test_a_join_reads_the_outputs_of_a_wide_map_in_item_order_a_chunk_per_call(
+    make_context: Callable[..., Context], redis_conn: Redis, chunk: int
+) -> None:
+    """Over Lua's unpack limit (~8,000 values: a 10,000-item map's gather once failed with
+    "too many results to unpack"), read in chunks that split no item and lose none."""
+    context = make_context("tests.graphs.mapped")
+    count = 9_001
+    steps = context.keys.steps("wide")
+    redis_conn.hset(context.keys.join("wide"), "mapn:square", count)
+    outputs = {f"square-{i}.output": json.dumps({"value": i}) for i in range(count)}
+    redis_conn.hset(steps, mapping={"square.status": "finished", **outputs})
+    graph = context.graph()
+    predecessors, states = graph.predecessors("collect"), graph.join_state_sources("collect")
+    spec = join_input_spec("wide", predecessors, states)
+    read = context.runs.read_join_input(spec, predecessors, states, chunk)
+    assert read.mapped["square"] == [json.dumps({"value": i}) for i in range(count)]
 
 
 def test_the_lua_key_names_are_keys_py(

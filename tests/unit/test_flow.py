@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import pytest
 
 from ezgraph.errors import StepError
-from ezgraph.flow import StepResult, check_result, plan
+from ezgraph.flow import StepResult, check_result, map_instances, plan
 from ezgraph.model.graph import Graph, build_graph
 from ezgraph.model.module_api import Map, Route
 from ezgraph.model.step_job import StepJob
@@ -113,8 +113,11 @@ def test_a_route_plans_no_job_for_a_branch_not_chosen_but_the_joins_below_it() -
 def test_a_map_plans_one_job_per_item_and_its_successor_as_a_join() -> None:
     graph = build_graph({"m": ["i"], "i": ["g"], "g": []}, check_functions=False)
     result = check_result(graph, "m", None, Map("i", ["x", "y"], {"o": 1}, key="word"))
-    planned = plan(graph, StepJob("r", "m", graph.package, {}), result, {"o": 1})
-    items = [job for job in planned.jobs if job.node == "i"]
+    mapper = StepJob("r", "m", graph.package, {})
+    planned = plan(graph, mapper, result, {"o": 1})
+    assert not [job for job in planned.jobs if job.node == "i"]  # created a chunk at a time
+    assert result.mapped is not None
+    items = list(map_instances(graph, mapper, result.mapped, {"o": 1}))
     assert [(job.step, job.item, job.item_key) for job in items] == [
         ("i-0", "x", "word"),
         ("i-1", "y", "word"),

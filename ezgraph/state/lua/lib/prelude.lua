@@ -22,6 +22,7 @@ function key.jobs(id) return PREFIX .. ':run:' .. id .. ':jobs' end
 function key.events(id) return PREFIX .. ':run:' .. id .. ':events' end
 function key.signals(id) return PREFIX .. ':run:' .. id .. ':signals' end
 function key.stopped(id) return PREFIX .. ':run:' .. id .. ':stopped' end
+function key.map_items(id, token) return PREFIX .. ':run:' .. id .. ':map:' .. token end
 function key.alive(worker) return PREFIX .. ':alive:' .. worker end
 function key.claimed(worker) return PREFIX .. ':claimed:' .. worker end
 function key.idle(queue) return PREFIX .. ':idle:' .. queue end
@@ -34,6 +35,7 @@ key.expiring_runs = PREFIX .. ':runs:expiring'
 key.deadlines = PREFIX .. ':runs:deadlines'
 key.waiting_steps = PREFIX .. ':runs:waiting'
 key.workers = PREFIX .. ':workers'
+key.maps_creating = PREFIX .. ':maps:creating'
 
 -- A list of strings written as its length then its items; returns it and the next position.
 local function read_list(i)

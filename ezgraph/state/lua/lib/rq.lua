@@ -21,12 +21,13 @@ function rq.push(queue, id, at_front)
   if length == 1 then redis.call('SADD', RQ_PREFIX .. 'queues', rq.queue_key(queue)) end
 end
 
--- Create job `id` from the hash fields ARGV[first..last] and queue it, unless its id exists
--- (the atomic create that makes a step's job once-only). Returns whether it was created.
-function rq.create_job(id, queue, first, last)
+-- Create job `id` from `fields` (a list of hash field names and values) and queue it, unless
+-- its id exists (the atomic create that makes a step's job once-only). Returns whether it was
+-- created.
+function rq.create_job(id, queue, fields)
   local job_key = rq.job_key(id)
   if redis.call('EXISTS', job_key) == 1 then return false end
-  redis.call('HSET', job_key, unpack(ARGV, first, last))
+  redis.call('HSET', job_key, unpack(fields))
   rq.push(queue, id)
   return true
 end

@@ -70,11 +70,13 @@ end
 
 function run.step_status(step) return redis.call('HGET', run.steps, step .. '.status') end
 
--- Create the RQ job of `step` (a planned job: its id, queue and hash fields), unless it exists
--- or the run's max_steps would be passed (`counted`: its step was taken already).
+-- Create the RQ job of `step` (a planned job: its id, queue and hash fields, in `fields` or
+-- ARGV[first..last]), unless it exists or the run's max_steps would be passed (`counted`: its
+-- step was taken already).
 function run.create_job(step, job, counted)
   if run.over_budget or not (counted or run.take_steps(1)) then return false end
-  if not rq.create_job(job.job_id, job.queue, job.first, job.last) then
+  local fields = job.fields or {unpack(ARGV, job.first, job.last)}
+  if not rq.create_job(job.job_id, job.queue, fields) then
     if run.budget and not counted then redis.call('HINCRBY', run.key, 'steps', -1) end
     return false  -- it existed: not a step more
   end
@@ -198,8 +200,71 @@ function run.end_if_idle()
   return 1
 end
 
--- The map's successor of a Map result: its instances' jobs, or (no items) straight on.
-local function start_map(walker, jobs, mapped, count)
+-- A map's instances are created TUNING.map_chunk at a time, so that no call blocks Redis for
+-- long: the step that returned the Map staged their jobs' data in the run's `map:<token>` hash
+-- (`<index>` -> data; `fields` and `f:<n>`: the hash fields every instance shares;
+-- `description`: its tail), the call recording it creates the first chunk, and
+-- run.create_map_chunk the next ones (the worker that recorded it, at once, or the watchdog,
+-- when that worker died). The join hash holds `mapnext:<node>` (the next index to create,
+-- while some are left) and `maptoken:<node>`; the run counts one pending step meanwhile, so
+-- that it cannot end before every instance exists; `maps:creating` lists the maps under way,
+-- scored by their last progress.
+local function map_member(node) return run.id .. '/' .. node end
+
+-- Create the next chunk (at most `size`) of mapped node `node`'s instances; the last chunk
+-- ends the creation, as does a run stopped meanwhile (the rest are never created). Each call
+-- goes on from where the last one ended, so a call sent twice, or by two processes, creates
+-- each instance once. Returns whether instances are left to create.
+function run.create_map_chunk(node, size)
+  local next_index, count, token = unpack(redis.call('HMGET', run.join, 'mapnext:' .. node,
+    'mapn:' .. node, 'maptoken:' .. node))
+  if not next_index then return false end
+  next_index, count = tonumber(next_index), tonumber(count)
+  local items = key.map_items(run.id, token)
+  local status = redis.call('HGET', run.key, 'status')
+  if status == 'queued' or status == 'running' then
+    local shared = tonumber(redis.call('HGET', items, 'fields'))
+    if not shared then
+      run.abort('failed', node .. ': the staged items of its map are gone (expired?): '
+        .. (count - next_index) .. ' of ' .. count .. ' were never created')
+      next_index = count
+    else
+      local names = {'description'}
+      for n = 1, shared do names[n + 1] = 'f:' .. n end
+      local fields = redis.call('HMGET', items, unpack(names))
+      local tail = table.remove(fields, 1)
+      local last = math.min(count, next_index + size) - 1
+      local indexes = {}
+      for index = next_index, last do table.insert(indexes, index) end
+      local data = redis.call('HMGET', items, unpack(indexes))
+      for n, index in ipairs(indexes) do
+        local step = node .. '-' .. index
+        local job = {'created_at', NOW_ISO, 'enqueued_at', NOW_ISO, 'data', data[n],
+          'description', step .. tail}
+        for _, value in ipairs(fields) do table.insert(job, value) end
+        run.create_job(step, {job_id = run.id .. '-' .. step, queue = node, fields = job}, true)
+      end
+      redis.call('HDEL', items, unpack(indexes))
+      next_index = last + 1
+    end
+  else
+    next_index = count
+  end
+  if next_index < count then
+    redis.call('HSET', run.join, 'mapnext:' .. node, next_index)
+    redis.call('ZADD', key.maps_creating, NOW, map_member(node))
+    return true
+  end
+  redis.call('HDEL', run.join, 'mapnext:' .. node)
+  redis.call('UNLINK', items)
+  redis.call('ZREM', key.maps_creating, map_member(node))
+  run.pending_delta = run.pending_delta - 1  -- the creation's own pending count
+  return false
+end
+
+-- The map's successor of a Map result: its first chunk of instances (the rest follow, see
+-- run.create_map_chunk), or (no items) straight on.
+local function start_map(walker, mapped, count, token)
   if not run.take_steps(count) then return end  -- the whole map, or none of it
   redis.call('HSET', run.join, 'mapn:' .. mapped, count, 'mapleft:' .. mapped, count)
   redis.call('HSET', run.steps, mapped .. '.status', 'mapped', mapped .. '.map', count)
@@ -208,10 +273,17 @@ local function start_map(walker, jobs, mapped, count)
     walker.resolve(mapped)
     return
   end
-  for n = 0, count - 1 do
-    local step = mapped .. '-' .. n
-    if jobs[step] then run.create_job(step, jobs[step], true) else walker.unknown = step end
-  end
+  redis.call('HSET', run.join, 'mapnext:' .. mapped, 0, 'maptoken:' .. mapped, token)
+  run.pending_delta = run.pending_delta + 1
+  run.create_map_chunk(mapped, TUNING.map_chunk)
+end
+
+-- End a call that created or ended steps: write the pending count; returns 1 when the run
+-- ended (nothing of it pending).
+function run.settle_pending()
+  if run.pending_delta < 0 then return run.end_if_idle() end
+  if run.pending_delta > 0 then run.apply_pending() end  -- as many steps began as ended
+  return 0
 end
 
 -- A step succeeded: record it, walk its successors, create the ready ones, end the run if
@@ -245,7 +317,7 @@ function run.complete(c)
       end
       for _, successor in ipairs(c.walk.successors[c.node] or {}) do
         if successor == c.mapped_node then
-          start_map(walker, c.jobs, successor, tonumber(c.mapped_count))
+          start_map(walker, successor, tonumber(c.mapped_count), c.map_token)
         else
           walker.arrive(successor, chosen == nil or chosen[successor] == true)
         end
@@ -256,14 +328,12 @@ function run.complete(c)
         .. " worker's graph plans no job for it (was the graph changed while the run was live?)")
     end
   end
-  local ended = 0
+  local ended
   if run.over_budget then
     run.stop('failed', run.budget_error(c.step))
     ended = run.end_if_idle()  -- the stop may have canceled what this call created
-  elseif run.pending_delta < 0 then
-    ended = run.end_if_idle()
-  elseif run.pending_delta > 0 then
-    run.apply_pending()  -- as many steps began as ended: the run goes on
+  else
+    ended = run.settle_pending()
   end
   return {'ok', ended}
 end
@@ -297,11 +367,25 @@ function run.stop(status, error_text)
   end
 end
 
+-- HMGET of `fields` of hash `k`, at most TUNING.read_chunk at a time (Lua unpacks only
+-- so many values at once: 10,000 failed with "too many results to unpack").
+local function hmget_chunked(k, fields)
+  local values = {}
+  for first = 1, #fields, TUNING.read_chunk do
+    local last = math.min(#fields, first + TUNING.read_chunk - 1)
+    for _, value in ipairs(redis.call('HMGET', k, unpack(fields, first, last))) do
+      table.insert(values, value)
+    end
+  end
+  return values
+end
+
 -- What a join reads of its predecessors, from its job's join-input spec (JSON of {run,
 -- predecessors, states}): their statuses and outputs, the kept states, the map counts and the
--- mapped instances' outputs in item order. False for a spec it cannot read, or over `limit`
--- outputs (0: no limit).
-function run.read_join_input(spec_json, limit)
+-- mapped instances' outputs in item order, from the `offset`-th (0-based, counted across the
+-- mapped predecessors) and `count` of them at most (0: all). False for a spec it cannot
+-- read, or over `limit` outputs in all (0: no limit).
+function run.read_join_input(spec_json, limit, offset, count)
   local ok, spec = pcall(cjson.decode, spec_json)
   if not ok or type(spec) ~= 'table' or type(spec.run) ~= 'string'
       or type(spec.predecessors) ~= 'table' or type(spec.states) ~= 'table'
@@ -315,13 +399,21 @@ function run.read_join_input(spec_json, limit)
     counts[n] = 'mapn:' .. predecessor
   end
   counts = redis.call('HMGET', key.join(spec.run), unpack(counts))
-  local mapped = {}
+  local total = 0
+  for n = 1, #counts do total = total + (tonumber(counts[n]) or 0) end
+  if limit > 0 and total > limit then return false end
+  offset = offset or 0
+  local stop = total
+  if count and count > 0 then stop = math.min(total, offset + count) end
+  local mapped, seen = {}, 0  -- seen: the mapped outputs of the predecessors before
   for n, predecessor in ipairs(spec.predecessors) do
-    local count = tonumber(counts[n]) or 0
-    if limit > 0 and #mapped + count > limit then return false end
-    for item = 0, count - 1 do table.insert(mapped, predecessor .. '-' .. item .. '.output') end
+    local items = tonumber(counts[n]) or 0
+    for item = math.max(offset - seen, 0), math.min(items, stop - seen) - 1 do
+      table.insert(mapped, predecessor .. '-' .. item .. '.output')
+    end
+    seen = seen + items
   end
-  if #mapped > 0 then mapped = redis.call('HMGET', steps, unpack(mapped)) end
   return {redis.call('HMGET', steps, unpack(statuses)), redis.call('HMGET', steps, unpack(outputs)),
-    redis.call('HMGET', key.state(spec.run), unpack(spec.states)), counts, mapped}
+    redis.call('HMGET', key.state(spec.run), unpack(spec.states)), counts,
+    hmget_chunked(steps, mapped)}
 end

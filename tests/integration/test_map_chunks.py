@@ -1,0 +1,150 @@
+"""A map's instances are created a chunk per call, and a creation cut short goes on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+from redis import Redis
+
+from ezgraph.client import GraphOrchestrator
+from ezgraph.completion import Attempt, StepRun
+from ezgraph.context import Context
+from ezgraph.handover import RunWriter
+from ezgraph.model.step_job import StepJob
+from ezgraph.recovery import resume_maps, watch_runs
+from ezgraph.settings import TUNING
+from ezgraph.state import runs as runs_module
+
+from ..conftest import drain, simple_worker_burst
+
+MAPPED = "tests.graphs.mapped"
+SMALL_CHUNKS = replace(TUNING, map_chunk=7, grace=0.0)
+
+
+def assert_ran_in_order(context: Context, run_id: str, count: int) -> None:
+    status = GraphOrchestrator(context=context).status(run_id)
+    assert status["status"] == "finished"
+    assert status["result"]["values"] == [i * i for i in range(count)]
+    stored = context.store.load_run(run_id)
+    assert stored is not None
+    assert [s.step for s in stored.steps] == ["m", "square"] + [
+        f"square-{i}" for i in range(count)
+    ] + ["collect"]
+
+
+def no_map_left(context: Context, redis_conn: Redis, run_id: str) -> bool:
+    staged = list(redis_conn.scan_iter(context.keys.map_items(run_id, "*")))
+    return not staged and redis_conn.zcard(context.keys.maps_creating) == 0
+
+
+@pytest.mark.parametrize("count", [7, 50])
+def test_a_map_wider_than_a_chunk_runs_every_item_once_in_order(
+    make_context: Callable[..., Context], redis_conn: Redis, count: int
+) -> None:
+    context = make_context(MAPPED, SMALL_CHUNKS)
+    run_id = GraphOrchestrator(context=context).submit("m", items=list(range(count)))
+    drain(context)
+    assert_ran_in_order(context, run_id, count)
+    assert no_map_left(context, redis_conn, run_id)
+    kept = {name.decode() for name in redis_conn.hkeys(context.keys.state(run_id))}
+    assert kept == {"m", "collect"}  # no instance's state: nothing reads it
+
+
+def test_a_wide_hash_is_read_a_chunk_per_call_as_one_hgetall_reads_it(
+    make_context: Callable[..., Context], redis_conn: Redis
+) -> None:
+    context = make_context(MAPPED)
+    redis_conn.hset("wide", mapping={f"f{n}": n for n in range(25)})
+    redis_conn.hset("narrow", "a", "1")
+    wide, narrow, missing = context.runs.read_hashes(["wide", "narrow", "missing"], chunk=4)
+    assert wide == {f"f{n}": str(n) for n in range(25)}
+    assert (narrow, missing) == ({"a": "1"}, {})
+
+
+def test_a_stock_worker_creates_the_chunks_too(
+    make_context: Callable[..., Context], redis_conn: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context = make_context(MAPPED, SMALL_CHUNKS)
+    run_id = GraphOrchestrator(context=context).submit("m", items=list(range(30)))
+    simple_worker_burst(context, redis_conn, monkeypatch, ["m", "square", "collect"])
+    RunWriter(context, "test").write_runs([run_id])
+    assert_ran_in_order(context, run_id, 30)
+
+
+def test_a_creation_cut_short_by_a_dead_worker_is_resumed_by_the_watchdog(
+    make_context: Callable[..., Context], redis_conn: Redis
+) -> None:
+    """The mapper's worker died after recording the Map (its first chunk created): the
+    watchdog creates the rest; the run does not end before every instance exists."""
+    context = make_context(MAPPED, SMALL_CHUNKS)
+    run_id = GraphOrchestrator(context=context).submit("m", items=list(range(40)))
+    redis_conn.delete("rq:queue:m")
+    step = StepRun(
+        context, StepJob(run_id, "m", MAPPED, state={"items": list(range(40))}), Attempt.of(None)
+    )
+    outcome = context.runs.complete(step.call())  # recorded; its worker dies before settle()
+    assert outcome.status == "ok"
+    assert redis_conn.llen("rq:queue:square") == 7
+    assert redis_conn.zcard(context.keys.maps_creating) == 1
+    drain(context)  # the 7 instances run; the run waits for the other 33
+    status = GraphOrchestrator(context=context).status(run_id)
+    assert status["status"] == "running" and redis_conn.llen("rq:queue:collect") == 0
+    writer = RunWriter(context, "test")
+    report = resume_maps(context, lambda ended: writer.write_runs([ended]) and None)
+    assert report.maps_resumed == [f"{run_id}/square"]
+    assert redis_conn.llen("rq:queue:square") == 33
+    drain(context)
+    assert_ran_in_order(context, run_id, 40)
+    assert no_map_left(context, redis_conn, run_id)
+    assert resume_maps(context, lambda ended: None).maps_resumed == []
+
+
+def test_a_map_of_a_run_canceled_meanwhile_stops_and_the_run_ends(
+    make_context: Callable[..., Context], redis_conn: Redis
+) -> None:
+    context = make_context(MAPPED, SMALL_CHUNKS)
+    orchestrator = GraphOrchestrator(context=context)
+    run_id = orchestrator.submit("m", items=list(range(40)))
+    redis_conn.delete("rq:queue:m")
+    step = StepRun(
+        context, StepJob(run_id, "m", MAPPED, state={"items": list(range(40))}), Attempt.of(None)
+    )
+    context.runs.complete(step.call())
+    context.runs.cancel(run_id, "canceled by a test")
+    ended: list[str] = []
+    resume_maps(context, ended.append)
+    assert ended == [run_id]
+    assert redis_conn.llen("rq:queue:square") == 0  # the first chunk canceled, no more made
+    assert no_map_left(context, redis_conn, run_id)
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_the_watchdog_looks_at_a_wide_run_s_first_waiting_steps_only(
+    make_context: Callable[..., Context],
+    redis_conn: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    wide: bool,
+) -> None:
+    """A pass costs the same whatever the width: the lowest-indexed waiting steps (here lost:
+    queued in no list) are looked at, the others in a later pass, once those ended. A wide
+    run's steps hash is not read whole: a window from the lowest instance not yet ended."""
+    if wide:
+        monkeypatch.setattr(runs_module, "BIG_HASH", 10)
+    context = make_context(MAPPED, replace(TUNING, watch_steps=5, grace=0.0))
+    run_id = GraphOrchestrator(context=context).submit("m", items=list(range(12)))
+    redis_conn.delete("rq:queue:m")
+    state = {"items": list(range(12))}
+    step = StepRun(context, StepJob(run_id, "m", MAPPED, state=state), Attempt.of(None))
+    context.runs.complete(step.call())
+    redis_conn.delete("rq:queue:square")  # every instance's job lost
+    report = watch_runs(context, lambda ended: None)
+    assert report.requeued == [f"{run_id}-square-{i}" for i in range(5)]
+    steps = context.keys.steps(run_id)
+    redis_conn.hset(steps, mapping={f"square-{i}.status": "finished" for i in range(3)})
+    redis_conn.delete("rq:queue:square")
+    report = watch_runs(context, lambda ended: None)
+    assert report.requeued == [f"{run_id}-square-{i}" for i in range(3, 8)]
+    low = redis_conn.hget(context.keys.join(run_id), "watchlow:square")
+    assert low == (b"3" if wide else None)
