@@ -17,7 +17,7 @@ import logging
 import os
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -166,12 +166,11 @@ class StepRun:
         if result.mapped is not None and result.mapped.items:
             # Staged in Redis first: the call recording this step creates the first chunk.
             mapped = result.mapped
+            instances: Iterator[StepJob] = flow.map_instances(graph, job, mapped, new_state)
+            if span is not None:  # the instances join the run's trace
+                instances = iter(span.hand_on(tuple(instances)))
             map_items = context.jobs.map_items(
-                graph,
-                mapped.node,
-                uuid.uuid4().hex,
-                len(mapped.items),
-                flow.map_instances(graph, job, mapped, new_state),
+                graph, mapped.node, uuid.uuid4().hex, len(mapped.items), instances
             )
             tuning = context.tuning
             context.runs.stage_map(map_items, tuning.map_chunk, tuning.map_items_ttl)

@@ -107,6 +107,7 @@ def test_a_maps_successor_links_to_each_instance(
     squares = {s.context.span_id for s in finished if s.name == "process square"}
     [collect] = [s for s in finished if s.name == "process collect"]
     assert len(squares) == 3 and linked(collect) == squares
+    assert len({s.context.trace_id for s in finished}) == 1  # the instances in the run's trace
 
 
 def test_a_stock_rq_worker_joins_the_runs_trace(
