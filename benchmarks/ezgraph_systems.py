@@ -167,8 +167,7 @@ class Ezgraph(WorkerSystem):
                 procs = self._start_workers(settings, workers)
                 meter = CommandMeter(self.conn)
                 start = orchestrator.graph.nodes[0]
-                for run in range(runs):
-                    orchestrator.submit(start, graph=graph, run=run)
+                orchestrator.submit_many(start, ({"graph": graph, "run": r} for r in range(runs)))
                 cpu = CpuMeter(self.conn, procs, meter)
                 self.conn.rpush(GO_KEY, *["go"] * workers)
                 meter.count_own()

@@ -7,6 +7,10 @@
 - **graph size**: one ``ezgraph worker`` serving a 100-node chain against chain5, the same
   number of steps each: steps/s and their ratio (idle marks, claims and watchdog passes must not
   cost per queue per call);
+- **backlog**: draining 1,000 queued chain2 runs, then 100,000, on 2 workers: steps/s and
+  their ratio (a long queue must not slow a claim);
+- **live runs**: one watchdog pass (:func:`ezgraph.recovery.watch_runs`) with 1,000 and with
+  100,000 live runs waiting: its time and their ratio (a pass reads a bounded number of runs);
 - **bytes per run**: chain2 runs queued, and ended and kept for ``EZGRAPH_RUN_TTL`` once in SQL
   (the bytes of the benchmark db's keys, divided by the runs).
 """
@@ -18,6 +22,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from ezgraph import recovery
 from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
 from ezgraph.settings import Settings
@@ -116,6 +121,33 @@ def bytes_per_run(system: Ezgraph, runs: int, workers: int) -> tuple[float, floa
     return (queued - empty) / runs, (ended - empty) / runs
 
 
+def backlog(system: Ezgraph, sizes: Sequence[int] = (1_000, 100_000)) -> list[float]:
+    """Steps/s draining ``sizes`` queued chain2 runs (all submitted before the workers go)."""
+    return [system.run("chain2", runs).steps_per_s for runs in sizes]
+
+
+def live_runs(system: Ezgraph, sizes: Sequence[int] = (1_000, 100_000)) -> list[float]:
+    """Milliseconds of one watchdog pass (median of 5) with ``sizes`` live runs waiting."""
+    conn = system.conn
+    passes = []
+    for runs in sizes:
+        flush_bench_db(conn)
+        with tempfile.TemporaryDirectory(prefix="ezgraph-scale-") as folder:
+            context = Context(system._settings("chain2", folder), conn)
+            orchestrator = GraphOrchestrator(context=context)
+            orchestrator.submit_many("a", ({"graph": "chain2", "run": r} for r in range(runs)))
+            time.sleep(context.tuning.grace + 0.5)  # a pass looks at runs past the grace
+            took = []
+            for _ in range(5):
+                began = time.perf_counter()
+                recovery.watch_runs(context, lambda _run_id: None)
+                took.append((time.perf_counter() - began) * 1000)
+            passes.append(sorted(took)[2])
+            flush_bench_db(conn)
+            dispose_engines()
+    return passes
+
+
 def graph_size(system: Ezgraph, steps: int = 4_000) -> tuple[float, float]:
     """Steps/s of one ezgraph worker running chain5, then the 100-node chain (``steps`` each)."""
     chain5 = system.run("chain5", steps // 5, workers=1).steps_per_s
@@ -144,6 +176,16 @@ def scale(widths: Sequence[int], workers: int = 2) -> list[str]:
         lines.append(
             f"\ngraph size, one ezgraph worker: chain5 {chain5:.0f} steps/s, 100-node chain"
             f" {chain100:.0f} steps/s ({chain100 / chain5:.2f}x)"
+        )
+        small, big = backlog(system)
+        lines.append(
+            f"\nbacklog, 2 ezgraph workers: 1,000 queued chain2 runs drained at {small:.0f}"
+            f" steps/s, 100,000 at {big:.0f} ({big / small:.2f}x)"
+        )
+        few, many = live_runs(system)
+        lines.append(
+            f"\nlive runs: a watchdog pass {few:.1f} ms with 1,000 waiting, {many:.1f} ms with"
+            f" 100,000 ({many / few:.2f}x)"
         )
         queued, ended = bytes_per_run(system, 2000, workers)
         lines.append(

@@ -83,7 +83,7 @@ def test_at_maxmemory_submit_fails_in_one_line_and_workers_wait_for_memory(
         worker.terminate()
         _, errors = worker.communicate(timeout=30)
     assert worker.returncode == 0, errors
-    assert "out of memory" in errors
+    assert "maxmemory" in errors  # it said Redis was full, and went on
     assert "Traceback" not in errors, errors
 
 
