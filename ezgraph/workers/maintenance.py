@@ -102,10 +102,12 @@ class Maintenance(threading.Thread):
                 if time.monotonic() - last_sweep >= 1.0:
                     last_sweep = time.monotonic()
                     self.worker.writer.take_turn(older_than=tuning.sweep_age)
-            except RedisError as error:
+            except RedisError as error:  # Redis gone: try again in a second, not at once
                 logger.warning("writing ended runs: Redis failed, trying again: %s", error)
+                self.stopped.wait(1.0)
             except Exception:
                 logger.exception("writing ended runs failed")
+                self.stopped.wait(1.0)
 
     def _write_ended(self) -> None:
         """Write the ended runs the worker asked for. The request is taken before writing, so

@@ -135,8 +135,9 @@ class StockProcess:
                     time.monotonic() - self._last_step < tuning.idle_write_gap
                 )
                 self.flush(busy)
-            except (RedisError, OSError) as error:
+            except (RedisError, OSError) as error:  # try again in a second, not at once
                 logger.warning("writing ended runs failed, trying again: %s", error)
+                self._stopped.wait(1.0)
 
     def flush(self, busy: bool = False) -> None:
         """Write the runs this process ended, when the policy says (``persist --follow``, when

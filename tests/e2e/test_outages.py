@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -31,6 +32,12 @@ def start_worker(settings: Settings) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time process ``pid`` has used (user and system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stop(worker: subprocess.Popen[str]) -> str:
@@ -123,6 +130,9 @@ def test_a_worker_told_to_stop_while_redis_is_gone_stops_in_its_grace(
     server.send_signal(signal.SIGKILL)
     server.wait()
     time.sleep(1.5)  # the worker finds Redis gone, and waits for it
+    cpu = cpu_seconds(worker.pid)
+    time.sleep(3)
+    assert cpu_seconds(worker.pid) - cpu < 1.0  # it waits; it does not spin on the failure
     began = time.monotonic()
     worker.send_signal(signal.SIGTERM)
     _, errors = worker.communicate(timeout=60)
