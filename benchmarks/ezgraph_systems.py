@@ -69,6 +69,11 @@ POSTGRES_URL_ENV = "BENCH_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 
+def sqlite_url(folder: str) -> str:
+    """The URL of a measurement's SQLite database in ``folder``."""
+    return f"sqlite:///{Path(folder) / 'bench.db'}"
+
+
 @contextlib.contextmanager
 def postgres_schema(base_url: str) -> Iterator[str]:
     """A URL of PostgreSQL at ``base_url`` scoped to a new schema, dropped on exit."""
@@ -118,7 +123,7 @@ class Ezgraph(WorkerSystem):
     def _database(self, folder: str) -> Iterator[str]:
         """The database URL of one measurement: a fresh SQLite file, or PostgreSQL schema."""
         if self.postgres_url is None:
-            yield f"sqlite:///{Path(folder) / 'bench.db'}"
+            yield sqlite_url(folder)
         else:
             with postgres_schema(self.postgres_url) as url:
                 yield url

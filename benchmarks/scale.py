@@ -28,7 +28,7 @@ from ezgraph.context import Context
 from ezgraph.settings import Settings
 from ezgraph.state.sql import dispose_engines
 
-from .ezgraph_systems import Ezgraph, _environment
+from .ezgraph_systems import Ezgraph, _environment, sqlite_url
 from .harness import GO_KEY, check_alive, connect, flush_bench_db, format_rows
 from .soak import keys_bytes
 
@@ -63,7 +63,7 @@ def map_width(system: Ezgraph, n: int, workers: int) -> tuple[float, float, str]
     conn = system.conn
     flush_bench_db(conn)
     with tempfile.TemporaryDirectory(prefix="ezgraph-scale-") as folder:
-        settings = system._settings("mapwide", folder)
+        settings = system._settings("mapwide", sqlite_url(folder))
         context = Context(settings, conn)
         context.store.create_schema()
         orchestrator = GraphOrchestrator(context=context)
@@ -96,7 +96,7 @@ def bytes_per_run(system: Ezgraph, runs: int, workers: int) -> tuple[float, floa
     conn = system.conn
     flush_bench_db(conn)
     with tempfile.TemporaryDirectory(prefix="ezgraph-scale-") as folder:
-        settings: Settings = system._settings("chain2", folder).replace(run_ttl=600)
+        settings: Settings = system._settings("chain2", sqlite_url(folder)).replace(run_ttl=600)
         context = Context(settings, conn)
         context.store.create_schema()
         orchestrator = GraphOrchestrator(context=context)
@@ -133,7 +133,7 @@ def live_runs(system: Ezgraph, sizes: Sequence[int] = (1_000, 100_000)) -> list[
     for runs in sizes:
         flush_bench_db(conn)
         with tempfile.TemporaryDirectory(prefix="ezgraph-scale-") as folder:
-            context = Context(system._settings("chain2", folder), conn)
+            context = Context(system._settings("chain2", sqlite_url(folder)), conn)
             orchestrator = GraphOrchestrator(context=context)
             orchestrator.submit_many("a", ({"graph": "chain2", "run": r} for r in range(runs)))
             time.sleep(context.tuning.grace + 0.5)  # a pass looks at runs past the grace

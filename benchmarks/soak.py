@@ -22,7 +22,7 @@ from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
 from ezgraph.state.sql import dispose_engines
 
-from .ezgraph_systems import Ezgraph
+from .ezgraph_systems import Ezgraph, sqlite_url
 from .harness import DONE_KEY, GO_KEY, check_alive, flush_bench_db
 
 SAMPLE_EVERY = 10.0
@@ -100,7 +100,7 @@ def _submit_at(
     flush_bench_db(conn)
     samples: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory(prefix="ezgraph-soak-") as folder:
-        settings = system._settings("chain2", folder)
+        settings = system._settings("chain2", sqlite_url(folder))
         context = Context(settings, conn)
         context.store.create_schema()
         orchestrator = GraphOrchestrator(context=context)
