@@ -102,7 +102,8 @@ def test_a_browser_walks_the_list_a_live_run_cancel_and_retry(
     make_context: Callable[..., Context], redis_conn: Redis, browser: object, shots: Path
 ) -> None:
     driver: object = browser
-    failing = make_context("tests.graphs.failing")
+    # Kept in Redis for the whole test: a run can be retried only while Redis holds it.
+    failing = make_context("tests.graphs.failing", run_ttl=600)
     orchestrator = GraphOrchestrator(context=failing)
     failed = orchestrator.submit("a", {"detail": " (a failure the retry meets again)"})
     mapped = make_context("tests.graphs.mapped")
