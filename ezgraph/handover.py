@@ -62,7 +62,7 @@ class RunWriter:
         a back-off). A run the database refuses is set aside with its reason
         (:meth:`RedisRuns.set_aside_run`) and the others are written without it."""
         self._refused = 0
-        if time.monotonic() < self._down_until:
+        if self.database_down:
             return []
         context = self.context
         records = []
