@@ -32,6 +32,13 @@ def fill(server: Redis) -> int:
     return written
 
 
+def on_private(port: int, sqlite_url: str, package: str) -> Settings:
+    """Settings of a test graph on the private server at ``port``."""
+    return Settings(
+        redis_url=f"redis://127.0.0.1:{port}/0", database_url=sqlite_url, modules_package=package
+    )
+
+
 def limited(port: int, policy: str = "noeviction") -> Redis:
     server = Redis(port=port)
     server.config_set("maxmemory", str(server.info("memory")["used_memory"] + 8_000_000))
@@ -45,11 +52,7 @@ def test_at_maxmemory_submit_fails_in_one_line_and_workers_wait_for_memory(
 ) -> None:
     private_redis()
     port = private_redis.port  # type: ignore[attr-defined]
-    settings = Settings(
-        redis_url=f"redis://127.0.0.1:{port}/0",
-        database_url=sqlite_url,
-        modules_package="tests.graphs.slowchain",
-    )
+    settings = on_private(port, sqlite_url, "tests.graphs.slowchain")
     server = limited(port)
     context = Context(settings)
     orchestrator = GraphOrchestrator(context=context)
@@ -92,11 +95,7 @@ def test_a_redis_that_evicts_keys_is_refused_by_workers_and_named_by_check(
 ) -> None:
     private_redis()
     port = private_redis.port  # type: ignore[attr-defined]
-    settings = Settings(
-        redis_url=f"redis://127.0.0.1:{port}/0",
-        database_url=sqlite_url,
-        modules_package="tests.graphs.chain",
-    )
+    settings = on_private(port, sqlite_url, "tests.graphs.chain")
     env = subprocess_env(settings)
     line = (
         "error: Redis evicts keys at maxmemory (maxmemory-policy allkeys-lru): it would lose"
