@@ -30,7 +30,7 @@ from .errors import ConnectionFailed, StoreRefused
 from .faults import crash_point
 from .model.records import RunRecord
 from .settings import Tuning
-from .state.runs import record_from_live
+from .state.runs import LiveRun, record_from_live
 
 if TYPE_CHECKING:  # imported where first used: see start_notifier
     from .notify import Notifier
@@ -52,6 +52,7 @@ class RunWriter:
         self._down_until = 0.0  # the database is down: not tried again before (monotonic)
         self._retry_in = 0.0
         self._refused = 0  # runs the last write set aside
+        self._holding = False  # this writer holds the write lock (take_turn)
         self.on_written: Callable[[], None] | None = None  # wakes this process's notifier
 
     # -- writing -----------------------------------------------------------------------------
@@ -65,24 +66,31 @@ class RunWriter:
         if self.database_down:
             return []
         context = self.context
+        runs = context.runs
+        wide = runs.wide_runs(run_ids)
+        narrow = [run_id for run_id in run_ids if run_id not in wide]
+        lives = [*zip(narrow, runs.read_many(narrow, events=True), strict=True)]
+        lives += [(run_id, runs.read_wide(run_id)) for run_id in wide]
         records = []
         written = []  # run id, the end written (a retry may change it while this writes)
         gone = []
-        for run_id, live in zip(run_ids, context.runs.read_many(run_ids, events=True), strict=True):
+        for run_id, live in lives:
             if live is None:
                 gone.append((run_id, ""))  # expired from Redis: nothing left to write
             elif ended := live.header.get("ended_at"):
-                records.append(record_from_live(live, encoded=True))
+                records.append(record_from_live(live, encoded=True))  # a wide run's: no steps
                 written.append((run_id, ended))
         ttl = context.settings.run_ttl
-        if gone and context.runs.mark_saved(gone, ttl):
-            context.runs.expire_saved(ttl)
+        if gone and runs.mark_saved(gone, ttl):
+            runs.expire_saved(ttl)
         if not records:
             return []
         crash_point(context.connection, context.keys, "before_persist", "run")
         notify = context.settings.notify_url is not None
         try:
-            saved = self._save(records, notify)
+            apart = self._save_steps_apart([(r, live) for r, live in lives if r in wide and live])
+            records = [r for r in records if r.run_id not in wide or r.run_id in apart]
+            saved = self._save(records, notify, apart)
         except ConnectionFailed as error:
             self._database_down(error)
             return []
@@ -93,26 +101,55 @@ class RunWriter:
             self.on_written()
         return [record.run_id for record in records if record.run_id in saved]
 
-    def _save(self, records: Sequence[RunRecord], notify: bool) -> set[str]:
+    def _save_steps_apart(self, wide: Sequence[tuple[str, LiveRun]]) -> dict[str, int]:
+        """Write the steps of wide runs (a big map's) a chunk per transaction, never the whole
+        map in memory; returns how many each has (those the database refused are set aside).
+        The write lock is renewed per chunk: another writer would only write them again."""
+        store, chunk = self.context.store, self.tuning.write_steps_chunk
+        apart = {}
+        for run_id, live in wide:
+            count = 0
+            try:
+                for steps in self.context.runs.wide_steps(live, chunk):
+                    store.save_steps(run_id, count, steps)
+                    count += len(steps)
+                    self._renew_lock()
+            except StoreRefused as error:
+                self._set_aside(run_id, error)
+                continue
+            apart[run_id] = count
+        return apart
+
+    def _save(
+        self, records: Sequence[RunRecord], notify: bool, apart: dict[str, int] | None = None
+    ) -> set[str]:
         """Save ``records`` (with their notifications, in the same transaction: none is lost);
         when the database refuses the batch, halves of it, down to the runs it refuses, which
         are set aside. Returns the ids saved."""
         context = self.context
         try:
-            if notify:
-                context.store.save_runs(records, context.notifications.pending_for(records))
-            else:
-                context.store.save_runs(records)
+            pending = context.notifications.pending_for(records) if notify else None
+            context.store.save_runs(records, pending, steps_apart=apart)
             return {record.run_id for record in records}
         except StoreRefused as error:
             if len(records) == 1:
-                run_id = records[0].run_id
-                logger.error("run %s set aside: the database refused it: %s", run_id, error)
-                self.context.runs.set_aside_run(run_id, str(error))
-                self._refused += 1
+                self._set_aside(records[0].run_id, error)
                 return set()
             middle = len(records) // 2
-            return self._save(records[:middle], notify) | self._save(records[middle:], notify)
+            return self._save(records[:middle], notify, apart) | self._save(
+                records[middle:], notify, apart
+            )
+
+    def _set_aside(self, run_id: str, error: StoreRefused) -> None:
+        logger.error("run %s set aside: the database refused it: %s", run_id, error)
+        self.context.runs.set_aside_run(run_id, str(error))
+        self._refused += 1
+
+    def _renew_lock(self) -> None:
+        """Keep the write lock while a long write goes on, if this writer holds it."""
+        connection, lock = self.context.connection, self.context.keys.write_lock
+        if self._holding and connection.get(lock) == self.name.encode():
+            connection.pexpire(lock, self.tuning.write_lock_ms)
 
     def _database_down(self, error: ConnectionFailed) -> None:
         """The database failed: wait before trying again, longer each time it stays down."""
@@ -165,6 +202,7 @@ class RunWriter:
         connection, lock = self.context.connection, self.context.keys.write_lock
         if not final and not connection.set(lock, self.name, nx=True, px=self.tuning.write_lock_ms):
             return False
+        self._holding = not final
         try:
             self.write_unsaved(older_than=older_than, until_empty=until_empty)
         except RedisError:
@@ -172,6 +210,7 @@ class RunWriter:
         except Exception:
             logger.exception("writing ended runs to SQL failed; they wait in Redis")
         finally:
+            self._holding = False
             if not final:
                 connection.delete(lock)
         return True

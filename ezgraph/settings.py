@@ -149,6 +149,7 @@ class Tuning:
     write_batch: int = 100  # ...or this many ended runs; also the runs per transaction
     idle_write_gap: float = 0.02  # an idle worker writes at once, at most this often
     write_retry: float = 0.02  # seconds before asking again for a held write lock
+    write_steps_chunk: int = 1_000  # a wide run's steps written per transaction
     write_lock_ms: int = 2_000  # the write lock's lifetime (a writer that died holds it so long)
     sweep_age: float = 2.0  # the once-a-second sweep writes runs left unsaved this long
     follower_renew_every: float = 1.0  # persist --follow renews its announcement so often...
@@ -183,9 +184,9 @@ class Tuning:
     max_join_input: int = 1_000  # outputs a claim reads for a join (more: the step reads them)
     # Jobs and runs.
     compress_over: int = 1_024  # job data over this many bytes is compressed, as RQ does
-    expire_chunk: int = 200  # RQ jobs of saved runs one call sets to expire at most
+    expire_chunk: int = 100  # RQ jobs of saved runs one call sets to expire at most
     read_chunk: int = 1_000  # mapped outputs one call reads at most (a join's input)
-    map_chunk: int = 500  # a map's instances one call creates at most
+    map_chunk: int = 250  # a map's instances one call creates at most
     map_items_ttl: int = 86_400  # seconds a map's staged items are kept (a backstop: see MapItems)
     canceled_ttl: int = 86_400  # seconds a canceled job stays in RQ's canceled registry
     failed_ttl: int = 31_536_000  # seconds a lost job stays in RQ's failed registry (RQ's)

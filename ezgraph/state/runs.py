@@ -13,7 +13,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -64,6 +64,12 @@ from .redis_io import ScriptRunner
 
 BIG_HASH = 5_000  # fields of a hash read in chunks (HSCAN) rather than one HGETALL
 _WATCHED_FIELDS = ("status", "job", "recovered")  # what the watchdog reads of a step
+WATCH_READ = 1_200  # fields of a step hash one HMGET reads at most (about 2 ms of Redis)
+# What a step's record is made of (:func:`_step`; ``map``: a node's mapped instances).
+_RECORD_FIELDS = (
+    "status", "attempts", "input", "output", "error", "started_at", "ended_at", "worker", "wait",
+    "map",
+)  # fmt: skip
 _ENDED = {"finished", "failed", "skipped", "canceled"}
 
 
@@ -325,6 +331,38 @@ class RedisRuns:
             )
         return runs
 
+    def wide_runs(self, run_ids: Sequence[str]) -> set[str]:
+        """Those of ``run_ids`` whose steps hash is wide (a big map's), which the hand-over
+        reads a chunk at a time (:meth:`read_wide`, :meth:`wide_steps`)."""
+        lengths = self.scripts.read_pipelined([("HLEN", self.keys.steps(r)) for r in run_ids])
+        return {r for r, n in zip(run_ids, lengths, strict=True) if int(n) > BIG_HASH}
+
+    def read_wide(self, run_id: str) -> LiveRun | None:
+        """A wide run without its steps: its header, its events and the states of its last
+        nodes (its result), in one round trip and one HMGET."""
+        keys = self.keys
+        header_reply, stream = self.scripts.read_pipelined(
+            [("HGETALL", keys.run(run_id)), ("XRANGE", keys.events(run_id), "-", "+")]
+        )
+        header = _text_dict(header_reply)
+        if not header:
+            return None
+        succ = _graph(header["graph"])["succ"]
+        last = [node for node in succ if not succ[node]]
+        values = self.connection.hmget(keys.state(run_id), last) if last else []
+        states = {n: v for n, v in zip(last, (as_text(v) for v in values), strict=True) if v}
+        return LiveRun(run_id, header, {}, states, parse_stream(stream))
+
+    def wide_steps(self, live: LiveRun, chunk: int) -> Iterator[list[StepRecord]]:
+        """A wide run's step records in order, ``chunk`` at most per list, each list read in
+        pipelined HMGETs: the hand-over never holds the whole map."""
+        return steps_in_order(
+            _graph(live.header["graph"]),
+            lambda names: self._step_fields(live.run_id, names, _RECORD_FIELDS),
+            chunk,
+            encoded=True,
+        )
+
     def read_events(
         self, run_id: str, after: str, count: int
     ) -> tuple[dict[str, str], dict[str, dict[str, str]], tuple[EventRecord, ...]]:
@@ -406,20 +444,29 @@ class RedisRuns:
         return window
 
     def _watched(self, run_id: str, steps: Sequence[str]) -> dict[str, dict[str, str]]:
-        """What the watchdog reads of ``steps`` (status, job, recovered), in one HMGET."""
-        fields = [f"{step}.{field}" for step in steps for field in _WATCHED_FIELDS]
-        values = self.connection.hmget(self.keys.steps(run_id), fields) if fields else []
-        width = len(_WATCHED_FIELDS)
-        return {
-            step: {
-                field: as_text(value) or ""
-                for field, value in zip(
-                    _WATCHED_FIELDS, values[n * width : (n + 1) * width], strict=True
-                )
+        """What the watchdog reads of ``steps`` (status, job, recovered)."""
+        return dict(zip(steps, self._step_fields(run_id, steps, _WATCHED_FIELDS), strict=True))
+
+    def _step_fields(
+        self, run_id: str, steps: Sequence[str], names: Sequence[str]
+    ) -> list[dict[str, str]]:
+        """Fields ``names`` of ``steps``: pipelined HMGETs of ``WATCH_READ`` fields at most,
+        so that no call blocks Redis for long."""
+        fields = [f"{step}.{name}" for step in steps for name in names]
+        key = self.keys.steps(run_id)
+        replies = self.scripts.read_pipelined(
+            [("HMGET", key, *fields[n : n + WATCH_READ]) for n in range(0, len(fields), WATCH_READ)]
+        )
+        values = [value for reply in replies for value in reply]
+        width = len(names)
+        return [
+            {
+                name: as_text(value) or ""
+                for name, value in zip(names, values[n * width : (n + 1) * width], strict=True)
                 if value is not None
             }
-            for n, step in enumerate(steps)
-        }
+            for n in range(len(steps))
+        ]
 
     def read_hashes(self, keys: Sequence[str], chunk: int = 2_000) -> list[dict[str, str]]:
         """Hashes as text: each in one HGETALL (pipelined), or, over ``chunk`` fields (a
@@ -514,15 +561,14 @@ def record_from_live(
     header = live.header
     graph = _graph(header["graph"])
     order: list[str] = list(graph["succ"])
-    steps: list[StepRecord] = []
-    for node in order:
-        fields = live.steps.get(node)
-        if fields:
-            steps.append(_step(node, node, None, fields, job_statuses, encoded))
-        count = int(fields.get("map", 0)) if fields else 0
-        for i in range(count):
-            name = step_name(node, i)
-            steps.append(_step(name, node, i, live.steps.get(name, {}), job_statuses, encoded))
+    read = live.steps.get
+    steps = [
+        step
+        for part in steps_in_order(
+            graph, lambda names: [read(n) or {} for n in names], math.inf, job_statuses, encoded
+        )
+        for step in part
+    ]
     status = RunStatus(header["status"])
     if status == RunStatus.QUEUED and any(s.status != StepStatus.QUEUED for s in steps):
         status = RunStatus.RUNNING
@@ -550,6 +596,32 @@ def record_from_live(
         idempotency_key=header.get("idempotency_key") or None,
         deadline_at=_epoch(header.get("deadline_at")),
     )
+
+
+def steps_in_order(
+    graph: dict[str, Any],
+    read: Callable[[list[str]], list[dict[str, str]]],
+    chunk: float,
+    job_statuses: dict[str, str] | None = None,
+    encoded: bool = False,
+) -> Iterator[list[StepRecord]]:
+    """A run's step records in the order SQL keeps them (each node of the graph that ran,
+    then its mapped instances in item order), ``chunk`` at most per list; ``read`` gives the
+    fields of the named steps."""
+    for node in graph["succ"]:
+        [fields] = read([node])
+        if fields:
+            yield [_step(node, node, None, fields, job_statuses, encoded)]
+        count = int(fields.get("map", 0)) if fields else 0
+        low = 0
+        while low < count:
+            high = int(min(count, low + chunk))
+            names = [step_name(node, i) for i in range(low, high)]
+            yield [
+                _step(name, node, low + n, found, job_statuses, encoded)
+                for n, (name, found) in enumerate(zip(names, read(names), strict=True))
+            ]
+            low = high
 
 
 def _epoch(text: str | None) -> datetime | None:

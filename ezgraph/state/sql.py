@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, cast
 
@@ -272,11 +272,30 @@ class Store:
             revision = connection.scalar(text(f"select version_num from {VERSION_TABLE}"))
         return None if revision is None else str(revision)
 
+    def save_steps(self, run_id: str, first: int, steps: Sequence[StepRecord]) -> None:
+        """Write part of a wide run's steps, at positions from ``first``, in a transaction of
+        its own (an upsert: writing it again, or beside another writer, changes nothing);
+        :meth:`save_runs` then writes the run with its step count in ``steps_apart``.
+
+        Raises:
+            ConnectionFailed, StoreRefused: as :meth:`save_runs`.
+        """
+        if not self._schema_ready:
+            self.create_schema()
+        rows = [_step_values(run_id, first + n, step) for n, step in enumerate(steps)]
+        with self._errors(), self.engine.begin() as connection:
+            _upsert(connection, steps_table, rows, ["run_id", "step"])
+
     def save_runs(
-        self, runs: Sequence[RunRecord], also: Callable[[Connection], None] | None = None
+        self,
+        runs: Sequence[RunRecord],
+        also: Callable[[Connection], None] | None = None,
+        steps_apart: Mapping[str, int] | None = None,
     ) -> None:
         """Write ``runs`` and their steps in one transaction; a run written before is replaced.
-        ``also`` writes more in that transaction (the runs' notifications).
+        ``also`` writes more in that transaction (the runs' notifications). ``steps_apart``:
+        runs whose steps :meth:`save_steps` wrote (run id -> how many), whose records carry
+        none: only the steps past that count (an earlier, wider end's) are deleted.
 
         Raises:
             ConnectionFailed: the database is down or does not answer (try again later).
@@ -287,6 +306,7 @@ class Store:
         if not self._schema_ready:
             self.create_schema()
         runs = list({run.run_id: run for run in runs}.values())  # a batch upserts a run once
+        apart = steps_apart or {}
         run_rows = [_run_values(run) for run in runs]
         step_rows = [
             _step_values(run.run_id, position, step)
@@ -295,9 +315,11 @@ class Store:
         ]
         with self._errors(), self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
-                _save_on_postgresql(connection, runs, run_rows, step_rows)
+                _save_on_postgresql(connection, runs, run_rows, step_rows, apart)
             else:
-                _save_runs_and_steps(connection, runs, run_rows, step_rows)
+                _save_runs_and_steps(connection, runs, run_rows, step_rows, apart)
+            for run_id, count in apart.items():
+                connection.execute(_delete_steps_from, {"run_id": run_id, "count": count})
             # Events are added, never replaced: a resumed run's stream may have been trimmed.
             event_rows = [_event_values(run.run_id, event) for run in runs for event in run.events]
             if event_rows:
@@ -462,6 +484,9 @@ def insert_of(dialect: str) -> Any:
 _delete_steps = delete(steps_table).where(
     steps_table.c.run_id.in_(bindparam("run_ids", expanding=True))
 )
+_delete_steps_from = delete(steps_table).where(
+    steps_table.c.run_id == bindparam("run_id"), steps_table.c.position >= bindparam("count")
+)
 
 
 def _upsert(
@@ -498,11 +523,14 @@ def _save_runs_and_steps(
     runs: Sequence[RunRecord],
     run_rows: list[dict[str, Any]],
     step_rows: list[dict[str, Any]],
+    apart: Mapping[str, int],
 ) -> None:
     """:meth:`Store.save_runs` on SQLite (and others): executemany of each table's rows."""
     _upsert(connection, runs_table, run_rows, ["run_id"])
     # A resumed run may have fewer mapped instances than before: replace its steps whole.
-    connection.execute(_delete_steps, {"run_ids": [run.run_id for run in runs]})
+    whole = [run.run_id for run in runs if run.run_id not in apart]
+    if whole:
+        connection.execute(_delete_steps, {"run_ids": whole})
     if step_rows:
         connection.execute(steps_table.insert(), step_rows)
     key_rows = [
@@ -519,6 +547,7 @@ def _save_on_postgresql(
     runs: Sequence[RunRecord],
     run_rows: list[dict[str, Any]],
     step_rows: list[dict[str, Any]],
+    apart: Mapping[str, int],
 ) -> None:
     """:meth:`Store.save_runs` on PostgreSQL: each table's rows in one multi-row statement,
     sent by psycopg2's ``execute_values``, and only the steps of runs written before deleted
@@ -535,7 +564,7 @@ def _save_on_postgresql(
     try:
         sql, rows = _postgresql_rows(runs_table, run_rows)
         returned = execute_values(cursor, sql, rows, page_size=len(rows), fetch=True)
-        replaced = [run_id for run_id, inserted in returned if not inserted]
+        replaced = [run_id for run_id, inserted in returned if not inserted and run_id not in apart]
         if replaced:
             connection.execute(_delete_steps, {"run_ids": replaced})
         if step_rows:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -98,7 +99,7 @@ def test_every_key_of_runs_ended_on_stock_rq_workers_expires_within_the_run_ttl(
     assert unbounded(redis_conn, RUN_TTL) == []
 
 
-def database_down(records: Sequence[RunRecord]) -> None:
+def database_down(records: Sequence[RunRecord], *_: Any, **__: Any) -> None:
     raise ConnectionFailed("the database is down")
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -229,7 +230,7 @@ def test_a_run_retried_while_it_is_written_is_written_again_as_it_ends(
 
     write = context.store.save_runs
 
-    def retried_meanwhile(records: Sequence[RunRecord]) -> None:
+    def retried_meanwhile(records: Sequence[RunRecord], *_: Any, **__: Any) -> None:
         context.store.save_runs = write  # type: ignore[method-assign]
         orchestrator.retry(run_id)
         drain(context)  # it fails again: a new end, written by the drain's worker
@@ -259,7 +260,7 @@ def test_a_run_retried_while_it_is_written_keeps_its_keys_while_it_runs(
     drain(context)
     write = context.store.save_runs
 
-    def retried_meanwhile(records: Sequence[RunRecord]) -> None:
+    def retried_meanwhile(records: Sequence[RunRecord], *_: Any, **__: Any) -> None:
         context.store.save_runs = write  # type: ignore[method-assign]
         orchestrator.retry(run_id)
         write(records)

@@ -16,6 +16,7 @@ from ezgraph.model.step_job import StepJob
 from ezgraph.recovery import resume_maps, watch_runs
 from ezgraph.settings import TUNING
 from ezgraph.state import runs as runs_module
+from ezgraph.state.runs import record_from_live
 
 from ..conftest import drain, simple_worker_burst
 
@@ -148,3 +149,28 @@ def test_the_watchdog_looks_at_a_wide_run_s_first_waiting_steps_only(
     assert report.requeued == [f"{run_id}-square-{i}" for i in range(3, 8)]
     low = redis_conn.hget(context.keys.join(run_id), "watchlow:square")
     assert low == (b"3" if wide else None)
+
+
+def test_a_wide_run_is_handed_over_a_chunk_of_steps_per_transaction(
+    make_context: Callable[..., Context], monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """A wide run's steps go to SQL in chunks (the writer never holds the whole map); the run
+    reads back as a narrow one does, step rows past its count (an earlier, wider end's) are
+    deleted, and writing it again changes nothing."""
+    monkeypatch.setattr(runs_module, "BIG_HASH", 10)
+    tuning = replace(SMALL_CHUNKS, write_steps_chunk=4)
+    context = make_context(MAPPED, tuning, database_url=database_url)
+    run_id = GraphOrchestrator(context=context).submit("m", items=list(range(30)))
+    drain(context)  # the run ends; the worker's writer wrote it
+    assert context.runs.wide_runs([run_id]) == {run_id}
+    live = context.runs.read_wide(run_id)
+    assert live is not None and live.steps == {}
+    chunks = list(context.runs.wide_steps(live, 4))
+    assert [len(c) for c in chunks] == [1, 1, 4, 4, 4, 4, 4, 4, 4, 2, 1]
+    stale = replace(chunks[-1][0], step="square-99", node="square", index=99)
+    context.store.save_steps(run_id, 99, [stale])  # as left by an earlier end of 100 items
+    assert RunWriter(context, "test").write_runs([run_id]) == [run_id]
+    assert_ran_in_order(context, run_id, 30)
+    [whole] = context.runs.read_many([run_id])
+    assert whole is not None
+    assert [s for c in chunks for s in c] == list(record_from_live(whole, encoded=True).steps)
