@@ -145,11 +145,17 @@ class RunWriter:
         self.context.runs.set_aside_run(run_id, str(error))
         self._refused += 1
 
-    def _renew_lock(self) -> None:
-        """Keep the write lock while a long write goes on, if this writer holds it."""
+    def _renew_lock(self) -> bool:
+        """Keep the write lock while a long write goes on (a steady stream of ended runs, a
+        wide run), if this writer holds it; False when it lost it (then another writes: two
+        would write the same oldest runs). A writer without the lock (a final write) goes on."""
+        if not self._holding:
+            return True
         connection, lock = self.context.connection, self.context.keys.write_lock
-        if self._holding and connection.get(lock) == self.name.encode():
-            connection.pexpire(lock, self.tuning.write_lock_ms)
+        if connection.get(lock) != self.name.encode():
+            return False
+        connection.pexpire(lock, self.tuning.write_lock_ms)
+        return True
 
     def _database_down(self, error: ConnectionFailed) -> None:
         """The database failed: wait before trying again, longer each time it stays down."""
@@ -189,7 +195,7 @@ class RunWriter:
                 return total
             written = self.write_runs(ids)
             total += len(written)
-            if len(written) + self._refused < len(ids):
+            if len(written) + self._refused < len(ids) or not self._renew_lock():
                 return total
             left -= len(ids)
         return total
@@ -210,9 +216,10 @@ class RunWriter:
         except Exception:
             logger.exception("writing ended runs to SQL failed; they wait in Redis")
         finally:
-            self._holding = False
-            if not final:
+            # Released if still this writer's (it may have expired and another taken it).
+            if self._holding and connection.get(lock) == self.name.encode():
                 connection.delete(lock)
+            self._holding = False
         return True
 
     # -- when to write -----------------------------------------------------------------------

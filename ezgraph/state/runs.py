@@ -297,12 +297,12 @@ class RedisRuns:
         if not reply:
             return JoinInput.parse(predecessors, states, reply)
         total = sum(int(count) for count in reply[3] if count is not None)
-        mapped = list(reply[4])
+        mapped = [as_text(value) for value in reply[4]]  # as text per chunk: one copy held
         while len(mapped) < total:
             more = self.scripts.call("read_join_input", *JoinInputRequest(spec, len(mapped), chunk))
             if not more or not more[4]:
                 break  # the run left Redis meanwhile: parse() says the counts differ
-            mapped += more[4]
+            mapped += [as_text(value) for value in more[4]]
         return JoinInput.parse(predecessors, states, [*reply[:4], mapped])
 
     def read(self, run_id: str) -> LiveRun | None:

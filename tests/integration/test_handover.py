@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from ezgraph.context import Context
 from ezgraph.handover import RunWriter
 from ezgraph.model.records import RunRecord
 from ezgraph.rq_compat import RQ_DATE_FORMAT
+from ezgraph.settings import TUNING
 from ezgraph.workers.fast import FastWorker
 from ezgraph.workers.maintenance import Maintenance
 from ezgraph.workers.stock import StockProcess
@@ -276,3 +278,31 @@ def test_a_run_retried_while_it_is_written_keeps_its_keys_while_it_runs(
     end = redis_conn.hget(context.keys.run(run_id), "ended_at")
     assert stored is not None and stored.ended_at is not None and end is not None
     assert stored.ended_at.strftime(RQ_DATE_FORMAT) == end.decode()
+
+
+def test_a_long_turn_keeps_the_write_lock_and_stops_once_another_holds_it(
+    make_context: Callable[..., Context], redis_conn: Redis
+) -> None:
+    """A writer with many runs to write renews the write lock per batch, so it outlives its
+    lifetime; once another writer holds it (it expired), this one stops after its batch, so
+    that two never write the same oldest runs."""
+    context = make_context(PACKAGE, replace(TUNING, write_batch=2, write_lock_ms=10_000))
+    end_runs_unwritten(context, 8)
+    writer = RunWriter(context, "test")
+    lock = context.keys.write_lock
+    seen: list[tuple[bytes | None, int]] = []  # the lock's holder and lifetime left, per batch
+    write = writer.write_runs
+
+    def batch_near_the_lock_s_end(run_ids: Sequence[str]) -> list[str]:
+        seen.append((redis_conn.get(lock), redis_conn.pttl(lock)))
+        redis_conn.pexpire(lock, 1_000)  # as if the batch took 9 s of its 10
+        if len(seen) == 3:
+            redis_conn.set(lock, "other")  # it expired and another writer took it
+        return write(run_ids)
+
+    writer.write_runs = batch_near_the_lock_s_end  # type: ignore[method-assign]
+    assert writer.take_turn()
+    assert [holder for holder, _ in seen] == [b"test"] * 3
+    assert all(left > 1_000 for _, left in seen)  # renewed after each batch
+    assert len(context.runs.unsaved()) == 2  # the fourth batch was left to the other
+    assert redis_conn.get(lock) == b"other"
