@@ -159,7 +159,7 @@ def map_width(system: Ezgraph, n: int, workers: int) -> MapFigures:
             elapsed = time.monotonic() - started
             worst = pinger.stop()
             slowest = slowlog.slowest()
-            stored = context.store.load_run(run_id)
+            stored = context.store.load_run(run_id, with_steps=False)
             result = stored.result if stored is not None else None
             in_order = "yes" if isinstance(result, dict) and result.get("in_order") else "no"
             if stored is None or stored.status != "finished":

@@ -336,8 +336,9 @@ class Store:
         with self._errors(), self.engine.connect() as connection:
             return {key: run_id for key, run_id in connection.execute(query)}
 
-    def load_run(self, run_id: str) -> RunRecord | None:
-        """The persisted run, or None."""
+    def load_run(self, run_id: str, with_steps: bool = True) -> RunRecord | None:
+        """The persisted run, or None; without its steps unless ``with_steps`` (a
+        1,000,000-item map's are 1,000,000 rows)."""
         if not self._schema_ready:
             self.create_schema()
         with self._errors(), self.engine.connect() as connection:
@@ -346,11 +347,15 @@ class Store:
             ).first()
             if row is None:
                 return None
-            steps = connection.execute(
-                select(steps_table)
-                .where(steps_table.c.run_id == run_id)
-                .order_by(steps_table.c.position)
-            ).all()
+            steps = (
+                connection.execute(
+                    select(steps_table)
+                    .where(steps_table.c.run_id == run_id)
+                    .order_by(steps_table.c.position)
+                ).all()
+                if with_steps
+                else []
+            )
         return RunRecord(
             run_id=row.run_id,
             package=row.package,
