@@ -186,7 +186,7 @@ class Tuning:
     compress_over: int = 1_024  # job data over this many bytes is compressed, as RQ does
     expire_chunk: int = 100  # RQ jobs of saved runs one call sets to expire at most
     read_chunk: int = 1_000  # mapped outputs one call reads at most (a join's input)
-    map_chunk: int = 250  # a map's instances one call creates at most
+    map_chunk: int = 100  # a map's instances one call creates at most
     map_items_ttl: int = 86_400  # seconds a map's staged items are kept (a backstop: see MapItems)
     canceled_ttl: int = 86_400  # seconds a canceled job stays in RQ's canceled registry
     failed_ttl: int = 31_536_000  # seconds a lost job stays in RQ's failed registry (RQ's)
