@@ -21,7 +21,7 @@ from redis.client import PubSub
 from redis.exceptions import RedisError
 
 from . import rq_compat, submission
-from .completion import resume_waiting
+from .completion import resume_waiting, sweep_stopped
 from .context import Context
 from .errors import (
     ConnectionFailed,
@@ -301,6 +301,10 @@ class GraphOrchestrator:
                 current = self.get_run(run_id).status
                 raise InvalidRunOperation(f"run {run_id} is already {current}: nothing to cancel")
             ended = outcome.run_ended
+            if not ended:  # a wide run's jobs: swept a chunk per call
+                swept: list[str] = []
+                sweep_stopped(self.context, run_id, swept.append)
+                ended = bool(swept)
             record = self._read_live(run_id)
             running = [
                 job_id(run_id, step.step)

@@ -362,6 +362,16 @@ def create_map(context: Context, run_id: str, node: str, ended: RunEnded) -> Non
             ended(run_id)
 
 
+def sweep_stopped(context: Context, run_id: str, ended: RunEnded) -> None:
+    """Sweep a stopped run's jobs, a chunk per call, until none is left (a wide map's run:
+    its waiting steps canceled, those in flight marked); the run may end with the last."""
+    more = True
+    while more:
+        more, run_ended = context.runs.sweep(run_id)
+        if run_ended:
+            ended(run_id)
+
+
 def run_and_record(
     step: StepRun, ended: RunEnded, expire_with_run: Callable[[], None] = lambda: None
 ) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from . import liveness, rq_compat
-from .completion import RunEnded, create_map, resume_waiting
+from .completion import RunEnded, create_map, resume_waiting, sweep_stopped
 from .context import Context
 from .errors import DeadlineExceeded, EzgraphError
 from .model import step_job
@@ -68,15 +68,18 @@ class Report:
     suspected: list[str] = field(default_factory=list)  # look lost, not yet for the grace
     past_deadline: list[str] = field(default_factory=list)  # runs failed at their deadline
     maps_resumed: list[str] = field(default_factory=list)  # <run>/<node>: maps created on
+    runs_swept: list[str] = field(default_factory=list)  # stopped runs whose jobs were swept
 
 
 def recover(context: Context, ended: RunEnded) -> Report:
     """One pass: give back dead workers' claims, fail the runs past their deadline, the
-    watchdog's pass, then go on creating the maps whose worker died while it created them."""
+    watchdog's pass, then go on creating the maps whose worker died while it created them,
+    and sweeping the jobs of stopped wide runs."""
     report = recover_dead_workers(context, ended)
     fail_past_deadline(context, ended, report)
     watch_runs(context, ended, report)
     resume_maps(context, ended, report)
+    resume_sweeps(context, ended, report)
     return report
 
 
@@ -88,6 +91,16 @@ def resume_maps(context: Context, ended: RunEnded, report: Report | None = None)
         logger.warning("run %s: the creation of map %s stalled; going on with it", run_id, node)
         create_map(context, run_id, node, ended)
         report.maps_resumed.append(f"{run_id}/{node}")
+    return report
+
+
+def resume_sweeps(context: Context, ended: RunEnded, report: Report | None = None) -> Report:
+    """Sweep the jobs of the stopped runs whose first chunk the call that stopped them swept
+    (a wide map's run that failed, or canceled by a client that went away)."""
+    report = report if report is not None else Report()
+    for run_id in context.runs.runs_sweeping(context.tuning.watch_limit):
+        sweep_stopped(context, run_id, ended)
+        report.runs_swept.append(run_id)
     return report
 
 

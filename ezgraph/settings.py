@@ -187,6 +187,9 @@ class Tuning:
     expire_chunk: int = 100  # RQ jobs of saved runs one call sets to expire at most
     read_chunk: int = 1_000  # mapped outputs one call reads at most (a join's input)
     map_chunk: int = 100  # a map's instances one call creates at most
+    sweep_chunk: int = 100  # jobs of a stopped run one call cancels (or marks) at most
+    lrem_max: int = 1_000  # a canceled job is taken out of a queue this long at most (LREM
+    # reads the list whole): from a longer one, the claim that takes it drops it
     map_items_ttl: int = 86_400  # seconds a map's staged items are kept (a backstop: see MapItems)
     canceled_ttl: int = 86_400  # seconds a canceled job stays in RQ's canceled registry
     failed_ttl: int = 31_536_000  # seconds a lost job stays in RQ's failed registry (RQ's)

@@ -10,7 +10,9 @@ RQ's keys are named by :mod:`ezgraph.rq_compat` (and ``lua/lib/rq.lua``).
   recovered (times recovery requeued it), stopped_while_running (it finished after its run
   stopped, so it created no successors: a retry runs it again).
 - ``run:<id>:state`` hash: the state a step passed on, kept where a join or the result reads it.
-- ``run:<id>:join`` hash: join arrivals (``left:<node>``, ``any:<node>``) and map counters.
+- ``run:<id>:join`` hash: join arrivals (``left:<node>``, ``any:<node>``), map counters, and a
+  stopped run's sweep of its jobs (``sweep:cursor``, ``sweep:mode``; ``runs:sweeping`` sorted
+  set: the runs being swept, scored by their last progress).
 - ``run:<id>:jobs`` hash: RQ job id -> queue, for every step job of the run.
 - ``run:<id>:events`` stream: what the run's steps emitted (progress, events), capped; it
   expires with the run's other keys.
@@ -101,6 +103,12 @@ class Keys:
         """The maps whose instances are being created, ``<run>/<node>`` scored by their last
         progress."""
         return f"{self.prefix}:maps:creating"
+
+    @property
+    def runs_sweeping(self) -> str:
+        """The stopped runs whose jobs are being swept a chunk per call (canceled, or marked
+        stopped while running), scored by their last progress."""
+        return f"{self.prefix}:runs:sweeping"
 
     def run_keys(self, run_id: str) -> tuple[str, ...]:
         """Every key one run holds."""

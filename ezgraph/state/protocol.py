@@ -32,6 +32,7 @@ SCRIPTS = (
     "signal_run",
     "create_map_chunk",
     "move_watch_window",
+    "sweep_run",
 )
 
 
@@ -319,6 +320,8 @@ LUA_TUNING = (
     "events_max",
     "read_chunk",
     "map_chunk",
+    "sweep_chunk",
+    "lrem_max",
 )
 
 # ezgraph's own fields in an RQ job's hash (RQ and stock workers ignore them).

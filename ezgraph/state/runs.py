@@ -168,6 +168,22 @@ class RedisRuns:
         )
         return [tuple((as_text(m) or "").split("/", 1)) for m in members]  # type: ignore[misc]
 
+    def step_canceled(self, run_id: str, step: str) -> bool:
+        """Whether the step was canceled (or its run left Redis) while its job waited."""
+        status = self.connection.hget(self.keys.steps(run_id), f"{step}.status")
+        return status is None or status == b"canceled"
+
+    def sweep(self, run_id: str) -> tuple[bool, bool]:
+        """Sweep the next chunk of a stopped run's jobs; returns (jobs are left to sweep, this
+        call ended the run)."""
+        more, ended = self.scripts.call("sweep_run", run_id, patience=self.patience)
+        return bool(int(more)), bool(int(ended))
+
+    def runs_sweeping(self, limit: int = 100) -> list[str]:
+        """Stopped runs whose jobs are still being swept, the least recently swept first."""
+        members = self.connection.zrange(self.keys.runs_sweeping, 0, limit - 1)
+        return [as_text(member) or "" for member in members]
+
     def fail_step(self, failure: Failure) -> Outcome:
         """Record a step that failed for good, and stop its run."""
         return Outcome.parse(

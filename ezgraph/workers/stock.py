@@ -92,6 +92,10 @@ class StockProcess:
 
     def run(self, job: StepJob, rq_job: Job) -> dict:  # type: ignore[type-arg]
         """Run one step of ``rq_job`` and record its end."""
+        if rq_job.ended_at is not None and self.context.runs.step_canceled(job.run_id, job.step):
+            # Canceled while it waited in a long queue, which keeps the id (rq.cancel_waiting):
+            # RQ runs what it pops; the step does not run. (A fresh job has no ended_at.)
+            return {}
         step = completion.StepRun(self.context, job, completion.Attempt.of(rq_job))
         in_forked_child = os.environ.get("RQ_JOB_ID") == rq_job.id  # RQ sets it in a horse
         ended = self.writer.write_now if in_forked_child else self.run_ended

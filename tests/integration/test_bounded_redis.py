@@ -52,8 +52,8 @@ def unbounded(redis_conn: Redis, ttl: int) -> list[str]:
         name = raw.decode()
         if name.startswith(SHARED):
             continue
-        left = redis_conn.ttl(name)
-        if not 0 < left <= ttl:
+        left = redis_conn.ttl(name)  # 0: under a second left; -2: expired since the scan
+        if left == -1 or left > ttl:
             found.append(f"{name} (TTL {left})")
     limit = time.time() + ttl + 1
     for kind in REGISTRIES:

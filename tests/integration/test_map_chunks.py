@@ -7,13 +7,15 @@ from dataclasses import replace
 
 import pytest
 from redis import Redis
+from rq import Queue
+from rq.job import Job
 
 from ezgraph.client import GraphOrchestrator
-from ezgraph.completion import Attempt, StepRun
+from ezgraph.completion import Attempt, StepRun, create_map
 from ezgraph.context import Context
 from ezgraph.handover import RunWriter
 from ezgraph.model.step_job import StepJob
-from ezgraph.recovery import resume_maps, watch_runs
+from ezgraph.recovery import resume_maps, resume_sweeps, watch_runs
 from ezgraph.settings import TUNING
 from ezgraph.state import runs as runs_module
 from ezgraph.state.runs import record_from_live
@@ -174,3 +176,76 @@ def test_a_wide_run_is_handed_over_a_chunk_of_steps_per_transaction(
     [whole] = context.runs.read_many([run_id])
     assert whole is not None
     assert [s for c in chunks for s in c] == list(record_from_live(whole, encoded=True).steps)
+
+
+SWEEP = replace(TUNING, sweep_chunk=7, lrem_max=5, grace=0.0)
+
+
+def queued_map(context: Context, items: list[object]) -> str:
+    """A run of ``m`` whose mapper ran: its instances wait in ``rq:queue:square``."""
+    run_id = GraphOrchestrator(context=context).submit("m", items=items)
+    context.connection.delete("rq:queue:m")
+    step = StepRun(context, StepJob(run_id, "m", MAPPED, state={"items": items}), Attempt.of(None))
+    assert context.runs.complete(step.call()).status == "ok"
+    create_map(context, run_id, "square", lambda _: None)  # as the mapper's worker goes on
+    return run_id
+
+
+def test_a_wide_run_is_canceled_a_chunk_of_jobs_per_call_and_its_long_queue_is_drained(
+    make_context: Callable[..., Context], redis_conn: Redis
+) -> None:
+    """Canceling a wide map's run sweeps its jobs ``sweep_chunk`` per call (the run ends with
+    the last); ids canceled in a queue longer than ``lrem_max`` stay there, and the worker
+    that claims them drops them unrun."""
+    context = make_context(MAPPED, SWEEP)
+    run_id = queued_map(context, list(range(600)))  # a jobs hash past listpack's 512
+    outcome = context.runs.cancel(run_id, "run canceled")
+    assert outcome.status == "ok" and not outcome.run_ended  # one chunk swept
+    assert context.runs.runs_sweeping() == [run_id]
+    calls = 0
+    more = True
+    while more:
+        more, ended = context.runs.sweep(run_id)
+        calls += 1
+    assert ended and calls >= 600 // 7 // 2  # HSCAN's COUNT is a hint
+    assert context.runs.runs_sweeping() == []
+    steps = context.runs.read_steps([run_id])[0]
+    assert {steps[f"square-{i}"]["status"] for i in range(600)} == {"canceled"}
+    assert redis_conn.llen("rq:queue:square") == 600  # left in the long queue
+    drain(context)
+    assert redis_conn.llen("rq:queue:square") == 0
+    assert Queue("square", connection=redis_conn).finished_job_registry.count == 0
+    stored = context.store.load_run(run_id)
+    assert stored is not None and stored.status == "canceled"
+
+
+def test_a_stock_worker_does_not_run_a_canceled_job_left_in_a_long_queue(
+    make_context: Callable[..., Context], redis_conn: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context = make_context(MAPPED, SWEEP)
+    run_id = queued_map(context, list(range(12)))
+    GraphOrchestrator(context=context).cancel(run_id)
+    assert redis_conn.llen("rq:queue:square") == 12
+    simple_worker_burst(context, redis_conn, monkeypatch, ["square"])
+    assert redis_conn.llen("rq:queue:square") == 0
+    results = [Job.fetch(f"{run_id}-square-{i}", redis_conn).return_value() for i in range(12)]
+    assert results == [{}] * 12  # run_step returned at once: square never ran
+
+
+def test_a_wide_run_that_fails_is_swept_by_the_watchdog_and_ends_failed(
+    make_context: Callable[..., Context], redis_conn: Redis
+) -> None:
+    """An instance fails: the call recording it stops the run and sweeps a chunk; the
+    watchdog sweeps the rest; every instance ends, the run ends failed and lands in SQL."""
+    context = make_context(MAPPED, SWEEP)
+    run_id = queued_map(context, ["boom", *range(1, 600)])  # "boom" ** 2 raises
+    drain(context)
+    writer = RunWriter(context, "test")
+    resume_sweeps(context, lambda ended: writer.write_runs([ended]) and None)
+    assert context.runs.runs_sweeping() == []
+    steps = context.runs.read_steps([run_id])[0]
+    statuses = [steps[f"square-{i}"]["status"] for i in range(600)]
+    assert statuses[0] == "failed" and "canceled" in statuses
+    assert set(statuses) <= {"failed", "canceled", "finished"}
+    stored = context.store.load_run(run_id)
+    assert stored is not None and stored.status == "failed"

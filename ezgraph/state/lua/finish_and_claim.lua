@@ -59,7 +59,9 @@ for _, queue in ipairs(queues) do
     if not id then break end
     local job_key = rq.job_key(id)
     local head = redis.call('HMGET', job_key, 'status', JOB_FIELD.deaths)  -- no status: no job
-    if head[2] and count > 0 then
+    if head[1] == 'canceled' then
+      redis.call('LREM', claimed_key, 1, id)  -- canceled, and left in a long queue: dropped
+    elseif head[2] and count > 0 then
       redis.call('LMOVE', claimed_key, rq.queue_key(queue), 'RIGHT', 'LEFT')  -- the next claim's
       alone = true
     elseif head[1] then

@@ -36,6 +36,7 @@ key.deadlines = PREFIX .. ':runs:deadlines'
 key.waiting_steps = PREFIX .. ':runs:waiting'
 key.workers = PREFIX .. ':workers'
 key.maps_creating = PREFIX .. ':maps:creating'
+key.runs_sweeping = PREFIX .. ':runs:sweeping'
 
 -- A list of strings written as its length then its items; returns it and the next position.
 local function read_list(i)

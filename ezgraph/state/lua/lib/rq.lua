@@ -144,7 +144,10 @@ end
 -- delay), as Job.cancel does. Returns whether it was waiting.
 function rq.cancel_waiting(id, queue, status)
   if status == 'queued' then
-    redis.call('LREM', rq.queue_key(queue), 0, id)
+    -- LREM reads the list whole: from a long queue (a wide map's) the id is left, and the
+    -- claim that takes it drops it (its hash says canceled; see finish_and_claim.lua).
+    local queue_key = rq.queue_key(queue)
+    if redis.call('LLEN', queue_key) <= TUNING.lrem_max then redis.call('LREM', queue_key, 0, id) end
   elseif status == 'scheduled' then
     redis.call('ZREM', rq.registry_key('scheduled', queue), id)
   else

@@ -125,25 +125,79 @@ function run.job_ttl(id, ttl)
   return ttl
 end
 
--- Stop the run: set its terminal status, and cancel every step still waiting in RQ.
-function run.abort(status, error_text)
+-- A stopped run's jobs are swept TUNING.sweep_chunk per call, so that stopping a wide map's
+-- run never holds Redis for long: the first chunk at once, by the call that stops it, the rest
+-- by run.sweep_chunk (the canceling client, or the watchdog, which goes on at once: a sweep
+-- does nothing a concurrent one would undo). The join hash holds `sweep:cursor` (HSCAN of the
+-- jobs hash) and `sweep:mode`; the run counts one pending step meanwhile, so that it cannot end
+-- before the sweep does; `runs:sweeping` lists the runs being swept. Per job, by mode:
+-- SWEEP_ABORT cancels a waiting step and a queued one whose job is still queued; SWEEP_STOP
+-- also marks a step still in flight (its job started) stopped_while_running, so that a retry
+-- runs it again; SWEEP_CANCEL also cancels a job waiting for a retry, and ends a step whose job
+-- RQ's stop command ended (it will never report).
+local SWEEP_ABORT, SWEEP_STOP, SWEEP_CANCEL = 1, 2, 3
+
+local function cancel_step(step)
+  redis.call('HSET', run.steps, step .. '.status', 'canceled', step .. '.ended_at', NOW_ISO)
+  redis.call('HINCRBY', run.key, 'pending', -1)
+end
+
+local function sweep_job(id, queue, mode)
+  local step = string.sub(id, #run.id + 2)
+  local step_status = run.step_status(step)
+  if step_status == 'waiting' or (step_status == 'queued' and rq.job_status(id) == 'queued'
+      and rq.cancel_waiting(id, queue, 'queued')) then
+    return cancel_step(step)  -- a waiting step holds no job: it is simply canceled
+  end
+  if step_status ~= 'queued' or mode < SWEEP_STOP then return end
+  redis.call('HSET', run.steps, step .. '.stopped_while_running', 1)
+  if mode < SWEEP_CANCEL then return end
+  local job_status = rq.job_status(id)
+  if rq.cancel_waiting(id, queue, job_status == 'scheduled' and 'scheduled' or '')
+      or job_status == 'stopped' or job_status == 'failed' then
+    cancel_step(step)
+  end
+end
+
+-- Sweep the next chunk (at most `size`) of the run's jobs; returns whether jobs are left.
+function run.sweep_chunk(size)
+  local cursor, mode = unpack(redis.call('HMGET', run.join, 'sweep:cursor', 'sweep:mode'))
+  if not cursor then return false end
+  local scan = redis.call('HSCAN', run.jobs, cursor, 'COUNT', size)
+  local jobs = scan[2]
+  for n = 1, #jobs, 2 do sweep_job(jobs[n], jobs[n + 1], tonumber(mode)) end
+  if scan[1] ~= '0' then
+    redis.call('HSET', run.join, 'sweep:cursor', scan[1])
+    redis.call('ZADD', key.runs_sweeping, NOW, run.id)
+    return true
+  end
+  redis.call('HDEL', run.join, 'sweep:cursor', 'sweep:mode')
+  redis.call('ZREM', key.runs_sweeping, run.id)
+  redis.call('HINCRBY', run.key, 'pending', -1)  -- the sweep's own pending count
+  return false
+end
+
+-- Begin sweeping the run's jobs in `mode` (a sweep under way in a lesser mode begins again in
+-- this one; sweeping a job twice changes nothing), and sweep the first chunk.
+function run.sweep(mode)
+  local current = redis.call('HGET', run.join, 'sweep:mode')
+  if not current then
+    redis.call('HINCRBY', run.key, 'pending', 1)
+  elseif tonumber(current) >= mode then
+    return run.sweep_chunk(TUNING.sweep_chunk)
+  end
+  redis.call('HSET', run.join, 'sweep:cursor', '0', 'sweep:mode', mode)
+  return run.sweep_chunk(TUNING.sweep_chunk)
+end
+
+-- Stop the run: set its terminal status, and sweep its jobs (run.sweep; SWEEP_ABORT unless
+-- `mode` says more): every step still waiting in RQ is canceled.
+function run.abort(status, error_text, mode)
   local current = redis.call('HGET', run.key, 'status')
   if current ~= 'queued' and current ~= 'running' then return end
   redis.call('HSET', run.key, 'status', status, 'error', error_text)
   redis.call('PUBLISH', key.stopped(run.id), status)
-  local jobs = redis.call('HGETALL', run.jobs)
-  local prefix_len = #run.id + 2
-  for n = 1, #jobs, 2 do
-    local id, queue = jobs[n], jobs[n + 1]
-    local step = string.sub(id, prefix_len)
-    local step_status = run.step_status(step)
-    if step_status == 'waiting' or (step_status == 'queued' and rq.job_status(id) == 'queued'
-        and rq.cancel_waiting(id, queue, 'queued')) then
-      -- a waiting step holds no job: it is simply canceled
-      redis.call('HSET', run.steps, step .. '.status', 'canceled', step .. '.ended_at', NOW_ISO)
-      redis.call('HINCRBY', run.key, 'pending', -1)
-    end
-  end
+  run.sweep(mode or SWEEP_ABORT)
 end
 
 -- Walk the graph from a resolved node: each successor gets an arrival, done or skipped. A node
@@ -355,16 +409,7 @@ end
 -- Stop a live run (failed or canceled): abort it, and mark the steps still in flight, which
 -- create no successors when they finish now, so that a retry runs them again.
 function run.stop(status, error_text)
-  local before = redis.call('HGET', run.key, 'status')
-  if before ~= 'queued' and before ~= 'running' then return end
-  run.abort(status, error_text)
-  local fields = redis.call('HGETALL', run.steps)
-  for n = 1, #fields, 2 do
-    local step = string.match(fields[n], '^(.*)%.status$')
-    if step and fields[n + 1] == 'queued' then
-      redis.call('HSET', run.steps, step .. '.stopped_while_running', 1)
-    end
-  end
+  run.abort(status, error_text, SWEEP_STOP)
 end
 
 -- HMGET of `fields` of hash `k`, at most TUNING.read_chunk at a time (Lua unpacks only
