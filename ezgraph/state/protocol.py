@@ -327,6 +327,7 @@ LUA_TUNING = (
 # ezgraph's own fields in an RQ job's hash (RQ and stock workers ignore them).
 JOIN_INPUT_FIELD = "ezgraph_join_input"  # a join's job: what to read for its input (JSON)
 DEATHS_FIELD = "ezgraph_lost"  # how many workers died holding the job
+LEFT_FIELD = "ezgraph_left"  # canceled, and left in its (long) queue until a worker takes it
 
 
 def lua_header(tuning: Tuning) -> str:
@@ -337,7 +338,9 @@ def lua_header(tuning: Tuning) -> str:
         for name, record in RECORDS.items()
     )
     numbers = ", ".join(f"{name} = {getattr(tuning, name)!r}" for name in LUA_TUNING)
-    job_fields = f"join_input = {JOIN_INPUT_FIELD!r}, deaths = {DEATHS_FIELD!r}"
+    job_fields = (
+        f"join_input = {JOIN_INPUT_FIELD!r}, deaths = {DEATHS_FIELD!r}, left = {LEFT_FIELD!r}"
+    )
     return (
         f"local FIELDS = {{{records}}}\nlocal TUNING = {{{numbers}}}\n"
         f"local JOB_FIELD = {{{job_fields}}}\n"

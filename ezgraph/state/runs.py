@@ -32,6 +32,7 @@ from ..model.records import (
 from ..model.step_job import step_name
 from .keys import Keys
 from .protocol import (
+    LEFT_FIELD,
     Cancel,
     Claim,
     Claimed,
@@ -168,10 +169,14 @@ class RedisRuns:
         )
         return [tuple((as_text(m) or "").split("/", 1)) for m in members]  # type: ignore[misc]
 
-    def step_canceled(self, run_id: str, step: str) -> bool:
-        """Whether the step was canceled (or its run left Redis) while its job waited."""
+    def dropped_from_queue(self, run_id: str, step: str, job_key: str) -> bool:
+        """Whether a stock worker popped a job canceled while it waited (or whose run left
+        Redis): then it is no longer marked left in its queue, and must not run."""
         status = self.connection.hget(self.keys.steps(run_id), f"{step}.status")
-        return status is None or status == b"canceled"
+        if status is not None and status != b"canceled":
+            return False
+        self.connection.hdel(job_key, LEFT_FIELD)
+        return True
 
     def sweep(self, run_id: str) -> tuple[bool, bool]:
         """Sweep the next chunk of a stopped run's jobs; returns (jobs are left to sweep, this

@@ -92,7 +92,10 @@ class StockProcess:
 
     def run(self, job: StepJob, rq_job: Job) -> dict:  # type: ignore[type-arg]
         """Run one step of ``rq_job`` and record its end."""
-        if rq_job.ended_at is not None and self.context.runs.step_canceled(job.run_id, job.step):
+        runs = self.context.runs
+        if rq_job.ended_at is not None and runs.dropped_from_queue(
+            job.run_id, job.step, rq_job.key
+        ):
             # Canceled while it waited in a long queue, which keeps the id (rq.cancel_waiting):
             # RQ runs what it pops; the step does not run. (A fresh job has no ended_at.)
             return {}

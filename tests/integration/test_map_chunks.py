@@ -249,3 +249,22 @@ def test_a_wide_run_that_fails_is_swept_by_the_watchdog_and_ends_failed(
     assert set(statuses) <= {"failed", "canceled", "finished"}
     stored = context.store.load_run(run_id)
     assert stored is not None and stored.status == "failed"
+
+
+def test_a_retry_requeues_a_job_left_in_its_queue_in_place_not_twice(
+    make_context: Callable[..., Context], redis_conn: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wide run fails; its instances, canceled, stay listed in their long queue. Retried,
+    each runs once: a job still listed is requeued where it is, not pushed again."""
+    context = make_context(MAPPED, SWEEP)
+    # 1,200: the stock worker's process has the default tuning (its queue longer than lrem_max)
+    run_id = queued_map(context, ["boom", *range(1, 1_200)])
+    simple_worker_burst(context, redis_conn, monkeypatch, ["square"], max_jobs=1)
+    writer = RunWriter(context, "test")
+    resume_sweeps(context, lambda ended: writer.write_runs([ended]) and None)
+    assert GraphOrchestrator(context=context).status(run_id)["status"] == "failed"
+    assert redis_conn.llen("rq:queue:square") == 1_199  # canceled, left listed
+    GraphOrchestrator(context=context).retry(run_id)
+    listed = redis_conn.lrange("rq:queue:square", 0, -1)
+    assert len(listed) == len(set(listed)) == 1_200
+    assert redis_conn.hget(f"rq:job:{run_id}-square-1", "status") == b"queued"

@@ -61,6 +61,7 @@ for _, queue in ipairs(queues) do
     local head = redis.call('HMGET', job_key, 'status', JOB_FIELD.deaths)  -- no status: no job
     if head[1] == 'canceled' then
       redis.call('LREM', claimed_key, 1, id)  -- canceled, and left in a long queue: dropped
+      redis.call('HDEL', job_key, JOB_FIELD.left)
     elseif head[2] and count > 0 then
       redis.call('LMOVE', claimed_key, rq.queue_key(queue), 'RIGHT', 'LEFT')  -- the next claim's
       alone = true

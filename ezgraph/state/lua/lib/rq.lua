@@ -137,17 +137,22 @@ function rq.requeue(id, queue, at_front)
   redis.call('HSET', job_key, 'status', 'queued', 'started_at', '', 'ended_at', '',
     'enqueued_at', NOW_ISO)
   redis.call('HDEL', job_key, 'exc_info', 'worker_name')
-  rq.push(queue, id, at_front)
+  -- A job canceled and left in its queue is still listed there: pushed again, it would run twice.
+  if redis.call('HDEL', job_key, JOB_FIELD.left) == 0 then rq.push(queue, id, at_front) end
 end
 
 -- Cancel job `id` where it waits: its queue ('queued') or the scheduled registry (a retry's
 -- delay), as Job.cancel does. Returns whether it was waiting.
 function rq.cancel_waiting(id, queue, status)
   if status == 'queued' then
-    -- LREM reads the list whole: from a long queue (a wide map's) the id is left, and the
-    -- claim that takes it drops it (its hash says canceled; see finish_and_claim.lua).
+    -- LREM reads the list whole: from a long queue (a wide map's) the id is left, marked, and
+    -- the worker that takes it drops it (finish_and_claim.lua; a stock one, run_step).
     local queue_key = rq.queue_key(queue)
-    if redis.call('LLEN', queue_key) <= TUNING.lrem_max then redis.call('LREM', queue_key, 0, id) end
+    if redis.call('LLEN', queue_key) <= TUNING.lrem_max then
+      redis.call('LREM', queue_key, 0, id)
+    else
+      redis.call('HSET', rq.job_key(id), JOB_FIELD.left, 1)
+    end
   elseif status == 'scheduled' then
     redis.call('ZREM', rq.registry_key('scheduled', queue), id)
   else
