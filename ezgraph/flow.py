@@ -202,7 +202,7 @@ def merge_join_input(
         if read.statuses.get(predecessor) != "finished":
             continue
         if predecessor in read.mapped:
-            items = [json.loads(o) if o else None for o in read.mapped[predecessor]]
+            items = [json.loads(o) if o else None for o in _taken(read.mapped[predecessor])]
             kept = read.states.get(graph.mapper(predecessor) or "")
             state.update(json.loads(kept) if kept else {})
             state[predecessor] = items
@@ -213,3 +213,11 @@ def merge_join_input(
             output = read.outputs.get(predecessor)
             outputs[predecessor] = json.loads(output) if output else None
     return state, outputs
+
+
+def _taken(texts: list[str | None]) -> Iterator[str | None]:
+    """Each of ``texts``, dropped from the list as it is taken: a join decoding 1,000,000
+    outputs holds the text of only those not yet decoded beside the objects."""
+    for n, text in enumerate(texts):
+        texts[n] = None
+        yield text
