@@ -372,6 +372,9 @@ class GraphOrchestrator:
             )
         if resumed.status == "empty":
             raise InvalidRunOperation(f"run {run_id} has no failed step to retry")
+        if not resumed.details:  # a wide run: its steps are requeued a chunk per call
+            with _redis_errors(self.context):
+                sweep_stopped(self.context, run_id, lambda _: None)
         return self.status(run_id)
 
     def signal(self, run_id: str, name: str, data: Any = None) -> dict[str, Any]:

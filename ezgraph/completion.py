@@ -363,8 +363,9 @@ def create_map(context: Context, run_id: str, node: str, ended: RunEnded) -> Non
 
 
 def sweep_stopped(context: Context, run_id: str, ended: RunEnded) -> None:
-    """Sweep a stopped run's jobs, a chunk per call, until none is left (a wide map's run:
-    its waiting steps canceled, those in flight marked); the run may end with the last."""
+    """Sweep a run's jobs, a chunk per call, until none is left (a wide map's run: stopped,
+    its waiting steps canceled and those in flight marked; retried, its failed steps
+    requeued); the run may end with the last."""
     more = True
     while more:
         more, run_ended = context.runs.sweep(run_id)

@@ -268,3 +268,38 @@ def test_a_retry_requeues_a_job_left_in_its_queue_in_place_not_twice(
     listed = redis_conn.lrange("rq:queue:square", 0, -1)
     assert len(listed) == len(set(listed)) == 1_200
     assert redis_conn.hget(f"rq:job:{run_id}-square-1", "status") == b"queued"
+
+
+def test_a_wide_run_is_retried_a_chunk_per_call_and_a_job_it_cannot_requeue_fails_it(
+    make_context: Callable[..., Context], redis_conn: Redis
+) -> None:
+    """Retrying a wide run requeues its steps ``sweep_chunk`` per call: the canceled instances
+    run again and the run ends as they do. A job gone from Redis stops the retry: the run
+    fails again, naming it, and what was requeued is canceled."""
+    context = make_context(MAPPED, SWEEP)
+    orchestrator = GraphOrchestrator(context=context)
+    run_id = queued_map(context, ["boom", *range(1, 600)])
+    drain(context)
+    writer = RunWriter(context, "test")
+    resume_sweeps(context, lambda ended: writer.write_runs([ended]) and None)
+    first = context.runs.read_steps([run_id])[0]
+    canceled = [i for i in range(600) if first[f"square-{i}"]["status"] == "canceled"]
+    assert canceled and orchestrator.status(run_id)["status"] == "failed"
+    assert context.runs.resume(run_id).status == "ok"
+    assert context.runs.runs_sweeping() == [run_id]  # one chunk requeued (past listpack's 512)
+    resume_sweeps(context, lambda ended: None)  # the watchdog goes on (the client would)
+    drain(context)  # square-0 fails again: the run stops, its sweep a chunk...
+    resume_sweeps(context, lambda ended: writer.write_runs([ended]) and None)  # ...the rest
+    again = context.runs.read_steps([run_id])[0]
+    assert again["square-0"]["status"] == "failed"
+    assert all(again[f"square-{i}"]["status"] == "finished" for i in canceled)
+    assert orchestrator.status(run_id)["status"] == "failed"
+    # Again, with the failed instance's job gone: the retry stops there.
+    redis_conn.delete(f"rq:job:{run_id}-square-0")
+    orchestrator.retry(run_id)
+    status = orchestrator.status(run_id)
+    assert status["status"] == "failed"
+    assert "square-0: cannot be retried: its job is expired" in status["error"]
+    drain(context)
+    last = context.runs.read_steps([run_id])[0]
+    assert "queued" not in {last[f"square-{i}"]["status"] for i in range(600)}

@@ -134,8 +134,49 @@ end
 -- SWEEP_ABORT cancels a waiting step and a queued one whose job is still queued; SWEEP_STOP
 -- also marks a step still in flight (its job started) stopped_while_running, so that a retry
 -- runs it again; SWEEP_CANCEL also cancels a job waiting for a retry, and ends a step whose job
--- RQ's stop command ended (it will never report).
-local SWEEP_ABORT, SWEEP_STOP, SWEEP_CANCEL = 1, 2, 3
+-- RQ's stop command ended (it will never report). SWEEP_RETRY (`ezgraph retry` of a wide run)
+-- requeues the steps a retry runs again (run.reruns); a stop replaces it.
+local SWEEP_ABORT, SWEEP_STOP, SWEEP_CANCEL, SWEEP_RETRY = 1, 2, 3, 4
+local REQUEUEABLE = {failed = true, canceled = true, stopped = true, finished = true}
+
+-- Whether a retry runs step `step` again: failed and canceled steps, and steps that finished
+-- after the run had stopped (marked stopped_while_running: their successors were never
+-- created; a sink, having none, stays finished). `succ`: the run's graph's successors.
+function run.reruns(step, succ)
+  local step_status = run.step_status(step)
+  if step_status == 'failed' or step_status == 'canceled' then return true end
+  if step_status == 'finished'
+      and redis.call('HEXISTS', run.steps, step .. '.stopped_while_running') == 1 then
+    local successors = succ[step]  -- nil for a mapped instance, which must resolve its node
+    return successors == nil or #successors > 0
+  end
+  return false
+end
+
+-- Requeue the job of a step a retry runs again. retries_left stays as it is, as with RQ; a
+-- retry counts its worker deaths anew.
+function run.requeue_step(step, id, queue)
+  rq.requeue(id, queue, false)
+  rq.keep_job(id)  -- set to expire with its run: it must wait in its queue
+  redis.call('HDEL', rq.job_key(id), JOB_FIELD.deaths)
+  wake.queue(queue)
+  redis.call('HSET', run.steps, step .. '.status', 'queued')
+  redis.call('HDEL', run.steps, step .. '.error', step .. '.ended_at',
+    step .. '.stopped_while_running', step .. '.recovered')
+  redis.call('HINCRBY', run.key, 'pending', 1)
+end
+
+local function retry_job(step, id, queue)
+  run.succ = run.succ or cjson.decode(redis.call('HGET', run.key, 'graph')).succ
+  if not run.reruns(step, run.succ) then return end
+  local job_status = rq.job_status(id)
+  if not REQUEUEABLE[job_status] then
+    run.refused = step .. ': cannot be retried: its job is ' .. (job_status or 'expired')
+    return
+  end
+  run.requeue_step(step, id, queue)
+  redis.call('HINCRBY', run.join, 'sweep:requeued', 1)
+end
 
 local function cancel_step(step)
   redis.call('HSET', run.steps, step .. '.status', 'canceled', step .. '.ended_at', NOW_ISO)
@@ -144,6 +185,7 @@ end
 
 local function sweep_job(id, queue, mode)
   local step = string.sub(id, #run.id + 2)
+  if mode == SWEEP_RETRY then return retry_job(step, id, queue) end
   local step_status = run.step_status(step)
   if step_status == 'waiting' or (step_status == 'queued' and rq.job_status(id) == 'queued'
       and rq.cancel_waiting(id, queue, 'queued')) then
@@ -165,25 +207,38 @@ function run.sweep_chunk(size)
   if not cursor then return false end
   local scan = redis.call('HSCAN', run.jobs, cursor, 'COUNT', size)
   local jobs = scan[2]
-  for n = 1, #jobs, 2 do sweep_job(jobs[n], jobs[n + 1], tonumber(mode)) end
+  for n = 1, #jobs, 2 do
+    sweep_job(jobs[n], jobs[n + 1], tonumber(mode))
+    if run.refused then  -- a job a retry cannot requeue: the run fails again (a new sweep)
+      local refused = run.refused
+      run.refused = nil
+      run.stop('failed', refused)
+      return true
+    end
+  end
   if scan[1] ~= '0' then
     redis.call('HSET', run.join, 'sweep:cursor', scan[1])
     redis.call('ZADD', key.runs_sweeping, NOW, run.id)
     return true
   end
-  redis.call('HDEL', run.join, 'sweep:cursor', 'sweep:mode')
+  local requeued, error_text = unpack(redis.call('HMGET', run.join, 'sweep:requeued',
+    'sweep:error'))
+  redis.call('HDEL', run.join, 'sweep:cursor', 'sweep:mode', 'sweep:requeued', 'sweep:error')
   redis.call('ZREM', key.runs_sweeping, run.id)
   redis.call('HINCRBY', run.key, 'pending', -1)  -- the sweep's own pending count
+  if tonumber(mode) == SWEEP_RETRY and not requeued then  -- nothing to run again after all
+    redis.call('HSET', run.key, 'status', 'failed', 'error', error_text or '')
+  end
   return false
 end
 
--- Begin sweeping the run's jobs in `mode` (a sweep under way in a lesser mode begins again in
--- this one; sweeping a job twice changes nothing), and sweep the first chunk.
+-- Begin sweeping the run's jobs in `mode` (a sweep under way in a lesser mode, or a retry's,
+-- begins again in this one; sweeping a job twice changes nothing), and sweep the first chunk.
 function run.sweep(mode)
-  local current = redis.call('HGET', run.join, 'sweep:mode')
+  local current = tonumber(redis.call('HGET', run.join, 'sweep:mode'))
   if not current then
     redis.call('HINCRBY', run.key, 'pending', 1)
-  elseif tonumber(current) >= mode then
+  elseif current >= mode and current ~= SWEEP_RETRY then
     return run.sweep_chunk(TUNING.sweep_chunk)
   end
   redis.call('HSET', run.join, 'sweep:cursor', '0', 'sweep:mode', mode)
