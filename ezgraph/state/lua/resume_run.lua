@@ -49,7 +49,7 @@ if wide then
   -- A wide run's steps are requeued a chunk per call (run.sweep): a job that cannot be
   -- requeued fails the run again; none to run again leaves it failed as it was.
   redis.call('HSET', run.join, 'sweep:error', error_text or '')
-  run.sweep(SWEEP_RETRY)
+  if not run.sweep(SWEEP_RETRY) then run.end_if_idle() end  -- swept whole: nothing may rerun
   return remember({'ok'})
 end
 local reply = {'ok'}
