@@ -354,21 +354,27 @@ def settle(context: Context, request: CompletionRequest, outcome: Outcome, ended
 def create_map(context: Context, run_id: str, node: str, ended: RunEnded) -> None:
     """Create a map's instances, a chunk per call, until none is left (each call goes on
     from where the last one, of any process, ended)."""
-    more = True
-    while more:
+
+    def chunk() -> tuple[bool, bool]:
         crash_point(context.connection, context.keys, "map_chunk", f"{run_id}-{node}")
-        more, run_ended = context.runs.create_map_chunk(run_id, node)
-        if run_ended:
-            ended(run_id)
+        return context.runs.create_map_chunk(run_id, node)
+
+    _until_done(chunk, run_id, ended)
 
 
 def sweep_stopped(context: Context, run_id: str, ended: RunEnded) -> None:
     """Sweep a run's jobs, a chunk per call, until none is left (a wide map's run: stopped,
     its waiting steps canceled and those in flight marked; retried, its failed steps
     requeued); the run may end with the last."""
+    _until_done(lambda: context.runs.sweep(run_id), run_id, ended)
+
+
+def _until_done(chunk: Callable[[], tuple[bool, bool]], run_id: str, ended: RunEnded) -> None:
+    """Call ``chunk`` (returning: work is left, this call ended the run) until no work is
+    left; a run it ends goes to ``ended``."""
     more = True
     while more:
-        more, run_ended = context.runs.sweep(run_id)
+        more, run_ended = chunk()
         if run_ended:
             ended(run_id)
 
