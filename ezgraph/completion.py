@@ -105,11 +105,14 @@ class StepRun:
         context, job = self.context, self.job
         if job.node in graph.unavailable:
             raise StepError(self._not_here(job.node))
-        state: dict[str, Any] = job.state or {}
+        state: dict[str, Any] = job.state or {}  # what the step passes on, with its output
+        gathered: dict[str, Any] = {}
         outputs: dict[str, Any] = {}
         if job.reads_join_input:
-            state, outputs = self._join_input(graph)
-        self.data = data = dict(state)
+            state, gathered, outputs = self._join_input(graph)
+        elif job.reads_mapper_state:
+            state = self._mapper_state(graph)
+        self.data = data = {**state, **gathered}
         if job.index is not None:
             data[job.item_key] = job.item
         step_context = StepContext(
@@ -133,7 +136,7 @@ class StepRun:
         )
         crash_point(context.connection, context.keys, "after_module", job.step)
         if result.wait is not None:
-            signaled, signal = self._wait(result.wait, output_json, data)
+            signaled, signal = self._wait(result.wait, output_json, state)
             if not signaled:
                 return CompletionRequest(
                     self._completion(result, output_json, ""), (), (), result.output, True
@@ -142,19 +145,20 @@ class StepRun:
             output_json = to_json(
                 result.output, f"step {job.step!r}: output", context.settings.max_payload_bytes
             )
-        return self.request(graph, data, result, output_json, span)
+        return self.request(graph, state, result, output_json, span)
 
     def request(
         self,
         graph: Graph,
-        data: dict[str, Any],
+        state: dict[str, Any],
         result: flow.StepResult,
         output_json: str,
         span: StepSpan | None,
     ) -> CompletionRequest:
-        """What recording this step's success with ``result`` needs (its input was ``data``)."""
+        """What recording this step's success with ``result`` needs (``state``: what it
+        received to pass on, without a join's gathered lists)."""
         job = self.job
-        new_state = {**data, **result.output}
+        new_state = {**state, **result.output}
         plan = flow.plan(graph, job, result, new_state)
         unavailable = [planned.node for planned in plan.jobs if planned.node in graph.unavailable]
         if result.mapped is not None and result.mapped.node in graph.unavailable:
@@ -166,7 +170,7 @@ class StepRun:
         if result.mapped is not None and result.mapped.items:
             # Staged in Redis first: the call recording this step creates the first chunk.
             mapped = result.mapped
-            instances: Iterator[StepJob] = flow.map_instances(graph, job, mapped, new_state)
+            instances: Iterator[StepJob] = flow.map_instances(graph, job, mapped)
             if span is not None:  # the instances join the run's trace
                 instances = iter(span.hand_on(tuple(instances)))
             map_items = context.jobs.map_items(
@@ -174,9 +178,9 @@ class StepRun:
             )
             tuning = context.tuning
             context.runs.stage_map(map_items, tuning.map_chunk, tuning.map_items_ttl)
-        state = to_json(new_state, f"step {job.step!r}: state") if plan.keeps_state else ""
+        kept = to_json(new_state, f"step {job.step!r}: state") if plan.keeps_state else ""
         token = map_items.token if map_items else ""
-        completion = self._completion(result, output_json, state, token)
+        completion = self._completion(result, output_json, kept, token)
         successors = plan.jobs if span is None else span.hand_on(plan.jobs)
         jobs = tuple(context.jobs.build(graph, planned) for planned in successors)
         return CompletionRequest(completion, jobs, plan.walk, result.output, map_items=map_items)
@@ -201,12 +205,13 @@ class StepRun:
             attempt=self.attempt.number,
         )
 
-    def _wait(self, wait: Wait, output_json: str, data: dict[str, Any]) -> tuple[bool, Any]:
-        """Record this step waiting for signal ``wait.name``; returns (True, the signal's
-        data) when it came first (the step then completes at once), else (False, None)."""
+    def _wait(self, wait: Wait, output_json: str, state: dict[str, Any]) -> tuple[bool, Any]:
+        """Record this step waiting for signal ``wait.name`` (``state``: what it passes on
+        once resumed); returns (True, the signal's data) when it came first (the step then
+        completes at once), else (False, None)."""
         job = self.job
         kwargs = {k: v for k, v in job.kwargs().items() if k != "state"}
-        resume = to_json({"job": kwargs, "data": data}, f"step {job.step!r}: input")
+        resume = to_json({"job": kwargs, "data": state}, f"step {job.step!r}: input")
         record = WaitRecord(
             run_id=job.run_id,
             step=job.step,
@@ -229,9 +234,9 @@ class StepRun:
         logger.info("run %s step %s waits for signal %r", job.run_id, job.step, wait.name)
         return False, None
 
-    def _join_input(self, graph: Graph) -> tuple[dict[str, Any], dict[str, Any]]:
-        """A join's input: what its claim read, or (without it, or when it was read for
-        another version of the graph) read now."""
+    def _join_input(self, graph: Graph) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """A join's input (:func:`flow.merge_join_input`): what its claim read, or (without
+        it, or when it was read for another version of the graph) read now."""
         node = self.job.node
         predecessors, states = graph.predecessors(node), graph.join_state_sources(node)
         read = None
@@ -249,6 +254,15 @@ class StepRun:
             except (JoinInputError, TypeError, ValueError) as error:
                 raise StepError(f"node {node!r}: cannot read its join input: {error}") from None
         return flow.merge_join_input(graph, node, read)
+
+    def _mapper_state(self, graph: Graph) -> dict[str, Any]:
+        """A mapped instance's state: what its mapper kept (read once per worker and run)."""
+        mapper = graph.mapper(self.job.node) or ""
+        kept = self.context.runs.kept_state(self.job.run_id, mapper)
+        if kept is None:
+            raise StepError(f"node {self.job.node!r}: the state of its mapper {mapper!r} is gone")
+        state: dict[str, Any] = json.loads(kept)
+        return state
 
     def _not_here(self, node: str) -> str:
         """Why a run that started on another graph cannot go on here (a deploy removed a node)."""

@@ -119,19 +119,18 @@ def plan(graph: Graph, job: StepJob, result: StepResult, new_state: dict[str, An
     return Plan(tuple(jobs), shape.walk, shape.keeps_state)
 
 
-def map_instances(
-    graph: Graph, job: StepJob, mapped: Map, new_state: dict[str, Any]
-) -> Iterator[StepJob]:
-    """The jobs of a Map's instances, in item order, each with ``new_state`` and its item."""
+def map_instances(graph: Graph, job: StepJob, mapped: Map) -> Iterator[StepJob]:
+    """The jobs of a Map's instances, in item order, each with its item; each reads the state
+    its mapper kept as it starts (a job holding it would put the state in Redis once per item)."""
     for index, item in enumerate(mapped.items):
         yield StepJob(
             job.run_id,
             mapped.node,
             graph.package,
-            state=new_state,
             index=index,
             item=item,
             item_key=mapped.key,
+            reads_mapper_state=True,
             graph_version=job.graph_version,
         )
 
@@ -179,24 +178,29 @@ def _shape(
         (name, len(graph.predecessors(name)), graph.successors(name))
         for name in dict.fromkeys(visited)
     )
-    # What a join, a mapped node's successor or the result reads; never an instance's state
-    # (the join after a mapped node reads the mapper's), unless it is the run's last step.
-    keeps = not successors or (
-        not instance and (mapped is not None or any(graph.is_join(s) for s in successors))
+    # What a join, a mapped node's instances and successor, or the result reads; never an
+    # instance's state (the join after a mapped node reads the mapper's; the result, a sink's).
+    keeps = not instance and (
+        not successors or mapped is not None or any(graph.is_join(s) for s in successors)
     )
     return _Shape(tuple(direct), tuple(joins), walk, keeps)
 
 
 def merge_join_input(
     graph: Graph, node: str, read: JoinInput
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A join's input: its predecessors' states merged in GRAPH_CONNECTIONS order (a later
-    predecessor's value wins a conflicting key), and each predecessor's own output by name.
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A join's input: the state it passes on, the lists it gathered, and each predecessor's
+    own output by name.
 
-    A mapped predecessor contributes its mapper's state plus ``{node: [outputs in item
-    order]}``. Skipped predecessors contribute nothing.
+    The state is its predecessors' states merged in GRAPH_CONNECTIONS order (a later
+    predecessor's value wins a conflicting key); a mapped predecessor contributes its
+    mapper's state. The gathered lists, ``{node: [outputs in item order]}`` per mapped
+    predecessor, are in the join's data but not in the state it passes on: a map's width
+    stays out of every later step and the run's result, which get what the join returns.
+    Skipped predecessors contribute nothing.
     """
     state: dict[str, Any] = {}
+    gathered: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
     for predecessor in graph.predecessors(node):
         if read.statuses.get(predecessor) != "finished":
@@ -205,14 +209,14 @@ def merge_join_input(
             items = [json.loads(o) if o else None for o in _taken(read.mapped[predecessor])]
             kept = read.states.get(graph.mapper(predecessor) or "")
             state.update(json.loads(kept) if kept else {})
-            state[predecessor] = items
+            gathered[predecessor] = items
             outputs[predecessor] = items
         else:
             kept = read.states.get(predecessor)
             state.update(json.loads(kept) if kept else {})
             output = read.outputs.get(predecessor)
             outputs[predecessor] = json.loads(output) if output else None
-    return state, outputs
+    return state, gathered, outputs
 
 
 def _taken(texts: list[str | None]) -> Iterator[str | None]:

@@ -61,8 +61,8 @@ def map_items(data: dict[str, Any]) -> Map:
 
 
 def square(data: dict[str, Any]) -> dict[str, Any]:
-    """Square this instance's item."""
-    return {"value": data["item"] ** 2}
+    """Square this instance's item (times the run's ``scale``: its mapper's state)."""
+    return {"value": data["item"] ** 2 * data.get("scale", 1)}
 
 
 def collect(data: dict[str, Any]) -> dict[str, Any]:

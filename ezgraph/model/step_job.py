@@ -23,8 +23,9 @@ class StepJob:
     """One step's job: its run, node and graph package, and its input.
 
     A step gets its input in its job (``state``), or, for a join (or the node after a mapped
-    node), reads it from Redis as it starts (``reads_join_input``). A mapped instance also
-    gets its ``index`` and ``item`` (under ``item_key`` in its data).
+    node), reads it from Redis as it starts (``reads_join_input``). A mapped instance gets its
+    ``index`` and ``item`` (under ``item_key`` in its data), and reads the state its mapper
+    kept (``reads_mapper_state``: one copy in Redis, not one per instance).
     """
 
     run_id: str
@@ -35,6 +36,7 @@ class StepJob:
     index: int | None = None
     item: Any = None
     item_key: str = "item"
+    reads_mapper_state: bool = False
     graph_version: str | None = None  # the version of the graph its run started on
     # With tracing on: the run's trace context and the span of the step that created it.
     trace: dict[str, str] | None = None
@@ -56,6 +58,8 @@ class StepJob:
             kwargs["version"] = self.graph_version
         if self.reads_join_input:
             kwargs["join"] = True
+        elif self.reads_mapper_state:
+            kwargs["mapper_state"] = True
         else:
             kwargs["state"] = self.state
         if self.index is not None:
@@ -77,6 +81,7 @@ class StepJob:
             index=kwargs.get("index"),
             item=kwargs.get("item"),
             item_key=kwargs.get("item_key", kwargs.get("key", "item")),
+            reads_mapper_state=bool(kwargs.get("mapper_state", False)),
             graph_version=kwargs.get("version"),
             trace=kwargs.get("trace"),
         )

@@ -85,6 +85,9 @@ class LiveRun:
     events: tuple[EventRecord, ...] = ()  # read only for the writer (read_many's ``events``)
 
 
+KEPT_STATES = 8  # states kept_state remembers (a worker serves a few maps at once)
+
+
 class RedisRuns:
     """The Redis side of runs (the SQL side is :class:`~ezgraph.state.sql.Store`)."""
 
@@ -95,6 +98,8 @@ class RedisRuns:
         self.keys = keys
         self.scripts = scripts
         self.patience = patience  # how long a change waits for a Redis that does not answer
+        self._kept: dict[tuple[str, str], str] = {}  # kept_state's last few, oldest first
+        self._kept_lock = threading.Lock()
 
     # -- changes (one script each) -----------------------------------------------------------
 
@@ -325,6 +330,20 @@ class RedisRuns:
                 break  # the run left Redis meanwhile: parse() says the counts differ
             mapped += [as_text(value) for value in more[4]]
         return JoinInput.parse(predecessors, states, [*reply[:4], mapped])
+
+    def kept_state(self, run_id: str, step: str) -> str | None:
+        """The state ``step`` of ``run_id`` kept (JSON), or None. A mapper's does not change
+        while its instances run, so the last few read are remembered: a Map's instances read
+        their mapper's once per worker, not once per item."""
+        found = self._kept.get((run_id, step))
+        if found is None:
+            found = as_text(self.connection.hget(self.keys.state(run_id), step))
+            if found is not None:
+                with self._kept_lock:
+                    self._kept[(run_id, step)] = found
+                    while len(self._kept) > KEPT_STATES:
+                        del self._kept[next(iter(self._kept))]
+        return found
 
     def read(self, run_id: str) -> LiveRun | None:
         """The run as Redis holds it, or None."""

@@ -55,6 +55,28 @@ def test_a_map_wider_than_a_chunk_runs_every_item_once_in_order(
     assert kept == {"m", "collect"}  # no instance's state: nothing reads it
 
 
+@pytest.mark.parametrize("worker", ["ezgraph", "stock"])
+def test_instances_read_their_mapper_s_state_and_their_jobs_carry_only_their_item(
+    make_context: Callable[..., Context],
+    redis_conn: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    worker: str,
+) -> None:
+    context = make_context(MAPPED, SMALL_CHUNKS)
+    run_id = GraphOrchestrator(context=context).submit("m", items=[1, 2, 3], scale=10)
+    if worker == "ezgraph":
+        drain(context)
+    else:
+        simple_worker_burst(context, redis_conn, monkeypatch, ["m", "square", "collect"])
+        RunWriter(context, "test").write_runs([run_id])
+    status = GraphOrchestrator(context=context).status(run_id)
+    assert status["result"]["values"] == [10, 40, 90]  # scale came from the mapper's state
+    kwargs = Job.fetch(f"{run_id}-square-2", redis_conn).kwargs
+    assert kwargs["item"] == 3 and kwargs["mapper_state"] is True and "state" not in kwargs
+    # The join passes on what it returns, not the list it gathered.
+    assert "square" not in status["result"] and status["result"]["scale"] == 10
+
+
 def test_a_wide_hash_is_read_a_chunk_per_call_as_one_hgetall_reads_it(
     make_context: Callable[..., Context], redis_conn: Redis
 ) -> None:

@@ -117,14 +117,27 @@ def test_a_map_plans_one_job_per_item_and_its_successor_as_a_join() -> None:
     planned = plan(graph, mapper, result, {"o": 1})
     assert not [job for job in planned.jobs if job.node == "i"]  # created a chunk at a time
     assert result.mapped is not None
-    items = list(map_instances(graph, mapper, result.mapped, {"o": 1}))
+    assert planned.keeps_state  # the instances and the join read it
+    items = list(map_instances(graph, mapper, result.mapped))
     assert [(job.step, job.item, job.item_key) for job in items] == [
         ("i-0", "x", "word"),
         ("i-1", "y", "word"),
     ]
+    assert all(job.reads_mapper_state and job.state is None for job in items)
+    assert "state" not in items[0].kwargs()  # one copy in Redis, not one per item
+    assert StepJob.from_kwargs(items[0].kwargs()) == items[0]
     assert [job.step for job in planned.jobs if job.reads_join_input] == ["g"]
     instance = plan(graph, items[0], StepResult({}), {})
     assert [job.step for job in instance.jobs] == ["g"]
+    assert not instance.keeps_state
+
+
+def test_an_instance_of_a_mapped_sink_keeps_no_state() -> None:
+    graph = build_graph({"m": ["i"], "i": []}, check_functions=False)
+    result = check_result(graph, "m", None, Map("i", [1]))
+    assert result.mapped is not None
+    [item] = map_instances(graph, StepJob("r", "m", graph.package, {}), result.mapped)
+    assert not plan(graph, item, StepResult({"v": 1}), {"v": 1}).keeps_state
 
 
 def test_check_result_refuses_what_the_graph_does_not_allow() -> None:
