@@ -38,6 +38,7 @@ from ezgraph.handover import RunWriter
 from ezgraph.settings import Settings
 from ezgraph.state.redis_io import script_sources
 from ezgraph.state.sql import dispose_engines
+from ezgraph.workers.fast import serve
 
 from .ezgraph_systems import Ezgraph, _environment, sqlite_url
 from .harness import GO_KEY, check_alive, connect, flush_bench_db, format_rows, max_rss_mb
@@ -201,6 +202,28 @@ def bytes_per_run(system: Ezgraph, runs: int, workers: int) -> tuple[float, floa
     return (queued - empty) / runs, (ended - empty) / runs
 
 
+def instance_bytes(
+    system: Ezgraph, widths: Sequence[int] = (1_000, 10_000)
+) -> list[tuple[int, float]]:
+    """Redis bytes per queued instance of a map over its mapper's own input (whose state,
+    which the instances read, holds every item): the mapper run alone, in this process."""
+    conn = system.conn
+    measured = []
+    for n in widths:
+        flush_bench_db(conn)
+        with tempfile.TemporaryDirectory(prefix="ezgraph-scale-") as folder:
+            context = Context(system._settings("mapwide", sqlite_url(folder)), conn)
+            context.store.create_schema()
+            _, empty = keys_bytes(conn)
+            GraphOrchestrator(context=context).submit("split", items=list(range(n)))
+            serve(context, ["split"], burst=True, log_level="WARNING", with_scheduler=False)
+            _, staged = keys_bytes(conn)
+            measured.append((n, (staged - empty) / n))
+            flush_bench_db(conn)
+            dispose_engines()
+    return measured
+
+
 def backlog(system: Ezgraph, sizes: Sequence[int] = (1_000, 100_000)) -> list[float]:
     """Steps/s draining ``sizes`` queued chain2 runs (all submitted before the workers go);
     of a drain shorter than 10 s, the median of 3 (1,000 runs take half a second)."""
@@ -278,6 +301,11 @@ def scale(widths: Sequence[int], workers: int = 2) -> list[str]:
         lines.append(
             f"chain2 (2,000 runs) in the same run: {chain2:.0f} steps/s; the widest map"
             f" {rate / chain2:.2f}x chain2"
+        )
+        instances = instance_bytes(system)
+        lines.append(
+            "a map over its mapper's own input, Redis bytes per queued instance: "
+            + ", ".join(f"{b:,.0f} at {n:,} items" for n, b in instances)
         )
         chain5, chain100 = graph_size(system)
         lines.append(

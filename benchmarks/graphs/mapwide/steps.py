@@ -8,8 +8,8 @@ from ezgraph import Map
 
 
 def split(data: dict[str, Any]) -> Map:
-    """Map ``item`` over ``range(n)``."""
-    return Map("item", list(range(int(data["n"]))))
+    """Map ``item`` over ``range(n)``, or over the run's own ``items``."""
+    return Map("item", data["items"] if "items" in data else list(range(int(data["n"]))))
 
 
 def item(data: dict[str, Any]) -> dict[str, Any]:
