@@ -40,9 +40,9 @@ from .model.payload import to_json
 from .model.records import RunRecord, RunStatus
 from .model.step_job import job_id
 from .settings import ENV_VARS, Settings
+from .state.live import record_from_live
 from .state.protocol import Signal
 from .state.redis_io import out_of_memory
-from .state.runs import record_from_live
 from .submission import check_run_id
 
 logger = logging.getLogger(__name__)

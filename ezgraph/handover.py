@@ -30,7 +30,7 @@ from .errors import ConnectionFailed, StoreRefused
 from .faults import crash_point
 from .model.records import RunRecord
 from .settings import Tuning
-from .state.runs import LiveRun, record_from_live
+from .state.live import LiveRun, record_from_live
 
 if TYPE_CHECKING:  # imported where first used: see start_notifier
     from .notify import Notifier

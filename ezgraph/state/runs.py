@@ -1,4 +1,5 @@
-"""Runs in Redis: create them, record their steps' ends, read them, hand them over to SQL.
+"""Runs in Redis: create them, record their steps' ends, read them (decoded by
+:mod:`ezgraph.state.live`), hand them over to SQL.
 
 Every change is one Lua script call (:mod:`ezgraph.state.protocol` says what each takes and
 returns), so a worker can die at any instant without leaving a run half-changed. The keys are
@@ -7,30 +8,30 @@ named by :mod:`ezgraph.state.keys`.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from redis import Redis
 
 from ..model.records import (
-    EncodedJSON,
     EventRecord,
-    RunRecord,
-    RunStatus,
     StepRecord,
-    StepStatus,
-    parse_rq_date,
 )
-from ..model.step_job import step_name
 from .keys import Keys
+from .live import (
+    RECORD_FIELDS,
+    LiveRun,
+    by_step,
+    graph_shape,
+    parse_stream,
+    steps_in_order,
+    text_dict,
+)
 from .protocol import (
     LEFT_FIELD,
     Cancel,
@@ -66,25 +67,7 @@ from .redis_io import ScriptRunner
 BIG_HASH = 5_000  # fields of a hash read in chunks (HSCAN) rather than one HGETALL
 _WATCHED_FIELDS = ("status", "job", "recovered")  # what the watchdog reads of a step
 WATCH_READ = 1_200  # fields of a step hash one HMGET reads at most (about 2 ms of Redis)
-# What a step's record is made of (:func:`_step`; ``map``: a node's mapped instances).
-_RECORD_FIELDS = (
-    "status", "attempts", "input", "output", "error", "started_at", "ended_at", "worker", "wait",
-    "map",
-)  # fmt: skip
 _ENDED = {"finished", "failed", "skipped", "canceled"}
-
-
-@dataclass(frozen=True)
-class LiveRun:
-    """A run as Redis holds it: its header, its steps' fields and the states it kept."""
-
-    run_id: str
-    header: dict[str, str]
-    steps: dict[str, dict[str, str]]
-    states: dict[str, str]
-    events: tuple[EventRecord, ...] = ()  # read only for the writer (read_many's ``events``)
-
-
 KEPT_STATES = 8  # states kept_state remembers (a worker serves a few maps at once)
 
 
@@ -367,7 +350,7 @@ class RedisRuns:
             header, raw_steps, states = hashes[3 * n : 3 * n + 3]
             stream = parse_stream(streams[n]) if events else ()
             runs.append(
-                LiveRun(run_id, header, _by_step(raw_steps), states, stream) if header else None
+                LiveRun(run_id, header, by_step(raw_steps), states, stream) if header else None
             )
         return runs
 
@@ -384,10 +367,10 @@ class RedisRuns:
         header_reply, stream = self.scripts.read_pipelined(
             [("HGETALL", keys.run(run_id)), ("XRANGE", keys.events(run_id), "-", "+")]
         )
-        header = _text_dict(header_reply)
+        header = text_dict(header_reply)
         if not header:
             return None
-        succ = _graph(header["graph"])["succ"]
+        succ = graph_shape(header["graph"])["succ"]
         last = [node for node in succ if not succ[node]]
         values = self.connection.hmget(keys.state(run_id), last) if last else []
         states = {n: v for n, v in zip(last, (as_text(v) for v in values), strict=True) if v}
@@ -397,8 +380,8 @@ class RedisRuns:
         """A wide run's step records in order, ``chunk`` at most per list, each list read in
         pipelined HMGETs: the hand-over never holds the whole map."""
         return steps_in_order(
-            _graph(live.header["graph"]),
-            lambda names: self._step_fields(live.run_id, names, _RECORD_FIELDS),
+            graph_shape(live.header["graph"]),
+            lambda names: self._step_fields(live.run_id, names, RECORD_FIELDS),
             chunk,
             encoded=True,
         )
@@ -421,13 +404,13 @@ class RedisRuns:
             for name, value in zip(("status", "ended_at"), header, strict=True)
             if value is not None
         }
-        return fields, _by_step(_text_dict(steps)), parse_stream(stream)
+        return fields, by_step(text_dict(steps)), parse_stream(stream)
 
     def read_steps(self, run_ids: Sequence[str]) -> list[dict[str, dict[str, str]]]:
         """The steps of several runs (as :attr:`LiveRun.steps`) in two round trips; empty for
         a run Redis no longer holds."""
         replies = self.read_hashes([self.keys.steps(r) for r in run_ids])
-        return [_by_step(reply) for reply in replies]
+        return [by_step(reply) for reply in replies]
 
     def read_waiting_window(
         self, run_ids: Sequence[str], width: int
@@ -451,7 +434,7 @@ class RedisRuns:
         graph_json, join = self.scripts.read_pipelined(
             [("HGET", keys.run(run_id), "graph"), ("HGETALL", keys.join(run_id))]
         )
-        counters = _text_dict(join)
+        counters = text_dict(join)
         window = self._watched(
             run_id, list(json.loads(as_text(graph_json) or "{}").get("succ", {}))
         )
@@ -520,7 +503,7 @@ class RedisRuns:
         hashes = []
         for key in keys:
             if key in read:
-                hashes.append(_text_dict(read[key]))
+                hashes.append(text_dict(read[key]))
             else:
                 fields = {}
                 for name, value in self.connection.hscan_iter(key, count=chunk):
@@ -587,146 +570,3 @@ class RedisRuns:
             self.keys.live_runs, "-inf", cutoff, start=0 if limit else None, num=limit
         )
         return [as_text(i) or "" for i in ids]
-
-
-def record_from_live(
-    live: LiveRun, job_statuses: dict[str, str] | None = None, encoded: bool = False
-) -> RunRecord:
-    """A :class:`RunRecord` from a run as Redis holds it.
-
-    ``job_statuses`` (step -> RQ job status) lets a queued step show as running while RQ runs
-    it. ``encoded``: the input, outputs and result stay JSON text (for the store); otherwise
-    they are parsed.
-    """
-    header = live.header
-    graph = _graph(header["graph"])
-    order: list[str] = list(graph["succ"])
-    read = live.steps.get
-    steps = [
-        step
-        for part in steps_in_order(
-            graph, lambda names: [read(n) or {} for n in names], math.inf, job_statuses, encoded
-        )
-        for step in part
-    ]
-    status = RunStatus(header["status"])
-    if status == RunStatus.QUEUED and any(s.status != StepStatus.QUEUED for s in steps):
-        status = RunStatus.RUNNING
-    result: Any = None
-    if status == RunStatus.FINISHED:
-        kept = [live.states[n] for n in order if not graph["succ"][n] and n in live.states]
-        if encoded and len(kept) == 1:
-            result = EncodedJSON(kept[0])
-        else:
-            result = {}
-            for state in kept:
-                result.update(json.loads(state))
-    return RunRecord(
-        run_id=live.run_id,
-        package=header.get("package", ""),
-        start=header.get("start", ""),
-        status=status,
-        input=_json(header.get("input") or "null", encoded),
-        result=result,
-        error=header.get("error") or None,
-        created_at=parse_rq_date(header.get("created_at")),
-        ended_at=parse_rq_date(header.get("ended_at")),
-        steps=tuple(steps),
-        events=live.events,
-        idempotency_key=header.get("idempotency_key") or None,
-        deadline_at=_epoch(header.get("deadline_at")),
-    )
-
-
-def steps_in_order(
-    graph: dict[str, Any],
-    read: Callable[[list[str]], list[dict[str, str]]],
-    chunk: float,
-    job_statuses: dict[str, str] | None = None,
-    encoded: bool = False,
-) -> Iterator[list[StepRecord]]:
-    """A run's step records in the order SQL keeps them (each node of the graph that ran,
-    then its mapped instances in item order), ``chunk`` at most per list; ``read`` gives the
-    fields of the named steps."""
-    for node in graph["succ"]:
-        [fields] = read([node])
-        if fields:
-            yield [_step(node, node, None, fields, job_statuses, encoded)]
-        count = int(fields.get("map", 0)) if fields else 0
-        low = 0
-        while low < count:
-            high = int(min(count, low + chunk))
-            names = [step_name(node, i) for i in range(low, high)]
-            yield [
-                _step(name, node, low + n, found, job_statuses, encoded)
-                for n, (name, found) in enumerate(zip(names, read(names), strict=True))
-            ]
-            low = high
-
-
-def _epoch(text: str | None) -> datetime | None:
-    """An epoch-seconds text as an aware UTC datetime; None for empty."""
-    return datetime.fromtimestamp(float(text), UTC) if text else None
-
-
-@functools.lru_cache(maxsize=64)
-def _graph(text: str) -> dict[str, Any]:
-    """A run's graph shape, parsed once per distinct graph. Callers must not change it."""
-    graph: dict[str, Any] = json.loads(text)
-    return graph
-
-
-def _json(text: str, encoded: bool) -> Any:
-    return EncodedJSON(text) if encoded else json.loads(text)
-
-
-def _step(
-    name: str,
-    node: str,
-    index: int | None,
-    fields: dict[str, str],
-    jobs: dict[str, str] | None,
-    encoded: bool = False,
-) -> StepRecord:
-    status = StepStatus(fields.get("status", StepStatus.QUEUED))
-    if status == StepStatus.QUEUED and jobs and jobs.get(name) == "started":
-        status = StepStatus.RUNNING
-    step_input, output = fields.get("input"), fields.get("output")
-    return StepRecord(
-        step=name,
-        node=node,
-        index=index,
-        status=status,
-        attempts=int(fields.get("attempts") or 0),
-        input=_json(step_input, encoded) if step_input else None,
-        output=_json(output, encoded) if output else None,
-        error=fields.get("error") or None,
-        started_at=parse_rq_date(fields.get("started_at")),
-        ended_at=parse_rq_date(fields.get("ended_at")),
-        worker=fields.get("worker") or None,
-        waiting_for=fields.get("wait") if status == StepStatus.WAITING else None,
-    )
-
-
-def _by_step(fields: dict[str, str]) -> dict[str, dict[str, str]]:
-    """A run's steps hash (``<step>.<field>`` keys) as ``{step: {field: value}}``."""
-    steps: dict[str, dict[str, str]] = {}
-    for name, value in fields.items():
-        step, _, field = name.rpartition(".")
-        steps.setdefault(step, {})[field] = value
-    return steps
-
-
-def parse_stream(reply: Any) -> tuple[EventRecord, ...]:
-    """A raw XRANGE reply of a run's events as records."""
-    return tuple(
-        EventRecord(entry_id.decode(), _text_dict(fields).get("e", "{}"))
-        for entry_id, fields in reply or ()
-    )
-
-
-def _text_dict(reply: Any) -> dict[str, str]:
-    """A raw HGETALL reply (a flat list in RESP2, a map in RESP3) as a dict of text."""
-    if isinstance(reply, dict):
-        return {k.decode(): v.decode() for k, v in reply.items()}
-    return {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}

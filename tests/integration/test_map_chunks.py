@@ -18,7 +18,7 @@ from ezgraph.model.step_job import StepJob
 from ezgraph.recovery import resume_maps, resume_sweeps, watch_runs
 from ezgraph.settings import TUNING
 from ezgraph.state import runs as runs_module
-from ezgraph.state.runs import record_from_live
+from ezgraph.state.live import record_from_live
 
 from ..conftest import drain, simple_worker_burst
 
