@@ -9,6 +9,7 @@ EZGRAPH_MODULES), as for any worker.
 from __future__ import annotations
 
 import sys
+import time
 
 from rq import Queue, SimpleWorker
 
@@ -30,8 +31,12 @@ def main(kind: str) -> None:
     else:
         worker = SimpleWorker(queues, connection=context.connection)
     context.connection.incr(READY_KEY)
-    if context.connection.blpop([GO_KEY], timeout=120) is None:
-        raise SystemExit("no go signal")
+    # Short waits: the connection's socket timeout (Tuning.redis_timeout) ends a long BLPOP,
+    # and submitting a 100,000-run backlog takes longer than that.
+    deadline = time.monotonic() + 120
+    while context.connection.blpop([GO_KEY], timeout=1) is None:
+        if time.monotonic() > deadline:
+            raise SystemExit("no go signal")
     worker.work(burst=False, logging_level="WARNING", with_scheduler=False)
 
 

@@ -82,6 +82,7 @@ class MapFigures(NamedTuple):
     steps_per_s: float
     worst_ping_ms: float
     slowest: tuple[float, str] | None  # the slowest command (ms, name), by SLOWLOG
+    slow: tuple[tuple[float, str], ...]  # the 5 slowest, slowest first (a stall shows in all)
     busy: int  # BUSY replies the pinger had
     worker_rss_mb: float  # the largest worker's, sampled every 50 ms
     in_order: str  # the join's input: yes, no, or the run's status when it did not finish
@@ -107,14 +108,15 @@ class SlowLog:
         except ResponseError:
             self.kept = None
 
-    def slowest(self) -> tuple[float, str] | None:
-        """(milliseconds, the command's name) of the slowest command since it started."""
+    def slowest(self, count: int = 5) -> list[tuple[float, str]] | None:
+        """(milliseconds, the command's name) of the ``count`` slowest commands since it
+        started, slowest first."""
         if self.kept is None:
             return None
         entries = self.conn.slowlog_get(100_000)
         for name, value in self.kept.items():
             self.conn.config_set(name, value)
-        worst = (0.0, "none over 1 ms")
+        found = []
         for entry in entries:
             command = entry["command"]  # pickled arguments too
             if isinstance(command, bytes):
@@ -123,8 +125,8 @@ class SlowLog:
             if words[0].upper() in ("FLUSHDB", "SLOWLOG"):
                 continue
             name = self.names.get(words[1], "script") if words[0] == "EVALSHA" else words[0]
-            worst = max(worst, (entry["duration"] / 1000, name))
-        return worst
+            found.append((entry["duration"] / 1000, name))
+        return sorted(found, reverse=True)[:count] or [(0.0, "none over 1 ms")]
 
 
 def script_names(context: Context) -> dict[str, str]:
@@ -169,7 +171,10 @@ def map_width(system: Ezgraph, n: int, workers: int) -> MapFigures:
             system._stop_workers(procs)
             flush_bench_db(conn)
             dispose_engines()
-    return MapFigures((n + 2) / elapsed, worst, slowest, pinger.busy, rss, in_order)
+    top = tuple(slowest or ())
+    return MapFigures(
+        (n + 2) / elapsed, worst, top[0] if top else None, top, pinger.busy, rss, in_order
+    )
 
 
 def bytes_per_run(system: Ezgraph, runs: int, workers: int) -> tuple[float, float]:
@@ -293,11 +298,13 @@ def scale(widths: Sequence[int], workers: int = 2) -> list[str]:
             row += [call, str(got.busy), f"{got.worker_rss_mb:.0f}", got.in_order]
             rows.append(row)
             print(f"map {n}: {rate:.0f} steps/s, slowest call {call}", flush=True)
+        widest = ", ".join(f"{ms:.1f} ({name})" for ms, name in got.slow)
         chain2 = system.run("chain2", 2_000, workers).steps_per_s
         lines.append("map width (split -> item x n -> gather), one run, 2 ezgraph workers")
         header = ["items", "steps/s", "vs narrowest", "worst PING ms", "slowest call ms"]
         header += ["BUSY", "worker RSS MiB", "in order"]
         lines.append(format_rows(header, rows))
+        lines.append(f"the widest map's slowest commands, ms: {widest or 'n/a'}")
         lines.append(
             f"chain2 (2,000 runs) in the same run: {chain2:.0f} steps/s; the widest map"
             f" {rate / chain2:.2f}x chain2"
