@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import DeclarativeBase, Mapped
 
-from .state.sql import idempotency_table, metadata, runs_table, steps_table
+from .state.tables import idempotency_table, metadata, runs_table, steps_table
 
 
 class Base(DeclarativeBase):

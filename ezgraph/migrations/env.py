@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from ezgraph.state.sql import metadata
+from ezgraph.state.tables import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(

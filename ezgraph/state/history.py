@@ -15,7 +15,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, literal_column, select, tuple_
 
-from .sql import Store, runs_table, steps_table
+from .sql import Store
+from .tables import runs_table, steps_table
 
 # The step duration histogram's upper bounds, in seconds (Prometheus's style: + Inf last).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)

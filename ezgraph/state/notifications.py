@@ -21,7 +21,8 @@ from sqlalchemy import Connection, delete, func, select, update
 from sqlalchemy.sql.expression import Executable
 
 from ..model.records import RunRecord
-from .sql import Store, insert_of, notifications_table
+from .sql import Store, insert_of
+from .tables import notifications_table
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 

@@ -13,7 +13,8 @@ from ezgraph.client import GraphOrchestrator
 from ezgraph.context import Context
 from ezgraph.errors import StoreRefused
 from ezgraph.model.records import RunRecord, RunStatus, StepRecord, StepStatus
-from ezgraph.state.sql import SCHEMA_REVISION, VERSION_TABLE, Store, metadata
+from ezgraph.state.sql import SCHEMA_REVISION, VERSION_TABLE, Store
+from ezgraph.state.tables import metadata
 
 from ..conftest import drain, ezgraph_cli, subprocess_env
 
