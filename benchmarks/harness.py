@@ -155,10 +155,18 @@ def connect(url: str | None = None) -> Redis:
 
 def flush_bench_db(conn: Redis) -> None:
     """FLUSHDB the benchmark db (never db 0), its keys freed in the background (a
-    1,000,000-item map's 2,000,000 keys took longer than a client's timeout)."""
+    1,000,000-item map's 2,000,000 keys took longer than a client's timeout), and wait until
+    they are."""
     if int(conn.connection_pool.connection_kwargs.get("db", 0)) == 0:
         raise ValueError("refusing to FLUSHDB Redis db 0")
     conn.flushdb(asynchronous=True)
+    # Then wait for Redis's lazy-free thread, which competes for the cores meanwhile (a
+    # managed Redis may not report it: then no wait).
+    deadline = time.monotonic() + 300
+    while int(conn.info("memory").get("lazyfree_pending_objects", 0)) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
 
 
 def redis_command_counts(conn: Redis) -> dict[str, int]:

@@ -130,24 +130,37 @@ def test_a_big_runs_jobs_are_set_to_expire_a_chunk_per_call(
     assert unbounded(redis_conn, RUN_TTL) == []
 
 
+@pytest.mark.parametrize(
+    ("package", "payload", "stale", "after"),
+    [
+        ("tests.graphs.chain", {}, "a", "b"),
+        ("tests.graphs.mapped", {"items": [1, 2]}, "square-1", "collect"),  # reads its mapper's
+    ],
+)
 def test_a_run_that_left_redis_is_read_from_sql_and_a_stale_rerun_of_its_step_creates_nothing(
-    make_context: Callable[..., Context], redis_conn: Redis
+    make_context: Callable[..., Context],
+    redis_conn: Redis,
+    package: str,
+    payload: dict[str, Any],
+    stale: str,
+    after: str,
 ) -> None:
-    context = make_context("tests.graphs.chain", run_ttl=1)
+    context = make_context(package, run_ttl=1)
     orchestrator = GraphOrchestrator(context=context)
-    run_id = orchestrator.submit("a", {})
+    run_id = orchestrator.submit(next(iter(context.graph().nodes)), payload)
     drain(context)
-    job_a = f"{run_id}-a"
-    data = redis_conn.hgetall(f"{RQ_PREFIX}job:{job_a}")
+    job_id = f"{run_id}-{stale}"
+    data = redis_conn.hgetall(f"{RQ_PREFIX}job:{job_id}")
     time.sleep(1.1)  # EZGRAPH_RUN_TTL
     assert not list(redis_conn.scan_iter(match=f"*{run_id}*"))
     assert orchestrator.status(run_id)["status"] == "finished"  # from SQL
     # The step's job comes back (a worker that held it, a requeue): it runs, and creates nothing.
-    redis_conn.hset(f"{RQ_PREFIX}job:{job_a}", mapping={**data, b"status": b"queued"})
-    Queue("a", connection=redis_conn).push_job_id(job_a)
+    queue = data[b"origin"].decode()
+    redis_conn.hset(f"{RQ_PREFIX}job:{job_id}", mapping={**data, b"status": b"queued"})
+    Queue(queue, connection=redis_conn).push_job_id(job_id)
     drain(context)
-    assert redis_conn.llen(f"{RQ_PREFIX}queue:a") == 0  # it ran
-    assert not redis_conn.exists(f"{RQ_PREFIX}job:{job_a}")  # and was not kept
-    assert not redis_conn.exists(f"{RQ_PREFIX}job:{run_id}-b")
+    assert redis_conn.llen(f"{RQ_PREFIX}queue:{queue}") == 0  # it ran
+    assert not redis_conn.exists(f"{RQ_PREFIX}job:{job_id}")  # and was not kept
+    assert not redis_conn.exists(f"{RQ_PREFIX}job:{run_id}-{after}")
     assert not redis_conn.exists(context.keys.run(run_id))
     assert unbounded(redis_conn, 1) == []
